@@ -1,0 +1,22 @@
+"""widenet: infinite-width neural networks in PyTorch.
+
+One architecture description gives a finite-width ``torch.nn.Module`` (``net.module()``)
+and its exact infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
+"""
+
+from . import errors
+from .kernel import Kernel
+from .layers import (
+    ABRelu, Abs, Cos, Dense, Elementwise, Erf, Exp, FanInConcat, FanInProd, FanInSum, FanOut,
+    Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, Monomial, Parallel, Polynomial, Rbf,
+    RectifiedMonomial, Relu, Repeat, Serial, SigmoidLike, Sign, Sin, Tanh,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "errors", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
+    "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
+    "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
+    "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh", "__version__",
+]

@@ -1,0 +1,99 @@
+"""Uniform validation of hyperparameters and inputs.
+
+Messages follow one pattern: ``"<Owner>: <parameter> must be <rule> (got <value>)"``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import NonFiniteInputError, ParameterError, ShapeError
+
+
+def _fail(owner: str, name: str, rule: str, value: Any) -> ParameterError:
+    return ParameterError(f"{owner}: {name} must be {rule} (got {value!r})")
+
+
+def check_int(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    rule = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise _fail(owner, name, rule, value)
+    if minimum is not None and value < minimum:
+        raise _fail(owner, name, rule, value)
+    return int(value)
+
+
+def check_float(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    exclusive_minimum: bool = False,
+    maximum: float | None = None,
+    allow_none: bool = False,
+) -> float | None:
+    if value is None and allow_none:
+        return None
+    if minimum is None:
+        rule = "a finite float"
+    elif exclusive_minimum:
+        rule = f"a finite float > {minimum:g}"
+    else:
+        rule = f"a finite float >= {minimum:g}"
+    if maximum is not None:
+        rule += f" and <= {maximum:g}"
+    if allow_none:
+        rule += " or None"
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise _fail(owner, name, rule, value)
+    value = float(value)
+    if minimum is not None and (value < minimum or (exclusive_minimum and value == minimum)):
+        raise _fail(owner, name, rule, value)
+    if maximum is not None and value > maximum:
+        raise _fail(owner, name, rule, value)
+    return value
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise _fail(owner, name, f"one of {listed}", value)
+    return value
+
+
+def as_tensor(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Converts array-likes to a floating tensor and rejects NaN/Inf before any work."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as err:
+            raise ShapeError(
+                f"{owner}: {name} must be a torch.Tensor or numpy array (got {type(x).__name__})"
+            ) from err
+    if not (x.is_floating_point()):
+        if x.is_complex():
+            raise ParameterError(f"{owner}: {name} must be real-valued (got dtype {x.dtype})")
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        x = x.to(dtype)
+    if like is not None and x.dtype != like.dtype:
+        raise ShapeError(
+            f"{owner}: x1 and x2 must share one dtype (got {like.dtype} and {x.dtype})"
+        )
+    if like is not None and x.device != like.device:
+        raise ShapeError(
+            f"{owner}: x1 and x2 must be on one device (got {like.device} and {x.device})"
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise NonFiniteInputError(
+            f"{owner}: {name} must be finite, but {bad} of its {x.numel()} entries are NaN or Inf"
+        )
+    return x

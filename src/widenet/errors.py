@@ -1,0 +1,42 @@
+"""Exceptions raised by widenet.
+
+Every class also derives from the builtin exception a user would naturally catch, so
+``except ValueError`` keeps working while ``except widenet.errors.WidenetError`` catches
+everything the library raises on purpose.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WidenetError",
+    "ParameterError",
+    "ShapeError",
+    "NonFiniteInputError",
+    "LayerOrderError",
+    "NoClosedFormError",
+]
+
+
+class WidenetError(Exception):
+    """Base class of every error widenet raises on purpose."""
+
+
+class ParameterError(WidenetError, ValueError):
+    """A hyperparameter or option is outside its allowed range or set."""
+
+
+class ShapeError(WidenetError, ValueError):
+    """Input shapes are incompatible with each other or with the architecture."""
+
+
+class NonFiniteInputError(WidenetError, ValueError):
+    """An input holds NaN or Inf; raised before any kernel work starts."""
+
+
+class LayerOrderError(WidenetError, ValueError):
+    """Layers are composed in an order whose infinite-width limit is not defined here,
+    e.g. a nonlinearity applied to an input that is not Gaussian."""
+
+
+class NoClosedFormError(WidenetError, TypeError):
+    """The layer has a finite-width twin but no exact infinite-width kernel rule."""

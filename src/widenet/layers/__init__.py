@@ -1,0 +1,17 @@
+"""Layers: each one an exact infinite-width kernel rule and a finite-width module."""
+
+from ._base import Layer
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Parallel, Repeat, Serial
+from .dense import Dense
+from .elementwise import (
+    ABRelu, Abs, Cos, Erf, Exp, Gaussian, Gelu, Hermite, Identity, LeakyRelu, Monomial,
+    Nonlinearity, Polynomial, Rbf, RectifiedMonomial, Relu, SigmoidLike, Sign, Sin,
+)
+from .quadrature import Elementwise, Tanh
+
+__all__ = [
+    "Layer", "Nonlinearity", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
+    "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
+    "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
+    "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
+]

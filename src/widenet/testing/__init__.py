@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (not needed by the library itself)."""

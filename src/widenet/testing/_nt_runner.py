@@ -1,0 +1,93 @@
+"""Runs inside the Neural Tangents environment (see shared tools/nt-env.sh).
+
+Usage: python _nt_runner.py job.json
+The job names an architecture spec, input files and what to compute; results go to an .npz.
+This file imports only numpy, jax and neural_tangents: widenet is not installed there.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def build(spec, stax):
+    kind = spec["type"]
+    p = spec.get("params", {})
+    children = [build(c, stax) for c in spec.get("children", [])]
+    if kind == "Serial":
+        return stax.serial(*children)
+    if kind == "Parallel":
+        return stax.parallel(*children)
+    if kind == "FanOut":
+        return stax.FanOut(p["num"])
+    if kind == "FanInSum":
+        return stax.FanInSum()
+    if kind == "FanInProd":
+        return stax.FanInProd()
+    if kind == "FanInConcat":
+        return stax.FanInConcat(axis=-1)
+    if kind == "Repeat":
+        return stax.serial(*([children[0]] * p["n"]))
+    if kind == "Dense":
+        return stax.Dense(p["out_features"], W_std=p["W_std"], b_std=p["b_std"],
+                          parameterization=p["parameterization"])
+    if kind == "Identity":
+        return stax.Identity()
+    if kind in ("Relu", "Abs", "Gelu", "Sign"):
+        return getattr(stax, kind)()
+    if kind == "ABRelu":
+        return stax.ABRelu(p["a"], p["b"])
+    if kind == "LeakyRelu":
+        return stax.LeakyRelu(p["alpha"])
+    if kind in ("Erf", "Sin", "Cos"):
+        return getattr(stax, kind)(a=p["a"], b=p["b"], c=p["c"])
+    if kind == "SigmoidLike":
+        return stax.Sigmoid_like()
+    if kind == "Rbf":
+        return stax.Rbf(p["gamma"])
+    if kind in ("Exp", "Gaussian"):
+        return getattr(stax, kind)(a=p["a"], b=p["b"])
+    if kind in ("Monomial", "RectifiedMonomial", "Hermite"):
+        return getattr(stax, kind)(p["degree"])
+    if kind == "Polynomial":
+        return stax.Polynomial(p["coef"])
+    raise ValueError(f"no Neural Tangents counterpart for {kind}")
+
+
+def main(path):
+    with open(path) as f:
+        job = json.load(f)
+    import jax
+
+    jax.config.update("jax_enable_x64", job["dtype"] == "float64")
+    import jax.numpy as jnp
+    from neural_tangents import stax
+
+    _, _, kernel_fn = build(job["spec"], stax)
+    x1 = jnp.asarray(np.load(job["x1"]))
+    x2 = None if job.get("x2") is None else jnp.asarray(np.load(job["x2"]))
+    get = tuple(job["get"])
+    batch = job.get("batch_size", 0)
+    if batch:
+        import neural_tangents as nt
+
+        fn = nt.batch(kernel_fn, batch_size=batch)
+    else:
+        fn = jax.jit(kernel_fn, static_argnames="get")
+    times = []
+    out = None
+    for _ in range(job.get("repeats", 1) + (1 if job.get("warmup", False) else 0)):
+        start = time.perf_counter()
+        out = fn(x1, x2, get)
+        out = jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    if job.get("warmup", False):
+        times = times[1:]
+    result = {name: np.asarray(value) for name, value in zip(get, out)}
+    np.savez(job["out"], times=np.asarray(times), **result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,38 @@
+"""Independent oracles: Monte Carlo over finite networks, with autograd Jacobians.
+
+Nothing here uses widenet's kernel code: the estimates come from the finite-width twins
+(``net.module()``), sampled afresh, and ``torch.func`` Jacobians over ALL parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, jacrev
+
+
+def monte_carlo(net, x1, x2, *, n_samples: int, seed: int = 0, ntk: bool = True):
+    """Means of the empirical NNGP and NTK over ``n_samples`` fresh finite networks.
+
+    NNGP: ``f(x1) f(x2)^T / n_out`` averaged over output units and networks.
+    NTK: ``J_0(x1) J_0(x2)^T`` for output unit 0, J over all parameters (outputs are
+    exchangeable, so its mean equals the output-averaged NTK).
+    """
+    x = torch.cat([x1, x2])
+    n1 = x1.shape[0]
+    nngp_sum = torch.zeros(n1, x2.shape[0], dtype=x.dtype)
+    ntk_sum = torch.zeros_like(nngp_sum)
+    for s in range(n_samples):
+        model = net.module(x.shape[1], seed=seed + s, dtype=x.dtype)
+        with torch.no_grad():
+            f = model(x)
+        nngp_sum += f[:n1] @ f[n1:].T / f.shape[1]
+        if ntk:
+            params = {k: v.detach() for k, v in model.named_parameters()}
+            jac = jacrev(lambda p: functional_call(model, p, (x,))[:, 0])(params)
+            flat = torch.cat([j.reshape(x.shape[0], -1) for j in jac.values()], dim=1)
+            ntk_sum += flat[:n1] @ flat[n1:].T
+    return nngp_sum / n_samples, (ntk_sum / n_samples if ntk else None)
+
+
+def rel_frobenius(estimate: torch.Tensor, exact: torch.Tensor) -> float:
+    return float(torch.linalg.norm(estimate - exact) / torch.linalg.norm(exact))
