@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv bench clean
+.PHONY: run test test-nt venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ run: $(STAMP)
 	$(VENV)/bin/widenet run
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m "not nt"
+
+# Side by side with Neural Tangents (needs ../shared/tools/nt-env.sh's environment); never in CI.
+test-nt: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m nt
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

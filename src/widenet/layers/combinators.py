@@ -177,6 +177,8 @@ class FanInConcat(_FanIn):
 
     Kernels average with weights proportional to the branch widths:
     ``K = sum_i (n_i / n) K_i``, the same for ``Theta``; the width becomes ``n = sum n_i``.
+    The result is not Gaussian (features follow different laws): put an affine layer after it
+    before any nonlinearity.
     """
 
     axis: int = 1
@@ -210,7 +212,10 @@ class FanInConcat(_FanIn):
             var2 = var2 + w.var2 * share
         out.var1, out.var2 = var1, var2
         out.width = total
-        out.is_gaussian = all(w.is_gaussian for w in ws)
+        # Each feature comes from one branch: the features are a mixture, not one Gaussian
+        # with the averaged kernel, so a nonlinearity may not follow directly (an affine
+        # layer, which mixes the features, makes them Gaussian again).
+        out.is_gaussian = len(ws) == 1 and out.is_gaussian
         return out
 
     def _merge_spec(self, specs: list) -> Spec:

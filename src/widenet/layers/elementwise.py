@@ -531,6 +531,13 @@ class RectifiedMonomial(Nonlinearity):
             else:
                 w.ntk.mul_(self._t(n - 1, w.nngp, root, rest)).mul_(n * n)
         w.nngp.copy_(self._t(n, w.nngp, root, rest))
+        if n == 0 and w.zero_variance_mask() is not None:
+            # The step function has phi(0) = 1: against a zero-variance input the kernel is
+            # P(v >= 0) = 1/2, and 1 when both inputs are identically zero.
+            r, c = w.outer((w.var1 == 0).to(K_dtype := w.nngp.dtype), (w.var2 == 0).to(K_dtype))
+            w.nngp.copy_(torch.where((r + c) > 0, 0.5 * (1 + r * c), w.nngp))
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
+        if self.degree == 0:
+            return torch.where(q == 0, 1.0, 0.5).to(q.dtype)
         return q**self.degree * (double_factorial(2 * self.degree - 1) / 2)
