@@ -85,8 +85,11 @@ def main(path):
         times.append(time.perf_counter() - start)
     if job.get("warmup", False):
         times = times[1:]
+    import resource
+
     result = {name: np.asarray(value) for name, value in zip(get, out)}
-    np.savez(job["out"], times=np.asarray(times), **result)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    np.savez(job["out"], times=np.asarray(times), peak=np.asarray(peak), **result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""``widenet run``: infinite-width predictions against finite networks on embedded data."""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import layers as L
+from ..datasets import DATASETS, load
+from ..errors import WidenetError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False,
+                  help="widenet: infinite-width neural networks in PyTorch.")
+
+ACTIVATIONS = {
+    "relu": L.Relu, "erf": L.Erf, "gelu": L.Gelu, "tanh": L.Tanh, "sin": L.Sin,
+    "abs": L.Abs, "leaky_relu": L.LeakyRelu, "sigmoid_like": L.SigmoidLike,
+}
+
+
+def architecture(depth: int, width: int, activation: str, n_out: int, W_std: float, b_std: float) -> L.Layer:
+    """``depth`` hidden layers of ``Dense(width) -> activation``, then ``Dense(n_out)``."""
+    act = ACTIVATIONS[activation]()
+    hidden = [layer for _ in range(depth) for layer in (L.Dense(width, W_std, b_std), act)]
+    return L.Serial(*hidden, L.Dense(n_out, W_std, b_std))
+
+
+def kernel_regression(k_train: torch.Tensor, k_test_train: torch.Tensor, y: torch.Tensor,
+                      diag_reg: float) -> torch.Tensor:
+    """``K_*x (K_xx + diag_reg (tr K / n) I)^{-1} y`` by Cholesky, in float64.
+
+    This is the NNGP posterior mean (Lee et al. 2018) and, with the NTK, the infinite-width
+    network trained by gradient descent to convergence (Jacot et al. 2018).
+    """
+    k = k_train.double()
+    n = k.shape[0]
+    k = k + diag_reg * k.diagonal().mean() * torch.eye(n, dtype=k.dtype)
+    chol, info = torch.linalg.cholesky_ex(k)
+    if int(info) != 0:
+        raise WidenetError(f"kernel matrix not positive definite at n={n}: increase diag_reg (now {diag_reg})")
+    return k_test_train.double() @ torch.cholesky_solve(y.double(), chol)
+
+
+def train_finite(net: L.Layer, data, y_train: torch.Tensor, *, epochs: int, lr: float,
+                 batch_size: int, seed: int, on_epoch=None) -> torch.Tensor:
+    """Trains ``net.module()`` by minibatch SGD on the mean squared error; test outputs."""
+    torch.manual_seed(seed)
+    model = net.module(data.x_train.shape[1], seed=seed, dtype=torch.float32)
+    x, y = data.x_train.float(), y_train.float()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            loss = 0.5 * ((model(x[idx]) - y[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if on_epoch:
+            on_epoch()
+    with torch.no_grad():
+        return model(data.x_test.float()).double()
+
+
+def _scores(pred: torch.Tensor, data) -> tuple[float, float]:
+    y = data.one_hot(data.y_test)
+    accuracy = float((pred.argmax(1) == data.y_test).double().mean())
+    return accuracy, float(((pred - y) ** 2).mean())
+
+
+@app.command()
+def run(
+    dataset: str = typer.Option("digits", help=f"One of: {', '.join(DATASETS)}."),
+    depth: int = typer.Option(3, min=1, help="Number of hidden layers."),
+    widths: List[int] = typer.Option([64, 256, 1024], "--width", help="Finite widths to train (repeat the option)."),
+    activation: str = typer.Option("relu", help=f"One of: {', '.join(ACTIVATIONS)}."),
+    W_std: float = typer.Option(1.0, "--w-std", min=0.0, help="Weight standard deviation."),
+    b_std: float = typer.Option(0.0, "--b-std", min=0.0, help="Bias standard deviation."),
+    n_train: Optional[int] = typer.Option(None, help="Keep only this many training points."),
+    epochs: int = typer.Option(80, min=1, help="Epochs of SGD for the finite networks."),
+    batch_size: int = typer.Option(64, min=1),
+    diag_reg: float = typer.Option(1e-4, min=0.0, help="Relative ridge added to the kernel diagonal."),
+    seed: int = typer.Option(0, min=0),
+) -> None:
+    """Infinite-width NNGP and NTK predictions against finite networks trained by SGD."""
+    console = Console()
+    if activation not in ACTIVATIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(ACTIVATIONS)} (got {activation!r})", param_hint="--activation")
+    if dataset not in DATASETS:
+        raise typer.BadParameter(f"must be one of {', '.join(DATASETS)} (got {dataset!r})", param_hint="--dataset")
+    for width in widths:
+        if width < 1:
+            raise typer.BadParameter(f"must be >= 1 (got {width})", param_hint="--width")
+    data = load(dataset, n_train=n_train, seed=seed)
+    y_train = data.one_hot(data.y_train)
+    console.print(
+        f"[bold]widenet run[/]: {dataset}, {len(data.x_train)} train / {len(data.x_test)} test, "
+        f"{data.x_train.shape[1]} features, {data.n_classes} classes; {depth} x [Dense -> {activation}] "
+        f"(W_std={W_std}, b_std={b_std})"
+    )
+    rows = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("infinite-width kernels", total=2 + epochs * len(widths))
+        start = time.perf_counter()
+        net = architecture(depth, 1, activation, data.n_classes, W_std, b_std)
+        k_train = net.kernel(data.x_train)
+        k_test = net.kernel(data.x_test, data.x_train)
+        kernel_seconds = time.perf_counter() - start
+        progress.advance(task)
+        for name, train, test in (("NNGP (Bayesian, infinite width)", k_train.nngp, k_test.nngp),
+                                  ("NTK (gradient descent, t = inf)", k_train.ntk, k_test.ntk)):
+            t0 = time.perf_counter()
+            pred = kernel_regression(train, test, y_train, diag_reg)
+            rows.append((name, *_scores(pred, data), kernel_seconds + time.perf_counter() - t0))
+        progress.advance(task)
+        # Largest stable full-batch step for the MSE loss is 2 y.numel() / lambda_max(Theta);
+        # minibatch SGD with half of it stays in the kernel regime at large width.
+        lam = float(torch.linalg.eigvalsh(k_train.ntk)[-1])
+        lr = 0.5 * 2 * data.n_classes * len(data.x_train) / lam
+        for width in widths:
+            progress.update(task, description=f"training width {width}")
+            t0 = time.perf_counter()
+            finite = architecture(depth, width, activation, data.n_classes, W_std, b_std)
+            pred = train_finite(finite, data, y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+                                seed=seed, on_epoch=lambda: progress.advance(task))
+            rows.append((f"finite width {width} (SGD, {epochs} epochs)", *_scores(pred, data), time.perf_counter() - t0))
+    table = Table(title=f"Test performance on {dataset}")
+    for column in ("model", "test accuracy", "test MSE", "seconds"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, acc, mse, seconds in rows:
+        table.add_row(name, f"{acc:.2%}", f"{mse:.4f}", f"{seconds:.1f}")
+    console.print(table)
+
+
+@app.callback()
+def _root() -> None:
+    """widenet: infinite-width neural networks in PyTorch."""
+
+
+def main() -> None:
+    app()
