@@ -49,6 +49,10 @@ class Nonlinearity(Layer):
     def _diag(self, q: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _check_floats(self, *names: str) -> None:
+        for name in names:
+            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+
     def _apply(self, flow: Flow) -> Flow:
         w = self._single(flow)
         if not w.is_gaussian:
@@ -179,8 +183,7 @@ class Erf(Nonlinearity):
     c: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("a", "b", "c"):
-            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+        self._check_floats("a", "b", "c")
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.erf(self.b * x) + self.c
@@ -255,8 +258,7 @@ class Sin(Nonlinearity):
     c: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("a", "b", "c"):
-            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+        self._check_floats("a", "b", "c")
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.sin(self.b * x + self.c)
@@ -344,8 +346,7 @@ class Exp(Nonlinearity):
     b: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("a", "b"):
-            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+        self._check_floats("a", "b")
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.exp(self.b * x)
@@ -374,8 +375,7 @@ class Gaussian(Nonlinearity):
     b: float = -1.0
 
     def __post_init__(self) -> None:
-        for name in ("a", "b"):
-            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+        self._check_floats("a", "b")
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.exp(self.b * x * x)
