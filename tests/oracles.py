@@ -22,7 +22,7 @@ def monte_carlo(net, x1, x2, *, n_samples: int, seed: int = 0, ntk: bool = True)
     nngp_sum = torch.zeros(n1, x2.shape[0], dtype=x.dtype)
     ntk_sum = torch.zeros_like(nngp_sum)
     for s in range(n_samples):
-        model = net.module(x.shape[1], seed=seed + s, dtype=x.dtype)
+        model = net.module(tuple(x.shape[1:]), seed=seed + s, dtype=x.dtype)
         with torch.no_grad():
             f = model(x)
         nngp_sum += f[:n1] @ f[n1:].T / f.shape[1]

@@ -50,7 +50,7 @@ NET = wn.Serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ShapeError, match=r"x2 must have shape \(N2, 3\) to match x1 \(got x1 \(4, 3\) and x2 \(2, 5\)\)"):
         NET.kernel(X, torch.randn(2, 5, dtype=torch.float64))
-    with pytest.raises(ShapeError, match=r"x1 must have shape \(N, features\) for fully connected networks \(got shape \(4,\)\)"):
+    with pytest.raises(ShapeError, match=r"x1 must have shape \(N, features\) or \(N, C, \*spatial\) with 1 to 3 spatial axes \(got shape \(4,\)\)"):
         NET.kernel(torch.randn(4))
     with pytest.raises(ShapeError, match=r"x1 and x2 must share one dtype \(got torch.float64 and torch.float32\)"):
         NET.kernel(X, X.float())
@@ -100,7 +100,7 @@ def test_option_errors():
         NET.kernel(X, block_size=0)
     with pytest.raises(ParameterError, match=r"Serial.module: give seed or generator, not both"):
         NET.module(3, seed=1, generator=torch.Generator())
-    with pytest.raises(ShapeError, match=r"Serial.module: input_shape must be \(features,\) for fully connected networks \(got \(3, 4\)\)"):
-        NET.module((3, 4))
-    with pytest.raises(ShapeError, match=r"DenseModule: input has 5 features on its last axis but the layer was built for 3"):
+    with pytest.raises(ShapeError, match=r"Serial.module: input_shape must be \(features,\) or \(channels, \*spatial\) with 1 to 3 spatial axes \(got \(3, 4, 5, 6, 7\)\)"):
+        NET.module((3, 4, 5, 6, 7))
+    with pytest.raises(ShapeError, match=r"DenseModule: input has 5 features on axis 1 but the layer was built for 3"):
         NET.module(3)(torch.randn(2, 5))

@@ -10,6 +10,8 @@ from .layers import (
     ABRelu, Abs, Cos, Dense, Elementwise, Erf, Exp, FanInConcat, FanInProd, FanInSum, FanOut,
     Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, Monomial, Parallel, Polynomial, Rbf,
     RectifiedMonomial, Relu, Repeat, Serial, SigmoidLike, Sign, Sin, Tanh,
+    AvgPool, BatchNorm, Conv, Dropout, Flatten, GlobalAvgPool, GlobalSumPool, LayerNorm, MaxPool,
+    SumPool,
 )
 
 __version__ = "0.1.0"
@@ -18,5 +20,7 @@ __all__ = [
     "errors", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
     "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
-    "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh", "__version__",
+    "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
+    "Conv", "AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten",
+    "LayerNorm", "BatchNorm", "Dropout", "__version__",
 ]

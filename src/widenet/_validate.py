@@ -97,3 +97,50 @@ def as_tensor(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None
             f"{owner}: {name} must be finite, but {bad} of its {x.numel()} entries are NaN or Inf"
         )
     return x
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def check_memory(owner: str, name: str, value: Any) -> int:
+    """A memory size in bytes from an int or a string such as ``"512MB"`` or ``"2 GiB"``."""
+    rule = 'a positive number of bytes, an int or a string such as "512MB" or "2GiB"'
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            amount = float(number) * _UNITS[unit]
+        except (ValueError, KeyError):
+            raise _fail(owner, name, rule, value) from None
+    elif isinstance(value, Real) and not isinstance(value, bool):
+        amount = float(value)
+    else:
+        raise _fail(owner, name, rule, value)
+    if not math.isfinite(amount) or amount < 1:
+        raise _fail(owner, name, rule, value)
+    return int(amount)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can be allocated now on ``device`` (free GPU memory, or available RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30

@@ -8,6 +8,7 @@ tiles that the engine owns, which is what keeps peak memory close to the size of
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,18 +22,25 @@ class Kernel:
     """Infinite-width kernels between two sets of inputs.
 
     Attributes:
-        nngp: ``(N1, N2)`` NNGP covariance ``E[f(x1) f(x2)]`` of one output unit.
-        ntk: ``(N1, N2)`` neural tangent kernel, or ``None`` when only the NNGP was asked for.
-        var1: ``(N1,)`` per-input variances ``K(x, x)`` of ``x1``.
-        var2: ``(N2,)`` per-input variances of ``x2``; ``None`` when ``x2`` is ``x1``
-            (the kernel was computed with ``x2=None``).
+        nngp: NNGP covariance ``E[f(x1) f(x2)]`` of one output unit (one channel), of shape
+            ``(N1, N2)`` for outputs without spatial axes. Outputs that keep spatial axes
+            ``S`` give ``(N1, N2, *S)`` in the "diagonal" layout (position ``s`` of ``x1``
+            against the same position of ``x2``) and ``(N1, N2, *S, *S)`` in the "full"
+            layout (every position of ``x1`` against every position of ``x2``).
+        ntk: neural tangent kernel, same shape, or ``None`` when only the NNGP was asked for.
+        var1: per-input covariances ``K(x, x)`` of ``x1``: ``(N1,)`` without spatial axes,
+            ``(N1, *S)`` in the diagonal layout, ``(N1, *S, *S)`` in the full one.
+        var2: the same for ``x2``; ``None`` when ``x2`` is ``x1`` (computed with ``x2=None``).
         is_gaussian: whether the outputs are Gaussian given the inputs (true after an affine
             layer, false after a nonlinearity); a nonlinearity requires a Gaussian input.
-        width: number of features of the represented layer, as declared in the architecture.
-            It enters the "standard" parameterization, whose NTK depends on layer widths.
+        width: number of features (channels) of the represented layer, as declared in the
+            architecture. It enters the "standard" parameterization, whose NTK depends on it.
+        layout: "diagonal" or "full", the spatial layout described above (meaningless, and
+            "diagonal", for outputs without spatial axes).
 
     Kernels follow Neural Tangents' conventions (input kernel ``x . x' / d``), so values
-    compare number for number.
+    compare number for number (Neural Tangents lays spatial axes out channels-last and
+    interleaves the two position axes of the full layout; widenet keeps PyTorch's order).
     """
 
     nngp: torch.Tensor
@@ -41,11 +49,18 @@ class Kernel:
     var2: Optional[torch.Tensor] = None
     is_gaussian: bool = False
     width: int = 0
+    layout: str = "diagonal"
 
     @property
     def same_inputs(self) -> bool:
         """True when the kernel was computed between a set of inputs and itself."""
         return self.var2 is None
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """The spatial shape ``S`` of the outputs (empty for outputs without spatial axes)."""
+        extra = tuple(self.var1.shape[1:])
+        return extra[: len(extra) // 2] if self.layout == "full" else extra
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -72,6 +87,8 @@ class Kernel:
 
     def __repr__(self) -> str:
         parts = [f"shape={self.shape}", f"dtype={self.dtype}", f"ntk={'yes' if self.ntk is not None else 'no'}"]
+        if self.spatial:
+            parts.append(f"layout={self.layout!r}")
         if self.same_inputs:
             parts.append("same_inputs=True")
         return f"Kernel({', '.join(parts)})"
@@ -80,50 +97,99 @@ class Kernel:
 class Work:
     """Mutable kernel state on one tile of input pairs (private to widenet).
 
-    ``nngp``/``ntk`` hold the tile: shape ``(B, C)`` in the grid layout (row inputs against
-    column inputs) or ``(B,)`` in the paired layout (input i against input i of the other set).
-    ``nngp is None`` means a variance-only pass: layers just propagate ``var1``/``var2``.
+    The tile ``nngp``/``ntk`` has shape ``(B, C, *P)`` in the grid mode (``B`` row inputs
+    against ``C`` column inputs) and ``(B, *P)`` in the self mode (each input against
+    itself), where the position-pair shape ``P`` is ``S`` in the diagonal layout and
+    ``S + S`` in the full one (``S`` the spatial shape; empty for fully connected features).
+    ``nngp is None`` means that only the covariances are propagated.
+
+    ``cov1``/``cov2`` are the row and column inputs' own covariances in the same layout
+    (``(B, *P)`` and ``(C, *P)``); ``var1``/``var2`` are their per-position variances
+    ``(B, *S)``. Nonlinearities and attention read them; every layer transforms them along
+    with the tile, so they are always those of the layer being represented.
     ``diagonal`` is the offset of the tile's main diagonal (x_i against itself) when the tile
-    contains it, else ``None``; nonlinearities re-synchronize that diagonal with ``var1`` so
-    that correlations of an input with itself stay exactly one.
+    contains it, else ``None``; nonlinearities copy ``cov1`` onto it so that an input's
+    kernel with itself is exactly its covariance.
     """
 
-    __slots__ = ("nngp", "ntk", "var1", "var2", "paired", "is_gaussian", "width", "diagonal")
+    __slots__ = ("nngp", "ntk", "cov1", "cov2", "self_mode", "is_gaussian", "width",
+                 "diagonal", "spatial", "full")
 
     def __init__(
         self,
         nngp: Optional[torch.Tensor],
         ntk: Optional[torch.Tensor],
-        var1: torch.Tensor,
-        var2: torch.Tensor,
+        cov1: torch.Tensor,
+        cov2: torch.Tensor,
         *,
-        paired: bool = False,
+        self_mode: bool = False,
         is_gaussian: bool = False,
         width: int = 0,
         diagonal: Optional[int] = None,
+        spatial: tuple = (),
+        full: bool = False,
     ) -> None:
         self.nngp = nngp
         self.ntk = ntk
-        self.var1 = var1
-        self.var2 = var2
-        self.paired = paired
+        self.cov1 = cov1
+        self.cov2 = cov2
+        self.self_mode = self_mode
         self.is_gaussian = is_gaussian
         self.width = width
         self.diagonal = diagonal
+        self.spatial = tuple(spatial)
+        self.full = full
+
+    # ---- geometry ---------------------------------------------------------------------------
+    @property
+    def npos(self) -> int:
+        return math.prod(self.spatial)
+
+    @property
+    def is_full(self) -> bool:
+        """True when position pairs are all present (full layout with spatial axes)."""
+        return self.full and bool(self.spatial)
+
+    @property
+    def pair_shape(self) -> tuple[int, ...]:
+        return self.spatial + self.spatial if self.is_full else self.spatial
+
+    def _variances(self, cov: torch.Tensor) -> torch.Tensor:
+        if not self.is_full:
+            return cov
+        n, b = self.npos, cov.shape[0]
+        return cov.reshape(b, n, n).diagonal(dim1=1, dim2=2).reshape((b,) + self.spatial)
+
+    @property
+    def var1(self) -> torch.Tensor:
+        """Per-position variances of the row inputs, ``(B, *S)``."""
+        return self._variances(self.cov1)
+
+    @property
+    def var2(self) -> torch.Tensor:
+        return self._variances(self.cov2)
 
     def outer(self, a1: torch.Tensor, a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row and column operands shaped to broadcast against the tile."""
-        if self.paired:
-            return a1, a2
-        return a1[:, None], a2[None, :]
+        """Row and column operands of shape ``(B, *S)``/``(C, *S)`` shaped to broadcast
+        against the tile (position ``s`` of the row against ``s'`` of the column)."""
+        d = len(self.spatial)
+        if self.self_mode:
+            if not self.is_full:
+                return a1, a2
+            return a1.reshape(a1.shape + (1,) * d), a2.reshape(a2.shape[:1] + (1,) * d + a2.shape[1:])
+        if not self.is_full:
+            return a1.unsqueeze(1), a2.unsqueeze(0)
+        r = a1.reshape(a1.shape[:1] + (1,) + a1.shape[1:] + (1,) * d)
+        c = a2.reshape((1,) + a2.shape[:1] + (1,) * d + a2.shape[1:])
+        return r, c
 
     def prod(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-        """The tile of products ``a1[i] * a2[j]`` (a fresh tensor)."""
+        """The tile of products ``a1[i, s] * a2[j, s']`` (a fresh tensor)."""
         r, c = self.outer(a1, a2)
         return r * c
 
     def sum(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-        """The tile of sums ``a1[i] + a2[j]`` (a fresh tensor)."""
+        """The tile of sums ``a1[i, s] + a2[j, s']`` (a fresh tensor)."""
         r, c = self.outer(a1, a2)
         return r + c
 
@@ -135,15 +201,38 @@ class Work:
         r, c = self.outer(z1, z2)
         return r | c
 
+    # ---- updates ----------------------------------------------------------------------------
+    def map_covs(self, fn) -> None:
+        """Applies ``fn`` to ``cov1`` and ``cov2`` (once when they are the same tensor)."""
+        same = self.cov2 is self.cov1
+        self.cov1 = fn(self.cov1)
+        self.cov2 = self.cov1 if same else fn(self.cov2)
+
+    def map_tiles(self, fn) -> None:
+        """Applies ``fn`` to the NNGP and NTK tiles (those present)."""
+        if self.nngp is not None:
+            self.nngp = fn(self.nngp)
+            if self.ntk is not None:
+                self.ntk = fn(self.ntk)
+
+    def pair_diagonal(self, tile: torch.Tensor) -> Optional[torch.Tensor]:
+        """View of the tile's entries (x_i, x_i), shape ``(*P, m)``, or None."""
+        if self.diagonal is None or tile is None or self.self_mode:
+            return None
+        return tile.diagonal(self.diagonal, 0, 1)
+
     def sync_diagonal(self) -> None:
-        if self.diagonal is not None and self.nngp is not None and not self.paired:
-            d = self.nngp.diagonal(self.diagonal)
-            d.copy_(self.var1[: d.shape[0]])
+        d = self.pair_diagonal(self.nngp)
+        if d is not None:
+            m = d.shape[-1]
+            d.copy_(self.cov1[:m].movedim(0, -1))
 
     def copy(self) -> "Work":
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        cov1 = self.cov1.clone()
+        cov2 = cov1 if self.cov2 is self.cov1 else self.cov2.clone()
         return Work(
-            clone(self.nngp), clone(self.ntk), self.var1.clone(), self.var2.clone(),
-            paired=self.paired, is_gaussian=self.is_gaussian, width=self.width,
-            diagonal=self.diagonal,
+            clone(self.nngp), clone(self.ntk), cov1, cov2,
+            self_mode=self.self_mode, is_gaussian=self.is_gaussian, width=self.width,
+            diagonal=self.diagonal, spatial=self.spatial, full=self.full,
         )

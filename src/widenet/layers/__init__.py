@@ -7,6 +7,9 @@ from .elementwise import (
     ABRelu, Abs, Cos, Erf, Exp, Gaussian, Gelu, Hermite, Identity, LeakyRelu, Monomial,
     Nonlinearity, Polynomial, Rbf, RectifiedMonomial, Relu, SigmoidLike, Sign, Sin,
 )
+from .conv import Conv
+from .normalization import BatchNorm, Dropout, LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, MaxPool, SumPool
 from .quadrature import Elementwise, Tanh
 
 __all__ = [
@@ -14,4 +17,6 @@ __all__ = [
     "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
+    "Conv", "AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten",
+    "LayerNorm", "BatchNorm", "Dropout",
 ]

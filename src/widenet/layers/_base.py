@@ -9,13 +9,14 @@ A :class:`Layer` has an exact infinite-width kernel rule (``_apply`` on a privat
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .._validate import as_tensor, check_int
-from ..errors import LayerOrderError, ShapeError
+from ..errors import LayerOrderError, ParameterError, ShapeError
 from ..kernel import Kernel, Work
 from ._modules import derive_seed
 
@@ -59,44 +60,79 @@ class Layer:
             )
         return spec
 
-    # ---- public API -----------------------------------------------------------------------
-    def kernel(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None) -> Kernel:
-        """NNGP and NTK between ``x1`` ``(N1, d)`` and ``x2`` ``(N2, d)``.
+    def _needs_full(self) -> bool:
+        """True when the layer mixes positions (pooling, attention): its input kernel must
+        hold every pair of positions, not only the spatial diagonal."""
+        return False
 
-        ``x2=None`` means ``x2 = x1``; then only the upper triangle is computed and mirrored,
-        so the result is exactly symmetric. dtype and device follow the inputs (numpy arrays
-        are converted; float64 is recommended for accuracy). ``block_size`` is the number of
-        rows per tile (default: about 262,144 entries per tile).
+    # ---- public API -----------------------------------------------------------------------
+    def kernel(
+        self,
+        x1: Any,
+        x2: Any = None,
+        *,
+        block_size: Optional[int] = None,
+        memory: Union[int, str, None] = None,
+        layout: str = "auto",
+    ) -> Kernel:
+        """NNGP and NTK between ``x1`` and ``x2``.
+
+        Inputs are ``(N, features)`` for fully connected networks and ``(N, C, *S)`` (PyTorch's
+        layout: channels, then 1 to 3 spatial axes) for convolutional ones; sequences are
+        ``(N, C, L)``. ``x2=None`` means ``x2 = x1``; then only pairs (i, j >= i) are computed
+        and mirrored, so the result is exactly symmetric. dtype and device follow the inputs
+        (numpy arrays are converted; float64 is recommended for accuracy).
+
+        Args:
+            block_size: inputs per side of a tile of pairs (default: chosen from the cache
+                size and ``memory``). Any value >= 1; nothing needs to divide anything.
+            memory: bound on the working memory beyond inputs and outputs, in bytes or as a
+                string like ``"2GB"`` (default: a quarter of the memory available now). Tiles
+                are sized so that their temporaries stay within it, whatever N.
+            layout: "auto" (default), "diagonal" or "full". For spatial inputs, "diagonal"
+                computes only position s of x1 against the same position of x2 (O(|S|) per
+                pair), "full" every pair of positions (O(|S|^2)). "auto" takes "full" only when
+                a pooling or attention layer needs it.
 
         Returns:
-            a :class:`Kernel` with ``nngp`` and ``ntk`` of shape ``(N1, N2)``.
+            a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
+            without spatial axes (see :class:`Kernel` for spatial outputs).
         """
-        return _compute(self, x1, x2, want_ntk=True, block_size=block_size)
+        return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory, layout=layout)
 
-    def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None) -> torch.Tensor:
-        """Only the ``(N1, N2)`` NNGP kernel; no NTK work is done."""
-        return _compute(self, x1, x2, want_ntk=False, block_size=block_size).nngp
+    def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
+             memory: Union[int, str, None] = None, layout: str = "auto") -> torch.Tensor:
+        """Only the NNGP kernel (see :meth:`kernel`); no NTK work is done."""
+        return _compute(self, x1, x2, want_ntk=False, block_size=block_size, memory=memory,
+                        layout=layout).nngp
 
-    def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None) -> torch.Tensor:
-        """Only the ``(N1, N2)`` NTK (its recursion needs the NNGP, which is not returned)."""
-        return _compute(self, x1, x2, want_ntk=True, block_size=block_size).ntk
+    def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
+            memory: Union[int, str, None] = None, layout: str = "auto") -> torch.Tensor:
+        """Only the NTK (see :meth:`kernel`; its recursion needs the NNGP, not returned)."""
+        return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
+                        layout=layout).ntk
 
     def apply(self, kernel: Kernel) -> Kernel:
         """Transforms an existing :class:`Kernel` by this layer (the input is not modified)."""
         if not isinstance(kernel, Kernel):
             raise TypeError(f"{self._name}.apply: expected a widenet Kernel (got {type(kernel).__name__})")
+        same = kernel.same_inputs
+        full = kernel.layout == "full"
+        spatial = kernel.spatial
         work = Work(
             kernel.nngp.clone(),
             None if kernel.ntk is None else kernel.ntk.clone(),
             kernel.var1,
-            kernel.var1 if kernel.var2 is None else kernel.var2,
+            kernel.var1 if same else kernel.var2,
             is_gaussian=kernel.is_gaussian,
             width=kernel.width,
-            diagonal=0 if kernel.same_inputs else None,
+            diagonal=0 if same else None,
+            spatial=spatial,
+            full=full,
         )
         out = self._single(self._apply(work))
-        return Kernel(out.nngp, out.ntk, out.var1, None if kernel.same_inputs else out.var2,
-                      out.is_gaussian, out.width)
+        return Kernel(out.nngp, out.ntk, out.cov1, None if same else out.cov2,
+                      out.is_gaussian, out.width, "full" if out.is_full else "diagonal")
 
     def module(
         self,
@@ -110,8 +146,9 @@ class Layer:
         """The finite-width ``torch.nn.Module`` whose random initialization has this limit.
 
         Args:
-            input_shape: features of one input, ``d`` or ``(d,)``. ``None`` builds the first
-                affine layers lazily: their weights materialize on the first forward call.
+            input_shape: shape of one input: ``d`` or ``(d,)`` for features, ``(C, *S)`` for
+                images and sequences. ``None`` builds the first affine layers lazily: their
+                weights materialize on the first forward call.
             seed: network seed; the same seed gives the same network. Without ``seed`` or
                 ``generator`` the seed is drawn from torch's global generator, so
                 ``torch.manual_seed`` makes it reproducible too.
@@ -128,17 +165,22 @@ class Layer:
             seed = check_int(f"{self._name}.module", "seed", seed, minimum=0)
         if input_shape is not None:
             shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-            if len(shape) != 1:
+            if not 1 <= len(shape) <= 4:
                 raise ShapeError(
-                    f"{self._name}.module: input_shape must be (features,) for fully connected "
-                    f"networks (got {shape})"
+                    f"{self._name}.module: input_shape must be (features,) or (channels, *spatial) "
+                    f"with 1 to 3 spatial axes (got {shape})"
                 )
-            spec: Spec = check_int(f"{self._name}.module", "input_shape[0]", shape[0], minimum=1)
+            for i, n in enumerate(shape):
+                check_int(f"{self._name}.module", f"input_shape[{i}]", n, minimum=1)
+            spec: Spec = int(shape[0])
+            ndim: Optional[int] = len(shape) - 1
         else:
-            spec = None
+            spec, ndim = None, None
         counter = itertools.count()
         seeds = (derive_seed(seed, i) for i in counter)
-        factory = {"dtype": dtype, "device": device}
+        # ``ndim``: spatial dimensions of the current layer's input, when known (layers that
+        # remove spatial axes set it to 0 for the layers built after them).
+        factory = {"dtype": dtype, "device": device, "ndim": ndim}
         module, _ = self._build(spec, seeds, factory)
         return module
 
@@ -151,20 +193,21 @@ class Layer:
 
 def _check_inputs(owner: str, x1: Any, x2: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     x1 = as_tensor(owner, "x1", x1)
-    if x1.ndim != 2:
+    if not 2 <= x1.ndim <= 5:
         raise ShapeError(
-            f"{owner}: x1 must have shape (N, features) for fully connected networks "
-            f"(got shape {tuple(x1.shape)})"
+            f"{owner}: x1 must have shape (N, features) or (N, C, *spatial) with 1 to 3 spatial "
+            f"axes (got shape {tuple(x1.shape)})"
         )
-    if x1.shape[0] < 1 or x1.shape[1] < 1:
+    if 0 in x1.shape:
         raise ShapeError(f"{owner}: x1 must hold at least one input with at least one feature "
                          f"(got shape {tuple(x1.shape)})")
     if x2 is None:
         return x1, None
     x2 = as_tensor(owner, "x2", x2, like=x1)
-    if x2.ndim != 2 or x2.shape[1] != x1.shape[1] or x2.shape[0] < 1:
+    if x2.ndim != x1.ndim or x2.shape[1:] != x1.shape[1:] or x2.shape[0] < 1:
+        tail = ", ".join(str(n) for n in x1.shape[1:])
         raise ShapeError(
-            f"{owner}: x2 must have shape (N2, {x1.shape[1]}) to match x1 "
+            f"{owner}: x2 must have shape (N2, {tail}) to match x1 "
             f"(got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)})"
         )
     return x1, x2
@@ -180,69 +223,176 @@ def _run_single(layer: Layer, work: Work) -> Work:
     return out
 
 
-def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int]) -> Kernel:
+def _swap(t: torch.Tensor, lead: int, nspatial: int, full: bool) -> torch.Tensor:
+    """The tile seen from the other side: rows and columns exchanged, and in the full layout
+    the two position halves too. ``lead`` is the number of leading (input) axes, 1 or 2."""
+    order = [1, 0] if lead == 2 else [0]
+    if full and nspatial:
+        first = list(range(lead, lead + nspatial))
+        order += [a + nspatial for a in first] + first
+    else:
+        order += list(range(lead, t.ndim))
+    return t.permute(order)
+
+
+def _symmetric_block(t: torch.Tensor, nspatial: int, full: bool) -> torch.Tensor:
+    """A square block of pairs (i, j) made exactly symmetric: entries with i < j are kept
+    (the values a cross-kernel call with these rows and columns gives), those with i > j are
+    their mirror images, and each input against itself is averaged with its mirror."""
+    b = t.shape[0]
+    swapped = _swap(t, 2, nspatial, full)
+    index = torch.arange(b, device=t.device)
+    upper = (index[:, None] < index[None, :]).reshape((b, b) + (1,) * (t.ndim - 2))
+    out = torch.where(upper, t, swapped)
+    out.diagonal(0, 0, 1).copy_(((t + swapped) / 2).diagonal(0, 0, 1))
+    return out
+
+
+def _symmetrize_cov(cov: torch.Tensor, nspatial: int, full: bool) -> torch.Tensor:
+    if not (full and nspatial):
+        return cov
+    return (cov + _swap(cov, 1, nspatial, True)) / 2
+
+
+def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
+                diagonal: Optional[int]) -> Work:
+    """The input layer's kernel ``x . x' / C`` on a tile of row and column inputs."""
+    b, c = xr.shape[:2]
+    spatial = tuple(xr.shape[2:])
+    n = math.prod(spatial)
+    if not spatial:
+        cov1 = xr.pow(2).sum(1).div_(c)
+        cov2 = cov1 if same else xc.pow(2).sum(1).div_(c)
+    elif not full:
+        cov1 = xr.pow(2).sum(1).div_(c)
+        cov2 = cov1 if same else xc.pow(2).sum(1).div_(c)
+    else:
+        def self_cov(x: torch.Tensor) -> torch.Tensor:
+            f = x.reshape(x.shape[0], c, n)
+            g = torch.matmul(f.transpose(1, 2), f).div_(c)
+            return ((g + g.transpose(1, 2)) / 2).reshape((x.shape[0],) + spatial + spatial)
+
+        cov1 = self_cov(xr)
+        cov2 = cov1 if same else self_cov(xc)
+    nngp = None
+    if tile:
+        m = xc.shape[0]
+        if not spatial:
+            nngp = torch.matmul(xr, xc.T).div_(c)
+        elif not full:
+            fr = xr.reshape(b, c, n).permute(2, 0, 1)
+            fc = xc.reshape(m, c, n).permute(2, 1, 0)
+            nngp = torch.matmul(fr, fc).permute(1, 2, 0).div_(c).contiguous().reshape((b, m) + spatial)
+        else:
+            fr = xr.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
+            fc = xc.reshape(m, c, n).transpose(1, 2).reshape(m * n, c)
+            g = torch.matmul(fr, fc.T).div_(c).reshape(b, n, m, n).permute(0, 2, 1, 3)
+            nngp = g.contiguous().reshape((b, m) + spatial + spatial)
+        if same:
+            nngp = _symmetric_block(nngp, len(spatial), full)
+            nngp.diagonal(0, 0, 1).copy_(cov1.movedim(0, -1))
+    return Work(nngp, None, cov1, cov2, width=c, diagonal=diagonal, spatial=spatial, full=full)
+
+
+# Bytes of working memory per tile entry, in units of the dtype's size: the NNGP and NTK
+# tiles, the temporaries of the heaviest rules (about five tile-sized tensors) and the padded
+# copy and accumulator of a window sum.
+_LIVE_TENSORS = 12
+
+
+def _choose_layout(owner: str, layer: Layer, layout: str, spatial: tuple) -> bool:
+    from .._validate import check_choice
+
+    check_choice(owner, "layout", layout, ("auto", "diagonal", "full"))
+    needs = layer._needs_full()
+    if layout == "diagonal" and needs and spatial:
+        raise ParameterError(
+            f"{owner}: layout must be 'auto' or 'full' for this network (got 'diagonal'): it "
+            f"pools or attends over positions, which needs every pair of positions"
+        )
+    return bool(spatial) and (layout == "full" or (layout == "auto" and needs))
+
+
+def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
+             memory: Any = None, layout: str = "auto") -> Kernel:
+    from .._validate import available_memory, check_memory
+
     owner = f"{layer._name}.kernel"
     if block_size is not None:
         block_size = check_int(owner, "block_size", block_size, minimum=1)
+    budget = None if memory is None else check_memory(owner, "memory", memory)
     x1, x2 = _check_inputs(owner, x1, x2)
     same = x2 is None
     xb = x1 if same else x2
-    n1, d = x1.shape
-    n2 = xb.shape[0]
-    sq1 = x1.pow(2).sum(1).div_(d)
-    sq2 = sq1 if same else xb.pow(2).sum(1).div_(d)
+    n1, n2 = x1.shape[0], xb.shape[0]
+    spatial = tuple(x1.shape[2:])
+    full = _choose_layout(owner, layer, layout, spatial)
 
-    # Per-input variances: a cheap O(N) pass in the paired layout.
-    var1_out = _run_single(layer, Work(None, None, sq1, sq1, paired=True, width=d))
-    var2_out = var1_out if same else _run_single(layer, Work(None, None, sq2, sq2, paired=True, width=d))
+    # Probe: one pair through the network validates the architecture against the inputs
+    # (orders, shapes, closed forms) before any expensive work, and gives the output layout.
+    probe_in = _input_work(x1[:1], x1[:1], same=True, full=full, tile=True, diagonal=0)
+    probe_in.ntk = torch.zeros_like(probe_in.nngp) if want_ntk else None
+    probe = _run_single(layer, probe_in)
+    out_pair = tuple(probe.nngp.shape[2:])
+    out_cov = tuple(probe.cov1.shape[1:])
+    out_full = probe.is_full
 
-    nngp = x1.new_empty(n1, n2)
-    ntk = x1.new_zeros(n1, n2) if want_ntk else None
-    rows = block_size or max(1, _TILE_ENTRIES // n2)
-    for r0 in range(0, n1, rows):
-        r1 = min(r0 + rows, n1)
-        c0 = r0 if same else 0
-        tile = nngp[r0:r1, c0:]
-        torch.matmul(x1[r0:r1], xb[c0:].T, out=tile) if tile.is_contiguous() else tile.copy_(
-            x1[r0:r1] @ xb[c0:].T
+    # Tiles: as many pairs as fit the cache-sized target, never more than the budget allows.
+    in_pair = math.prod(spatial) ** (2 if full else 1)
+    item = x1.element_size()
+    budget = budget if budget is not None else available_memory(x1.device) // 4
+    per_pair = _LIVE_TENSORS * in_pair * item
+    max_pairs = budget // per_pair - 2  # the carried covariances cost about two more pairs
+    if max_pairs < 1:
+        raise ParameterError(
+            f"{owner}: memory must be at least {3 * per_pair} bytes to hold one pair of inputs "
+            f"with {in_pair} position pairs (got {budget})"
         )
-        tile.div_(d)
-        if same:
-            _symmetrize_diagonal_block(tile, sq1[r0:r1])
-        ntk_tile = None if ntk is None else ntk[r0:r1, c0:]
-        work = Work(tile, ntk_tile, sq1[r0:r1], sq2[c0:], width=d, diagonal=0 if same else None)
-        work = _run_single(layer, work)
-        if work.nngp.data_ptr() != tile.data_ptr():
-            tile.copy_(work.nngp)
-        if ntk_tile is not None and work.ntk.data_ptr() != ntk_tile.data_ptr():
-            ntk_tile.copy_(work.ntk)
-    if same:
-        for out in (nngp, ntk):
-            if out is not None:
-                _mirror_upper(out, rows)
-        nngp.diagonal().copy_(var1_out.var1)
-    return Kernel(
-        nngp, ntk, var1_out.var1, None if same else var2_out.var1,
-        is_gaussian=var1_out.is_gaussian, width=var1_out.width,
-    )
+    if block_size is not None:
+        side = min(block_size, max(1, math.isqrt(max_pairs)))
+        pairs = side * side
+    else:
+        pairs = min(max_pairs, max(1, _TILE_ENTRIES // in_pair))
+        side = max(1, math.isqrt(pairs))
+    # Square tiles keep the covariances carried along (rows + columns) small next to the
+    # pairs; a short side (few rows) lets the other one grow within the same tile size.
+    br = max(1, min(side, n1))
+    bc = br if same else max(1, min(n2, max(side, pairs // br)))
 
-
-def _symmetrize_diagonal_block(tile: torch.Tensor, sq: torch.Tensor) -> None:
-    """Makes the square block on the tile's diagonal exactly symmetric, with exact variances."""
-    b = sq.shape[0]
-    block = tile[:, :b]
-    upper = torch.triu(block, 1)
-    block.copy_(upper + upper.T)
-    block.diagonal().copy_(sq)
-
-
-def _mirror_upper(out: torch.Tensor, rows: int) -> None:
-    """Copies the computed upper triangle onto the lower one, block by block."""
-    n = out.shape[0]
-    for r0 in range(0, n, rows):
-        r1 = min(r0 + rows, n)
-        block = out[r0:r1, r0:r1]
-        lower = torch.tril(block.T, -1)
-        block.copy_(torch.triu(block) + lower)
-        if r1 < n:
-            out[r1:, r0:r1].copy_(out[r0:r1, r1:].T)
+    nngp = x1.new_empty((n1, n2) + out_pair)
+    ntk = x1.new_empty((n1, n2) + out_pair) if want_ntk else None
+    var1 = x1.new_empty((n1,) + out_cov)
+    var2 = None if same else x1.new_empty((n2,) + out_cov)
+    nsp_out = len(out_cov) // 2 if out_full else len(out_cov)
+    last = probe
+    for r0 in range(0, n1, br):
+        r1 = min(r0 + br, n1)
+        for c0 in range(r0 if same else 0, n2, bc):
+            c1 = min(c0 + bc, n2)
+            diag_block = same and c0 == r0
+            work = _input_work(x1[r0:r1], xb[c0:c1], same=diag_block, full=full, tile=True,
+                               diagonal=0 if diag_block else None)
+            if want_ntk:
+                work.ntk = torch.zeros_like(work.nngp)
+            last = work = _run_single(layer, work)
+            tiles = [(nngp, work.nngp)] + ([(ntk, work.ntk)] if want_ntk else [])
+            if diag_block:
+                cov = _symmetrize_cov(work.cov1, nsp_out, out_full)
+                var1[r0:r1] = cov
+                for out, t in tiles:
+                    t = _symmetric_block(t, nsp_out, out_full)
+                    if out is nngp:
+                        t.diagonal(0, 0, 1).copy_(cov.movedim(0, -1))
+                    out[r0:r1, c0:c1] = t
+            else:
+                for out, t in tiles:
+                    out[r0:r1, c0:c1] = t
+                    if same:
+                        out[c0:c1, r0:r1] = _swap(t, 2, nsp_out, out_full)
+                if not same:
+                    if c0 == 0:
+                        var1[r0:r1] = work.cov1
+                    if r0 == 0:
+                        var2[c0:c1] = work.cov2
+    return Kernel(nngp, ntk, var1, var2, is_gaussian=last.is_gaussian, width=last.width,
+                  layout="full" if out_full else "diagonal")

@@ -31,7 +31,8 @@ def _standard_normal(shape: Sequence[int], generator: torch.Generator) -> torch.
 
 
 class DenseModule(LazyModuleMixin, nn.Module):
-    """``y = x W^T + b`` on the last axis, like ``nn.Linear``, with widenet's initialization.
+    """``y = x W^T + b`` on axis 1 (features, or channels at each position), like
+    ``nn.Linear``, with widenet's initialization.
 
     parameterization "ntk": ``W, b ~ N(0, 1)``, ``y = (W_std / sqrt(in)) x W^T + b_std b``.
     parameterization "standard": ``W ~ N(0, W_std^2 / in)``, ``b ~ N(0, b_std^2)``,
@@ -87,18 +88,23 @@ class DenseModule(LazyModuleMixin, nn.Module):
     def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
             with torch.no_grad():
-                self.in_features = int(input.shape[-1])
+                self.in_features = int(input.shape[1])
                 self.weight.materialize((self.out_features, self.in_features))
                 self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.ndim < 2 or x.shape[1] != self.in_features:
             from ..errors import ShapeError
 
             raise ShapeError(
-                f"DenseModule: input has {x.shape[-1]} features on its last axis but the layer "
-                f"was built for {self.in_features} (input shape {tuple(x.shape)})"
+                f"DenseModule: input has {x.shape[1] if x.ndim >= 2 else 0} features on axis 1 but "
+                f"the layer was built for {self.in_features} (input shape {tuple(x.shape)})"
             )
+        if x.ndim > 2:  # per position, on the channel axis
+            return self._linear(x.movedim(1, -1)).movedim(-1, 1)
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.parameterization == "ntk":
             y = torch.nn.functional.linear(x, self.weight) * (self.W_std / math.sqrt(self.in_features))
             if self.bias is not None:
@@ -174,3 +180,173 @@ class FanInModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}" + (f", axis={self.axis}" if self.mode == "concat" else "")
+
+
+def torch_pads(pads: Sequence[tuple[int, int]]) -> list[int]:
+    """``torch.nn.functional.pad`` order (last axis first) of per-axis ``(before, after)``."""
+    out: list[int] = []
+    for lo, hi in reversed(list(pads)):
+        out += [lo, hi]
+    return out
+
+
+def spatial_pads(shape: Sequence[int], window, stride, dilation, padding: str, owner: str):
+    from ._spatial import pads_for
+
+    return [pads_for(owner, n, k, s, d, padding)[:2] for n, k, s, d in zip(shape, window, stride, dilation)]
+
+
+def pad_input(x: torch.Tensor, pads, padding: str) -> torch.Tensor:
+    flat = torch_pads(pads)
+    if not any(flat):
+        return x
+    return torch.nn.functional.pad(x, flat, mode="circular" if padding == "circular" else "constant")
+
+
+class ConvModule(LazyModuleMixin, nn.Module):
+    """N-d convolution with widenet's initialization and padding rules.
+
+    Its parameters are laid out like ``nn.ConvNd``'s: ``weight`` ``(out, in, *kernel_size)``
+    and ``bias`` ``(out,)``; the forward pass pads (zeros for "same", wrap-around for
+    "circular", nothing for "valid", with the SAME rule's split) and calls
+    ``torch.nn.functional.convNd``. Parameterization "ntk": ``W, b ~ N(0, 1)`` and the output
+    is ``W_std / sqrt(in * prod(kernel_size)) * conv(x, W) + b_std * b``; "standard":
+    ``W ~ N(0, W_std^2 / (in * prod(kernel_size)))``, ``b ~ N(0, b_std^2)``, a plain ``nn.ConvNd``.
+    """
+
+    cls_to_become = None
+
+    def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size, stride, dilation,
+                 padding: str, W_std: float, b_std: Optional[float], parameterization: str, seed: int,
+                 ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self._sizes = (kernel_size, stride, dilation)
+        self.kernel_size = self.stride = self.dilation = None
+        self.padding = padding
+        self.W_std, self.b_std, self.parameterization, self.seed = W_std, b_std, parameterization, seed
+        if ndim is None and isinstance(kernel_size, tuple):
+            ndim = len(kernel_size)
+        if ndim is not None:
+            self._resolve(ndim)
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        if in_channels is None or ndim is None:
+            self.weight = UninitializedParameter(**factory)
+        else:
+            self.weight = nn.Parameter(torch.empty((out_channels, in_channels) + self.kernel_size, **factory))
+        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_channels, **factory))
+        if not self.has_uninitialized_params():
+            self.reset_parameters()
+
+    def _resolve(self, ndim: int) -> None:
+        as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * ndim  # noqa: E731
+        self.kernel_size, self.stride, self.dilation = (as_tuple(v) for v in self._sizes)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * math.prod(self.kernel_size)
+
+    def reset_parameters(self) -> None:
+        if self.has_uninitialized_params():
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        weight = _standard_normal(self.weight.shape, generator)
+        bias = None if self.bias is None else _standard_normal(self.bias.shape, generator)
+        if self.parameterization == "standard":
+            weight.mul_(self.W_std / math.sqrt(self.fan_in))
+            if bias is not None:
+                bias.mul_(self.b_std)
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+
+    def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.in_channels = int(input.shape[1])
+                if self.kernel_size is None:
+                    self._resolve(input.ndim - 2)
+                self.weight.materialize((self.out_channels, self.in_channels) + self.kernel_size)
+                self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = len(self.kernel_size)
+        if x.ndim != d + 2 or x.shape[1] != self.in_channels:
+            from ..errors import ShapeError
+
+            raise ShapeError(
+                f"ConvModule: expected input (N, {self.in_channels}, <{d} spatial sizes>) "
+                f"(got {tuple(x.shape)})"
+            )
+        pads = spatial_pads(x.shape[2:], self.kernel_size, self.stride, self.dilation, self.padding, "ConvModule")
+        x = pad_input(x, pads, self.padding)
+        conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[d - 1]
+        if self.parameterization == "ntk":
+            y = conv(x, self.weight, None, self.stride, 0, self.dilation) * (self.W_std / math.sqrt(self.fan_in))
+            if self.bias is not None:
+                y = y + (self.b_std * self.bias).reshape((1, -1) + (1,) * d)
+            return y
+        return conv(x, self.weight, self.bias, self.stride, 0, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, dilation={self.dilation}, W_std={self.W_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r}"
+        )
+
+
+class PoolModule(nn.Module):
+    """Average, sum or max pooling with widenet's padding rules ("valid", "same" with zeros
+    counted in the average, "circular")."""
+
+    def __init__(self, mode: str, window: Sequence[int], stride: Sequence[int], padding: str) -> None:
+        super().__init__()
+        self.mode, self.window, self.stride, self.padding = mode, tuple(window), tuple(stride), padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = len(self.window)
+        pads = spatial_pads(x.shape[2:], self.window, self.stride, (1,) * d, self.padding, "PoolModule")
+        if self.mode == "max" and self.padding == "same":
+            x = torch.nn.functional.pad(x, torch_pads(pads), value=-math.inf)
+        else:
+            x = pad_input(x, pads, self.padding)
+        F = torch.nn.functional
+        if self.mode == "max":
+            return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[d - 1](x, self.window, self.stride)
+        y = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[d - 1](x, self.window, self.stride)
+        return y * math.prod(self.window) if self.mode == "sum" else y
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, window={self.window}, stride={self.stride}, padding={self.padding!r}"
+
+
+class GlobalPoolModule(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.ndim))
+        return x.mean(dims) if self.mode == "avg" else x.sum(dims)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class LayerNormModule(nn.Module):
+    """``(x - mean) / sqrt(var + eps)`` over ``axes`` (biased variance, no affine parameters)."""
+
+    def __init__(self, axes: Sequence[int], eps: float) -> None:
+        super().__init__()
+        self.axes, self.eps = tuple(axes), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(self.axes, keepdim=True)
+        var = x.var(self.axes, keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"axes={self.axes}, eps={self.eps}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import torch
 from torch import nn
 
 from .._validate import check_int
@@ -27,6 +28,13 @@ def _check_layers(owner: str, layers: tuple) -> tuple:
     return tuple(layers)
 
 
+def _merge_covs(out: Work, w: Work, op) -> None:
+    """``out.cov = op(out.cov, w.cov)`` for both sides (once when they are one tensor)."""
+    same = out.cov2 is out.cov1
+    out.cov1 = op(out.cov1, w.cov1)
+    out.cov2 = out.cov1 if same else op(out.cov2, w.cov2)
+
+
 @dataclass(frozen=True, init=False)
 class Serial(Layer):
     """Applies ``layers`` one after another: ``Serial(a, b, c)(x) = c(b(a(x)))``."""
@@ -35,6 +43,9 @@ class Serial(Layer):
 
     def __init__(self, *layers: Layer) -> None:
         object.__setattr__(self, "layers", _check_layers("Serial", layers))
+
+    def _needs_full(self) -> bool:
+        return any(layer._needs_full() for layer in self.layers)
 
     def _apply(self, flow: Flow) -> Flow:
         for layer in self.layers:
@@ -57,6 +68,9 @@ class Parallel(Layer):
 
     def __init__(self, *layers: Layer) -> None:
         object.__setattr__(self, "layers", _check_layers("Parallel", layers))
+
+    def _needs_full(self) -> bool:
+        return any(layer._needs_full() for layer in self.layers)
 
     def _branches(self, n: int) -> None:
         if n != len(self.layers):
@@ -136,8 +150,7 @@ class FanInSum(_FanIn):
                 out.nngp.add_(w.nngp)
                 if out.ntk is not None:
                     out.ntk.add_(w.ntk)
-            out.var1 = out.var1 + w.var1
-            out.var2 = out.var2 + w.var2
+            _merge_covs(out, w, torch.add)
         out.is_gaussian = all(w.is_gaussian for w in ws)
         return out
 
@@ -165,8 +178,7 @@ class FanInProd(_FanIn):
         for w in ws[1:]:
             if out.nngp is not None:
                 out.nngp.mul_(w.nngp)
-            out.var1 = out.var1 * w.var1
-            out.var2 = out.var2 * w.var2
+            _merge_covs(out, w, torch.mul)
         out.is_gaussian = len(ws) == 1 and out.is_gaussian
         return out
 
@@ -201,16 +213,14 @@ class FanInConcat(_FanIn):
             out.nngp.mul_(first)
             if out.ntk is not None:
                 out.ntk.mul_(first)
-        var1, var2 = out.var1 * first, out.var2 * first
+        out.map_covs(lambda c: c * first)
         for w in ws[1:]:
             share = w.width / total
             if out.nngp is not None:
                 out.nngp.add_(w.nngp, alpha=share)
                 if out.ntk is not None:
                     out.ntk.add_(w.ntk, alpha=share)
-            var1 = var1 + w.var1 * share
-            var2 = var2 + w.var2 * share
-        out.var1, out.var2 = var1, var2
+            _merge_covs(out, w, lambda a, b: a + b * share)
         out.width = total
         # Each feature comes from one branch: the features are a mixture, not one Gaussian
         # with the averaged kernel, so a nonlinearity may not follow directly (an affine
@@ -233,6 +243,9 @@ class Repeat(Layer):
         if not isinstance(self.layer, Layer):
             raise ParameterError(f"Repeat: layer must be a widenet layer (got {type(self.layer).__name__})")
         object.__setattr__(self, "n", check_int("Repeat", "n", self.n, minimum=1))
+
+    def _needs_full(self) -> bool:
+        return self.layer._needs_full()
 
     def _apply(self, flow: Flow) -> Flow:
         for _ in range(self.n):

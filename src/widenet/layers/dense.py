@@ -17,7 +17,11 @@ __all__ = ["Dense"]
 
 @dataclass(frozen=True)
 class Dense(Layer):
-    """Affine layer on the last axis, like ``nn.Linear(in_features, out_features)``.
+    """Affine layer on the feature axis, like ``nn.Linear(in_features, out_features)``.
+
+    It acts on axis 1: the last axis of ``(N, features)`` inputs, the channel axis of
+    ``(N, C, *S)`` inputs, where it mixes channels at each position independently (the same
+    layer as ``Conv(out_features, kernel_size=1)``).
 
     Kernel rule, parameterization "ntk" (Jacot et al. 2018; Lee et al. 2019,
     arXiv 1902.06720)::
@@ -66,8 +70,7 @@ class Dense(Layer):
                     if self.b_std is not None:
                         w.ntk.add_(1.0)
                 w.nngp.mul_(w_var).add_(b_var)
-        w.var1 = w.var1 * w_var + b_var
-        w.var2 = w.var2 * w_var + b_var
+        w.map_covs(lambda c: c * w_var + b_var)
         w.is_gaussian = True
         w.width = self.out_features
         return w
@@ -76,6 +79,6 @@ class Dense(Layer):
         in_features = self._single_spec(spec)
         module = DenseModule(
             in_features, self.out_features, self.W_std, self.b_std, self.parameterization,
-            next(seeds), **factory,
+            next(seeds), dtype=factory["dtype"], device=factory["device"],
         )
         return module, self.out_features

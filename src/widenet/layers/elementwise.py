@@ -61,13 +61,29 @@ class Nonlinearity(Layer):
                 f"such as Dense; add a Dense layer before it (a nonlinearity cannot follow the "
                 f"network input or another nonlinearity directly)"
             )
+        same = w.cov2 is w.cov1
+        v1, v2 = w.var1, w.var2
         if w.nngp is not None:
             self._tile(w)
-        w.var1 = self._diag(w.var1)
-        w.var2 = w.var1 if w.var2 is w.var1 else self._diag(w.var2)
+        new1 = self._diag(v1)
+        new2 = new1 if same else self._diag(v2)
+        if w.is_full:
+            # Each input's own covariance over position pairs is itself a kernel: apply the
+            # same rule to it, with exact variances on its diagonal.
+            w.cov1 = self._self_rule(w, w.cov1, new1)
+            w.cov2 = w.cov1 if same else self._self_rule(w, w.cov2, new2)
+        else:
+            w.cov1, w.cov2 = new1, new2
         w.is_gaussian = False
         w.sync_diagonal()
         return w
+
+    def _self_rule(self, w: Work, cov: torch.Tensor, new_var: torch.Tensor) -> torch.Tensor:
+        own = Work(cov.clone(), None, cov, cov, self_mode=True, spatial=w.spatial, full=True)
+        self._tile(own)
+        n, b = w.npos, cov.shape[0]
+        own.nngp.view(b, n, n).diagonal(dim1=1, dim2=2).copy_(new_var.reshape(b, n))
+        return own.nngp
 
     def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
         return ActivationModule(self.fn, repr(self)), self._single_spec(spec)
@@ -84,8 +100,10 @@ def _angles(w: Work, root: torch.Tensor) -> torch.Tensor:
 
 def _sin_root(w: Work) -> torch.Tensor:
     """``sqrt(max(q1 q2 - K^2, 0))``: (q1 q2)^{1/2} sin(theta) without dividing."""
+    # Two separately rounded products, not a fused multiply-add: for an input against itself
+    # (K == q1 == q2 bitwise) the difference is then exactly zero, and so is the angle.
     root = w.prod(w.var1, w.var2)
-    return root.addcmul_(w.nngp, w.nngp, value=-1.0).clamp_(min=0).sqrt_()
+    return root.sub_(w.nngp * w.nngp).clamp_(min=0).sqrt_()
 
 
 @dataclass(frozen=True)

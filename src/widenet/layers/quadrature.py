@@ -111,8 +111,8 @@ class Elementwise(Nonlinearity):
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         x, wts = self._nodes(q)
-        values = self.fn(torch.sqrt(q)[:, None] * x[None, :])
-        return (values * values) @ wts
+        values = self.fn(torch.sqrt(q).reshape(-1, 1) * x[None, :])
+        return ((values * values) @ wts).reshape(q.shape)
 
 
 def _tanh_derivative(x: torch.Tensor) -> torch.Tensor:

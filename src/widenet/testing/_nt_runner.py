@@ -12,10 +12,18 @@ import time
 import numpy as np
 
 
-def build(spec, stax):
+_PADDING = {"same": "SAME", "valid": "VALID", "circular": "CIRCULAR"}
+
+
+def _size(value, ndim):
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * ndim
+
+
+def build(spec, stax, ndim=0):
+    """NT layers for a widenet spec; ``ndim`` spatial dimensions, inputs channels-last."""
     kind = spec["type"]
     p = spec.get("params", {})
-    children = [build(c, stax) for c in spec.get("children", [])]
+    children = [build(c, stax, ndim) for c in spec.get("children", [])]
     if kind == "Serial":
         return stax.serial(*children)
     if kind == "Parallel":
@@ -53,6 +61,24 @@ def build(spec, stax):
         return getattr(stax, kind)(p["degree"])
     if kind == "Polynomial":
         return stax.Polynomial(p["coef"])
+    if kind == "Conv":
+        if _size(p["dilation"], ndim) != (1,) * ndim:
+            raise ValueError("Neural Tangents' Conv has no dilation")
+        return stax.Conv(p["out_channels"], _size(p["kernel_size"], ndim), _size(p["stride"], ndim),
+                         _PADDING[p["padding"]], W_std=p["W_std"], b_std=p["b_std"],
+                         parameterization=p["parameterization"])
+    if kind in ("AvgPool", "SumPool"):
+        window = _size(p["window"], ndim)
+        stride = window if p["stride"] is None else _size(p["stride"], ndim)
+        return getattr(stax, kind)(window, stride, _PADDING[p["padding"]])
+    if kind in ("GlobalAvgPool", "GlobalSumPool", "Flatten"):
+        return getattr(stax, kind)()
+    if kind == "LayerNorm":
+        axes = p["axis"] if isinstance(p["axis"], list) else [p["axis"]]
+        nt_axes = tuple(-1 if a == 1 else a - 1 for a in axes)  # channels-last
+        return stax.LayerNorm(axis=nt_axes, eps=p["eps"])
+    if kind == "Dropout":
+        return stax.Dropout(1.0 - p["rate"], mode="train" if p["mode"] == "train" else "test")
     raise ValueError(f"no Neural Tangents counterpart for {kind}")
 
 
@@ -65,9 +91,13 @@ def main(path):
     import jax.numpy as jnp
     from neural_tangents import stax
 
-    _, _, kernel_fn = build(job["spec"], stax)
-    x1 = jnp.asarray(np.load(job["x1"]))
-    x2 = None if job.get("x2") is None else jnp.asarray(np.load(job["x2"]))
+    x1 = np.load(job["x1"])
+    ndim = x1.ndim - 2
+    _, _, kernel_fn = build(job["spec"], stax, ndim)
+    # widenet is channels-first (N, C, *S); Neural Tangents is channels-last (N, *S, C).
+    last = lambda x: np.moveaxis(x, 1, -1) if x.ndim > 2 else x  # noqa: E731
+    x1 = jnp.asarray(last(x1))
+    x2 = None if job.get("x2") is None else jnp.asarray(last(np.load(job["x2"])))
     get = tuple(job["get"])
     batch = job.get("batch_size", 0)
     if batch:
