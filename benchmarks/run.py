@@ -1,18 +1,26 @@
 """Side-by-side benchmark: widenet against Neural Tangents on identical inputs, in one run.
 
 For each workload: checks that the kernels agree, then prints throughput (kernel entries per
-second, NNGP+NTK) of both, their ratio, and peak memory of each process against the size of
-the two output matrices. Neural Tangents runs jit-compiled (a warm-up run excluded) in its
+second, NNGP+NTK, same inputs x2=None) of both, their ratio, and the peak memory each process
+added beyond its imports. Neural Tangents runs jit-compiled (a warm-up run excluded) in its
 own environment (../shared/tools/nt-env.sh); widenet runs in a subprocess too, so that each
-peak resident memory is measured alone.
+peak resident memory is measured alone. For the pooled CNNs it also prints the achieved
+floating-point rate against this machine's measured matrix-multiply peak.
 
-Usage: python benchmarks/run.py [--n 4000] [--repeats 3]
+Workloads (names for --only):
+  fc          FC depth-3 ReLU, N=4000, d=784
+  cnn-pool    3x [Conv 3x3 "same" + ReLU] + GlobalAvgPool + Dense on 1x8x8 inputs, N=200
+  cnn1d-pool  the same with 1-D convolutions of width 3 on 1x40 inputs, N=400
+  cnn-flatten the 8x8 CNN with Flatten instead of pooling, N=200
+
+Usage: python benchmarks/run.py [--only cnn-pool,fc] [--dtypes float64,float32] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -31,11 +39,44 @@ def fc_relu(depth: int = 3):
     return wn.Serial(*hidden, wn.Dense(1, 1.4, 0.1))
 
 
-def _widenet_child(n: int, d: int, dtype: str, repeats: int, out: str) -> None:
-    torch.manual_seed(0)
+def cnn(head):
+    convs = [layer for _ in range(3) for layer in (wn.Conv(64, 3, padding="same", W_std=1.4, b_std=0.1), wn.Relu())]
+    return wn.Serial(*convs, head, wn.Dense(10, 1.4, 0.1))
+
+
+WORKLOADS = {
+    "fc": (fc_relu, (784,), 4000),
+    "cnn-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 8, 8), 200),
+    "cnn1d-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 400),
+    "cnn-flatten": (lambda: cnn(wn.Flatten()), (1, 8, 8), 200),
+}
+
+
+def _flops_per_entry(name: str) -> float:
+    """Floating-point operations per output entry of the pooled CNNs (a lower bound that
+    counts what any exact method must do): per pair, per layer and per position pair, the
+    ReLU rule for NNGP and NTK (~30 flops, counting sqrt and atan2 as one each) and the 3x3
+    (or width-3) tied-offset convolution of NNGP and NTK (2 * 2 * prod(window) flops)."""
+    shape = WORKLOADS[name][1]
+    positions = math.prod(shape[1:])
+    window = 3 ** (len(shape) - 1)
+    return 3 * positions**2 * (30 + 4 * window)
+
+
+def _matmul_peak(dtype: torch.dtype) -> float:
+    a = torch.randn(2048, 2048, dtype=dtype)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048**3 / (time.perf_counter() - start)
+
+
+def _widenet_child(name: str, dtype: str, repeats: int, out: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
-    net = fc_relu()
-    net.kernel(x[:256])  # warm-up
+    net = WORKLOADS[name][0]()
+    net.kernel(x[:16])  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -44,7 +85,7 @@ def _widenet_child(n: int, d: int, dtype: str, repeats: int, out: str) -> None:
     np.save(out + ".nngp.npy", k.nngp.numpy())
     np.save(out + ".ntk.npy", k.ntk.numpy())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(out + ".json").write_text(json.dumps({"times": times, "peak": peak}))
+    Path(out + ".json").write_text(json.dumps({"times": times, "peak": peak, "before": before}))
 
 
 def _baseline_rss() -> int:
@@ -56,46 +97,53 @@ def _baseline_rss() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--d", type=int, default=784)
+    parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     python = nt_python()
     if python is None:
         sys.exit("Neural Tangents environment not found: run ../shared/tools/nt-env.sh first")
     base = _baseline_rss()
-    print(f"FC depth-3 ReLU, NNGP+NTK, N={args.n}, d={args.d}, same inputs (x2=None); "
-          f"{torch.get_num_threads()} threads\n")
-    header = f"{'dtype':8s} {'widenet entries/s':>18s} {'NT entries/s':>14s} {'ratio':>7s} {'max rel err':>12s} " \
-             f"{'widenet peak/outputs':>21s} {'NT peak/outputs':>16s}"
+    print(f"NNGP+NTK, same inputs (x2=None); {torch.get_num_threads()} threads; peaks are MB added "
+          f"beyond imports (widenet's default memory budget: a quarter of available RAM)\n")
+    header = (f"{'workload':12s} {'dtype':8s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
+              f"{'max rel err':>12s} {'widenet MB':>11s} {'NT MB':>8s} {'GFLOP/s (of matmul peak)':>26s}")
     print(header)
     print("-" * len(header))
-    for dtype in ("float32", "float64"):
-        x = torch.randn(args.n, args.d, generator=torch.Generator().manual_seed(0),
-                        dtype=getattr(torch, dtype))
-        tmp = Path(f"/tmp/widenet-bench-{dtype}")
-        np.save(str(tmp) + ".x.npy", x.numpy())
-        subprocess.run([sys.executable, __file__, "--child", str(args.n), str(args.d), dtype,
-                        str(args.repeats), str(tmp)], check=True)
-        ours = json.loads(Path(str(tmp) + ".json").read_text())
-        nngp, ntk = np.load(str(tmp) + ".nngp.npy"), np.load(str(tmp) + ".ntk.npy")
-        theirs = nt_kernel(fc_relu(), x, None, repeats=args.repeats, warmup=True)
-        err = max(np.abs(nngp - theirs["nngp"]).max() / np.abs(theirs["nngp"]).max(),
-                  np.abs(ntk - theirs["ntk"]).max() / np.abs(theirs["ntk"]).max())
-        entries = args.n * args.n
-        ours_rate, nt_rate = entries / min(ours["times"]), entries / min(theirs["times"])
-        outputs = 2 * nngp.nbytes
-        peak = (ours["peak"] - base) / outputs
-        nt_peak = theirs.get("peak")
-        nt_peak_text = "n/a" if nt_peak is None else f"{(float(nt_peak) - base) / outputs:.2f}"
-        print(f"{dtype:8s} {ours_rate:18.3g} {nt_rate:14.3g} {ours_rate / nt_rate:6.2f}x {err:12.2e} "
-              f"{peak:20.2f}x {nt_peak_text:>15s}x")
+    for name in args.only.split(","):
+        builder, shape, n = WORKLOADS[name]
+        for dtype in args.dtypes.split(","):
+            torch_dtype = getattr(torch, dtype)
+            x = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch_dtype)
+            tmp = Path(f"/tmp/widenet-bench-{name}-{dtype}")
+            np.save(str(tmp) + ".x.npy", x.numpy())
+            subprocess.run([sys.executable, __file__, "--child", name, dtype, str(args.repeats), str(tmp)],
+                           check=True)
+            ours = json.loads(Path(str(tmp) + ".json").read_text())
+            nngp, ntk = np.load(str(tmp) + ".nngp.npy"), np.load(str(tmp) + ".ntk.npy")
+            theirs = nt_kernel(builder(), x, None, repeats=args.repeats, warmup=True)
+            off = ~np.eye(n, dtype=bool)  # NT's same-input diagonal carries a sqrt(eps) error
+            err = max(np.abs(a - b)[off].max() / np.abs(b).max()
+                      for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
+            entries = n * n
+            ours_rate, nt_rate = entries / min(ours["times"]), entries / min(theirs["times"])
+            peak_mb = (ours["peak"] - base) / 1e6
+            nt_peak = theirs.get("peak")
+            nt_mb = "n/a" if nt_peak is None else f"{(float(nt_peak) - base) / 1e6:.0f}"
+            flops = "-"
+            if name in ("cnn-pool", "cnn1d-pool"):
+                # Only the upper triangle of pairs is computed when x2 is None.
+                rate = _flops_per_entry(name) * (n * (n + 1) / 2) / min(ours["times"])
+                peak = _matmul_peak(torch_dtype)
+                flops = f"{rate / 1e9:.1f} ({100 * rate / peak:.0f}% of {peak / 1e9:.0f})"
+            print(f"{name:12s} {dtype:8s} {ours_rate:18.3g} {nt_rate:13.3g} {ours_rate / nt_rate:6.2f}x "
+                  f"{err:12.2e} {peak_mb:11.0f} {nt_mb:>8s} {flops:>26s}", flush=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        n, d, dtype, repeats, out = sys.argv[2:7]
-        torch.set_default_dtype(getattr(torch, dtype))
-        _widenet_child(int(n), int(d), dtype, int(repeats), out)
+        name, dtype, repeats, out = sys.argv[2:6]
+        _widenet_child(name, dtype, int(repeats), out)
     else:
         main()

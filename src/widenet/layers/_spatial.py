@@ -87,25 +87,68 @@ def window_sum(
 
     ``groups[g]`` lists the axes that share the offset of group ``g`` (one axis for pooling
     and for the diagonal layout; the two position axes of a dimension for a convolution in
-    the full layout). Returns a new tensor; ``t`` is not modified.
+    the full layout). Zero padding is never materialized: each offset adds the overlapping
+    slice of the input into the matching slice of the output. Returns a new tensor; ``t`` is
+    not modified.
     """
     out = t
     for axes, k, st, dil, (lo, hi) in zip(groups, window, stride, dilation, pads):
         if k == 1 and st == 1 and lo == 0 and hi == 0:
             continue
-        padded = _pad_axes(out, axes, lo, hi, circular)
-        size = padded.shape[axes[0]]
-        n_out = (size - (k - 1) * dil - 1) // st + 1
-        acc = None
-        for o in range(k):
-            piece = padded
-            for ax in axes:
-                piece = piece.narrow(ax, o * dil, (n_out - 1) * st + 1)
-                if st > 1:
-                    piece = _stride(piece, ax, st)
-            acc = piece.clone(memory_format=torch.contiguous_format) if acc is None else acc.add_(piece)
-        out = acc
+        if circular:
+            out = _padded_sum(_pad_axes(out, axes, lo, hi, True), axes, k, st, dil)
+        else:
+            out = _shifted_sum(out, axes, k, st, dil, lo, hi)
     return out if out is not t else t.clone()
+
+
+def _padded_sum(padded: torch.Tensor, axes: Sequence[int], k: int, st: int, dil: int) -> torch.Tensor:
+    size = padded.shape[axes[0]]
+    n_out = (size - (k - 1) * dil - 1) // st + 1
+    acc = None
+    for o in range(k):
+        piece = padded
+        for ax in axes:
+            piece = _stride(piece.narrow(ax, o * dil, (n_out - 1) * st + 1), ax, st)
+        acc = piece.clone(memory_format=torch.contiguous_format) if acc is None else acc.add_(piece)
+    return acc
+
+
+def _shifted_sum(t: torch.Tensor, axes: Sequence[int], k: int, st: int, dil: int, lo: int, hi: int) -> torch.Tensor:
+    n = t.shape[axes[0]]
+    n_out = (n + lo + hi - (k - 1) * dil - 1) // st + 1
+    shape = list(t.shape)
+    for ax in axes:
+        shape[ax] = n_out
+    out = t.new_empty(shape)
+    # Output position p reads input p * st + o * dil - lo, when that lies inside [0, n).
+    spans = []
+    for o in range(k):
+        shift = o * dil - lo
+        first = max(0, -(-(-shift) // st))  # ceil(-shift / st), at least 0
+        last = min(n_out - 1, (n - 1 - shift) // st)
+        if last >= first:
+            spans.append((first, last - first + 1, first * st + shift))
+    # Start from an offset that covers every output position (a copy, not a zero fill).
+    full = [s for s in spans if s[0] == 0 and s[1] == n_out]
+    if full:
+        spans.remove(full[0])
+        _, count, start = full[0]
+        out.copy_(_slice(t, axes, start, count, st))
+    else:
+        out.zero_()
+    for first, count, start in spans:
+        target = out
+        for ax in axes:
+            target = target.narrow(ax, first, count)
+        target.add_(_slice(t, axes, start, count, st))
+    return out
+
+
+def _slice(t: torch.Tensor, axes: Sequence[int], start: int, count: int, st: int) -> torch.Tensor:
+    for ax in axes:
+        t = _stride(t.narrow(ax, start, (count - 1) * st + 1), ax, st)
+    return t
 
 
 def _stride(t: torch.Tensor, ax: int, step: int) -> torch.Tensor:

@@ -96,35 +96,38 @@ class Conv(Layer):
     def _apply(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of("Conv", w)
-        window, stride, dilation, pads, out_spatial = self._geometry(spatial)
+        window_size, stride, dilation, pads, out_spatial = self._geometry(spatial)
         d = len(spatial)
-        scale = 1.0 / math.prod(window)
+        scale = 1.0 / math.prod(window_size)
         circular = self.padding == "circular"
 
-        def average(t: torch.Tensor) -> torch.Tensor:
+        def window(t: torch.Tensor) -> torch.Tensor:  # prod(window) * A[t]
             first, second = spatial_axes(t.ndim, d, w.is_full)
             groups = [[a, b] for a, b in zip(first, second)] if second else [[a] for a in first]
-            return window_sum(t, groups, window, stride, dilation, pads, circular).mul_(scale)
+            return window_sum(t, groups, window_size, stride, dilation, pads, circular)
+
 
         w_var = self.W_std**2
         b_var = 0.0 if self.b_std is None else self.b_std**2
+        k_scale = w_var * scale  # one pass: W_std^2 A[K] + b_std^2 from the window sum
         if w.nngp is not None:
-            k = average(w.nngp)
+            k = window(w.nngp)
             if w.ntk is not None:
-                theta = average(w.ntk).mul_(w_var)
-                if self.parameterization == "ntk":
-                    k.mul_(w_var).add_(b_var)
-                    theta.add_(k)
-                else:
-                    theta.add_(k, alpha=float(w.width * math.prod(window)))
+                theta = window(w.ntk).mul_(k_scale)
+                if self.parameterization == "standard":
+                    # C_in prod(kernel_size) A[K] is C_in times the window sum over prod(...).
+                    theta.add_(k, alpha=float(w.width) * scale * math.prod(window_size))
                     if self.b_std is not None:
                         theta.add_(1.0)
-                    k.mul_(w_var).add_(b_var)
+                    k.mul_(k_scale).add_(b_var)
+                else:
+                    k.mul_(k_scale).add_(b_var)
+                    theta.add_(k)
                 w.ntk = theta
             else:
-                k.mul_(w_var).add_(b_var)
+                k.mul_(k_scale).add_(b_var)
             w.nngp = k
-        w.map_covs(lambda c: average(c).mul_(w_var).add_(b_var))
+        w.map_covs(lambda c: window(c).mul_(k_scale).add_(b_var))
         w.spatial = out_spatial
         w.is_gaussian = True
         w.width = self.out_channels
