@@ -28,6 +28,20 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _assert_same_inputs_match(net, x1):
+    """Same inputs: NT evaluates the diagonal with the off-diagonal formula, where
+    sqrt(q1 q2 - K^2) of a rounding residue costs it about sqrt(machine epsilon) for the
+    angle-based activations; widenet keeps the diagonal exact. Off-diagonals must agree."""
+    from widenet.testing.nt import nt_kernel
+
+    ours, theirs = net.kernel(x1), nt_kernel(net, x1)
+    off = ~np.eye(x1.shape[0], dtype=bool)
+    for name in ("nngp", "ntk"):
+        a, b = getattr(ours, name).numpy(), theirs[name]
+        assert float(np.abs(a - b)[off].max() / np.abs(b).max()) <= 1e-10
+        assert _rel(np.diag(a), np.diag(b)) <= 1e-3
+
+
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=repr)
 def test_kernels_match_neural_tangents(act, parameterization):
@@ -39,15 +53,7 @@ def test_kernels_match_neural_tangents(act, parameterization):
     ours, theirs = net.kernel(x1, x2), nt_kernel(net, x1, x2)
     assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
     assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
-    # Same inputs: NT evaluates the diagonal with the off-diagonal formula, where
-    # sqrt(q1 q2 - K^2) of a rounding residue costs it about sqrt(machine epsilon) for the
-    # angle-based activations; widenet keeps the diagonal exact. Off-diagonals must agree.
-    ours, theirs = net.kernel(x1), nt_kernel(net, x1)
-    off = ~np.eye(x1.shape[0], dtype=bool)
-    for name in ("nngp", "ntk"):
-        a, b = getattr(ours, name).numpy(), theirs[name]
-        assert float(np.abs(a - b)[off].max() / np.abs(b).max()) <= 1e-10
-        assert _rel(np.diag(a), np.diag(b)) <= 1e-3
+    _assert_same_inputs_match(net, x1)
 
 
 def test_combinators_match_neural_tangents():
@@ -121,10 +127,4 @@ def test_cnn_kernels_match_neural_tangents(name, shape):
     ours, theirs = net.kernel(x1, x2), nt_kernel(net, x1, x2)
     assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
     assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
-    # Same inputs: as for the dense networks, NT's diagonal carries a sqrt(epsilon) error.
-    ours, theirs = net.kernel(x1), nt_kernel(net, x1)
-    off = ~np.eye(x1.shape[0], dtype=bool)
-    for name_ in ("nngp", "ntk"):
-        a, b = getattr(ours, name_).numpy(), theirs[name_]
-        assert float(np.abs(a - b)[off].max() / np.abs(b).max()) <= 1e-10
-        assert _rel(np.diag(a), np.diag(b)) <= 1e-3
+    _assert_same_inputs_match(net, x1)

@@ -30,6 +30,23 @@ def _standard_normal(shape: Sequence[int], generator: torch.Generator) -> torch.
     return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
+def _draw_affine(module: nn.Module, fan_in: int) -> None:
+    """Draws ``module.weight`` and ``module.bias`` from ``module.seed``: N(0, 1) for the "ntk"
+    parameterization (scaled in the forward pass), N(0, W_std^2 / fan_in) and N(0, b_std^2)
+    for "standard"."""
+    generator = torch.Generator().manual_seed(module.seed)
+    weight = _standard_normal(module.weight.shape, generator)
+    bias = None if module.bias is None else _standard_normal(module.bias.shape, generator)
+    if module.parameterization == "standard":
+        weight.mul_(module.W_std / math.sqrt(fan_in))
+        if bias is not None:
+            bias.mul_(module.b_std)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+
+
 class DenseModule(LazyModuleMixin, nn.Module):
     """``y = x W^T + b`` on axis 1 (features, or channels at each position), like
     ``nn.Linear``, with widenet's initialization.
@@ -71,19 +88,8 @@ class DenseModule(LazyModuleMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         """Redraws the parameters from this module's seed (the same values every time)."""
-        if self.has_uninitialized_params():
-            return
-        generator = torch.Generator().manual_seed(self.seed)
-        weight = _standard_normal(self.weight.shape, generator)
-        bias = None if self.bias is None else _standard_normal(self.bias.shape, generator)
-        if self.parameterization == "standard":
-            weight.mul_(self.W_std / math.sqrt(self.in_features))
-            if bias is not None:
-                bias.mul_(self.b_std)
-        with torch.no_grad():
-            self.weight.copy_(weight)
-            if bias is not None:
-                self.bias.copy_(bias)
+        if not self.has_uninitialized_params():
+            _draw_affine(self, self.in_features)
 
     def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
@@ -248,19 +254,9 @@ class ConvModule(LazyModuleMixin, nn.Module):
         return self.in_channels * math.prod(self.kernel_size)
 
     def reset_parameters(self) -> None:
-        if self.has_uninitialized_params():
-            return
-        generator = torch.Generator().manual_seed(self.seed)
-        weight = _standard_normal(self.weight.shape, generator)
-        bias = None if self.bias is None else _standard_normal(self.bias.shape, generator)
-        if self.parameterization == "standard":
-            weight.mul_(self.W_std / math.sqrt(self.fan_in))
-            if bias is not None:
-                bias.mul_(self.b_std)
-        with torch.no_grad():
-            self.weight.copy_(weight)
-            if bias is not None:
-                self.bias.copy_(bias)
+        """Redraws the parameters from this module's seed (the same values every time)."""
+        if not self.has_uninitialized_params():
+            _draw_affine(self, self.fan_in)
 
     def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():

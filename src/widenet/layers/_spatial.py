@@ -9,7 +9,6 @@ slice-adds per axis group: cheap, exact, and without temporaries larger than the
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -57,20 +56,13 @@ def pads_for(owner: str, size: int, window: int, stride: int, dilation: int, pad
     return total // 2, total - total // 2, out
 
 
-def _pad_axes(t: torch.Tensor, axes: Sequence[int], lo: int, hi: int, circular: bool) -> torch.Tensor:
+def _wrap_axes(t: torch.Tensor, axes: Sequence[int], lo: int, hi: int) -> torch.Tensor:
+    """Circular padding of ``axes`` by ``lo`` before and ``hi`` after."""
     if lo == 0 and hi == 0:
         return t
     for ax in axes:
         n = t.shape[ax]
-        if circular:
-            index = torch.arange(-lo, n + hi, device=t.device) % n
-            t = t.index_select(ax, index)
-        else:
-            shape = list(t.shape)
-            shape[ax] = n + lo + hi
-            padded = t.new_zeros(shape)
-            padded.narrow(ax, lo, n).copy_(t)
-            t = padded
+        t = t.index_select(ax, torch.arange(-lo, n + hi, device=t.device) % n)
     return t
 
 
@@ -96,7 +88,7 @@ def window_sum(
         if k == 1 and st == 1 and lo == 0 and hi == 0:
             continue
         if circular:
-            out = _padded_sum(_pad_axes(out, axes, lo, hi, True), axes, k, st, dil)
+            out = _padded_sum(_wrap_axes(out, axes, lo, hi), axes, k, st, dil)
         else:
             out = _shifted_sum(out, axes, k, st, dil, lo, hi)
     return out if out is not t else t.clone()
@@ -165,6 +157,3 @@ def spatial_axes(w_ndim: int, nspatial: int, full: bool) -> tuple[list[int], lis
     second = [a + nspatial for a in first] if full else []
     return first, second
 
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)

@@ -106,7 +106,6 @@ class Conv(Layer):
             groups = [[a, b] for a, b in zip(first, second)] if second else [[a] for a in first]
             return window_sum(t, groups, window_size, stride, dilation, pads, circular)
 
-
         w_var = self.W_std**2
         b_var = 0.0 if self.b_std is None else self.b_std**2
         k_scale = w_var * scale  # one pass: W_std^2 A[K] + b_std^2 from the window sum
