@@ -10,25 +10,32 @@ import torch
 from torch.func import functional_call, jacrev
 
 
-def monte_carlo(net, x1, x2, *, n_samples: int, seed: int = 0, ntk: bool = True):
+def monte_carlo(net, x1, x2, *, n_samples: int, seed: int = 0, ntk: bool = True,
+                mask1=None, mask2=None):
     """Means of the empirical NNGP and NTK over ``n_samples`` fresh finite networks.
 
     NNGP: ``f(x1) f(x2)^T / n_out`` averaged over output units and networks.
     NTK: ``J_0(x1) J_0(x2)^T`` for output unit 0, J over all parameters (outputs are
     exchangeable, so its mean equals the output-averaged NTK).
+    ``mask1``/``mask2``: padding masks (True at padded positions) passed to the network.
     """
     x = torch.cat([x1, x2])
+    mask = None
+    if mask1 is not None or mask2 is not None:
+        no_pad = lambda xs: torch.zeros((xs.shape[0],) + xs.shape[2:], dtype=torch.bool)  # noqa: E731
+        mask = torch.cat([no_pad(x1) if mask1 is None else mask1, no_pad(x2) if mask2 is None else mask2])
+    kwargs = {} if mask is None else {"mask": mask}
     n1 = x1.shape[0]
     nngp_sum = torch.zeros(n1, x2.shape[0], dtype=x.dtype)
     ntk_sum = torch.zeros_like(nngp_sum)
     for s in range(n_samples):
         model = net.module(tuple(x.shape[1:]), seed=seed + s, dtype=x.dtype)
         with torch.no_grad():
-            f = model(x)
+            f = model(x, **kwargs)
         nngp_sum += f[:n1] @ f[n1:].T / f.shape[1]
         if ntk:
             params = {k: v.detach() for k, v in model.named_parameters()}
-            jac = jacrev(lambda p: functional_call(model, p, (x,))[:, 0])(params)
+            jac = jacrev(lambda p: functional_call(model, p, (x,), kwargs)[:, 0])(params)
             flat = torch.cat([j.reshape(x.shape[0], -1) for j in jac.values()], dim=1)
             ntk_sum += flat[:n1] @ flat[n1:].T
     return nngp_sum / n_samples, (ntk_sum / n_samples if ntk else None)

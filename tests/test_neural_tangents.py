@@ -128,3 +128,52 @@ def test_cnn_kernels_match_neural_tangents(name, shape):
     assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
     assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
     _assert_same_inputs_match(net, x1)
+
+
+ATTENTIONS = {
+    "softmax": dict(W_query_std=1.3, W_value_std=0.9, b_std=0.2),
+    "softmax-sum-pos-emb": dict(pos_emb="sum", pos_emb_std=0.8, b_std=None),
+    "softmax-concat-pos-emb-values": dict(pos_emb="concat", pos_emb_features=5, values_pos_emb=True),
+    "relu-concat-pos-emb": dict(mechanism="relu", pos_emb="concat", W_key_std=0.7),
+    "abs": dict(mechanism="abs", W_key_std=0.7),
+    "sqrt-identity": dict(scaling="sqrt", mechanism="identity", W_query_std=0.6, b_std=0.1),
+    "sqrt-identity-sum-pos-emb": dict(scaling="sqrt", mechanism="identity", pos_emb="sum"),
+    "sqrt-identity-pos-emb-values": dict(scaling="sqrt", mechanism="identity", pos_emb="concat",
+                                         values_pos_emb=True),
+}
+
+
+def _attention_net(params):
+    return wn.Serial(wn.Dense(8, 1.2, 0.1), wn.SelfAttention(8, **params), wn.Relu(),
+                     wn.SelfAttention(6, **params), wn.GlobalAvgPool(), wn.Dense(3))
+
+
+@pytest.mark.parametrize("name", list(ATTENTIONS))
+@pytest.mark.parametrize("shape", [(3, 7), (2, 4, 3)], ids=["1d", "2d"])
+def test_attention_kernels_match_neural_tangents(name, shape):
+    from widenet.testing.nt import nt_kernel
+
+    net = _attention_net(ATTENTIONS[name])
+    x1, x2 = _images(shape)
+    ours, theirs = net.kernel(x1, x2), nt_kernel(net, x1, x2)
+    assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
+    assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
+    _assert_same_inputs_match(net, x1)
+
+
+@pytest.mark.parametrize("name", ["softmax-sum-pos-emb", "sqrt-identity", "relu-concat-pos-emb"])
+def test_masked_attention_matches_neural_tangents(name):
+    from widenet.testing.nt import nt_kernel
+
+    net = wn.Serial(wn.Dense(8, 1.2, 0.1), wn.SelfAttention(8, **ATTENTIONS[name]), wn.Relu(),
+                    wn.Dense(8), wn.SelfAttention(6, **ATTENTIONS[name]), wn.GlobalAvgPool(), wn.Dense(3))
+    x1, x2 = _images((3, 7))
+    mask1 = torch.zeros(x1.shape[0], 7, dtype=torch.bool)
+    mask1[0, 5:] = True
+    mask1[2, :3] = True
+    mask2 = torch.zeros(x2.shape[0], 7, dtype=torch.bool)
+    mask2[1, 4:] = True
+    ours = net.kernel(x1, x2, mask1=mask1, mask2=mask2)
+    theirs = nt_kernel(net, x1, x2, mask1=mask1, mask2=mask2)
+    assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
+    assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10

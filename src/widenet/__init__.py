@@ -11,7 +11,7 @@ from .layers import (
     Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, Monomial, Parallel, Polynomial, Rbf,
     RectifiedMonomial, Relu, Repeat, Serial, SigmoidLike, Sign, Sin, Tanh,
     AvgPool, BatchNorm, Conv, Dropout, Flatten, GlobalAvgPool, GlobalSumPool, LayerNorm, MaxPool,
-    SumPool,
+    SumPool, SelfAttention, position_covariance,
 )
 
 __version__ = "0.1.0"
@@ -22,5 +22,5 @@ __all__ = [
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
     "Conv", "AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten",
-    "LayerNorm", "BatchNorm", "Dropout", "__version__",
+    "LayerNorm", "BatchNorm", "Dropout", "SelfAttention", "position_covariance", "__version__",
 ]

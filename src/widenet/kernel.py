@@ -110,10 +110,13 @@ class Work:
     ``diagonal`` is the offset of the tile's main diagonal (x_i against itself) when the tile
     contains it, else ``None``; nonlinearities copy ``cov1`` onto it so that an input's
     kernel with itself is exactly its covariance.
+    ``keep1``/``keep2`` are ``(B, *S)``/``(C, *S)`` tensors of ones at real positions and zeros
+    at padding, or ``None`` without masks: padded positions carry zero covariance after every
+    layer (:meth:`remask`), and layers that mix positions leave them out of their sums.
     """
 
     __slots__ = ("nngp", "ntk", "cov1", "cov2", "self_mode", "is_gaussian", "width",
-                 "diagonal", "spatial", "full")
+                 "diagonal", "spatial", "full", "keep1", "keep2")
 
     def __init__(
         self,
@@ -128,6 +131,8 @@ class Work:
         diagonal: Optional[int] = None,
         spatial: tuple = (),
         full: bool = False,
+        keep1: Optional[torch.Tensor] = None,
+        keep2: Optional[torch.Tensor] = None,
     ) -> None:
         self.nngp = nngp
         self.ntk = ntk
@@ -139,6 +144,13 @@ class Work:
         self.diagonal = diagonal
         self.spatial = tuple(spatial)
         self.full = full
+        self.keep1 = keep1
+        self.keep2 = keep2
+
+    @property
+    def masked(self) -> bool:
+        """True when some inputs carry padding masks (``keep1``/``keep2``)."""
+        return self.keep1 is not None
 
     # ---- geometry ---------------------------------------------------------------------------
     @property
@@ -201,7 +213,40 @@ class Work:
         r, c = self.outer(z1, z2)
         return r | c
 
+    def own_prod(self, a: torch.Tensor) -> torch.Tensor:
+        """Products ``a[i, s] * a[i, s']`` shaped like an input's own covariance."""
+        if not self.is_full:
+            return a * a
+        d = len(self.spatial)
+        return a.reshape(a.shape + (1,) * d) * a.reshape(a.shape[:1] + (1,) * d + a.shape[1:])
+
     # ---- updates ----------------------------------------------------------------------------
+    def remask(self) -> None:
+        """Zeroes every entry that involves a padded position (no-op without masks)."""
+        if self.keep1 is None:
+            return
+        if self.nngp is not None:
+            m = self.prod(self.keep1, self.keep2)
+            self.nngp.mul_(m)
+            if self.ntk is not None:
+                self.ntk.mul_(m)
+        same = self.cov2 is self.cov1
+        self.cov1 = self.cov1 * self.own_prod(self.keep1)
+        self.cov2 = self.cov1 if same else self.cov2 * self.own_prod(self.keep2)
+
+    def unmask(self) -> None:
+        """Drops the masks once the positions are gone (global pooling)."""
+        self.keep1 = self.keep2 = None
+
+    def require_unmasked(self, owner: str, why: str) -> None:
+        if self.keep1 is not None:
+            from .errors import ShapeError
+
+            raise ShapeError(
+                f"{owner}: padding masks are supported only through layers that keep every "
+                f"position in place (Dense, nonlinearities, stride-1 'same' Conv, LayerNorm, "
+                f"Dropout, SelfAttention, global pooling); this one {why}"
+            )
     def map_covs(self, fn) -> None:
         """Applies ``fn`` to ``cov1`` and ``cov2`` (once when they are the same tensor)."""
         same = self.cov2 is self.cov1
@@ -235,4 +280,5 @@ class Work:
             clone(self.nngp), clone(self.ntk), cov1, cov2,
             self_mode=self.self_mode, is_gaussian=self.is_gaussian, width=self.width,
             diagonal=self.diagonal, spatial=self.spatial, full=self.full,
+            keep1=self.keep1, keep2=self.keep2,
         )

@@ -1,6 +1,7 @@
 """Layers: each one an exact infinite-width kernel rule and a finite-width module."""
 
 from ._base import Layer
+from .attention import SelfAttention, position_covariance
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Parallel, Repeat, Serial
 from .dense import Dense
 from .elementwise import (
@@ -18,5 +19,5 @@ __all__ = [
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
     "Conv", "AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten",
-    "LayerNorm", "BatchNorm", "Dropout",
+    "LayerNorm", "BatchNorm", "Dropout", "SelfAttention", "position_covariance",
 ]

@@ -74,6 +74,8 @@ class Layer:
         block_size: Optional[int] = None,
         memory: Union[int, str, None] = None,
         layout: str = "auto",
+        mask1: Any = None,
+        mask2: Any = None,
     ) -> Kernel:
         """NNGP and NTK between ``x1`` and ``x2``.
 
@@ -93,24 +95,37 @@ class Layer:
                 computes only position s of x1 against the same position of x2 (O(|S|) per
                 pair), "full" every pair of positions (O(|S|^2)). "auto" takes "full" only when
                 a pooling or attention layer needs it.
+            mask1, mask2: padding masks for variable-length sequences (or images with padded
+                regions): boolean ``(N, *S)`` tensors, **True at padded positions** (as torch's
+                ``key_padding_mask`` and Neural Tangents' masks). Padded positions are left
+                out of every sum, mean and softmax over positions, so a padded input gets
+                exactly the kernel of the unpadded one; entries involving a padded position
+                are zero in the result. ``mask2`` must be None when ``x2`` is None; a missing
+                mask means no padding. Masks pass through layers that keep positions in place
+                (Dense, nonlinearities, stride-1 "same" Conv, LayerNorm, Dropout,
+                SelfAttention) and end at global pooling; strided, windowed or flattening
+                layers raise.
 
         Returns:
             a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
             without spatial axes (see :class:`Kernel` for spatial outputs).
         """
-        return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory, layout=layout)
+        return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
+                        layout=layout, mask1=mask1, mask2=mask2)
 
     def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
-             memory: Union[int, str, None] = None, layout: str = "auto") -> torch.Tensor:
+             memory: Union[int, str, None] = None, layout: str = "auto",
+             mask1: Any = None, mask2: Any = None) -> torch.Tensor:
         """Only the NNGP kernel (see :meth:`kernel`); no NTK work is done."""
         return _compute(self, x1, x2, want_ntk=False, block_size=block_size, memory=memory,
-                        layout=layout).nngp
+                        layout=layout, mask1=mask1, mask2=mask2).nngp
 
     def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
-            memory: Union[int, str, None] = None, layout: str = "auto") -> torch.Tensor:
+            memory: Union[int, str, None] = None, layout: str = "auto",
+            mask1: Any = None, mask2: Any = None) -> torch.Tensor:
         """Only the NTK (see :meth:`kernel`; its recursion needs the NNGP, not returned)."""
         return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
-                        layout=layout).ntk
+                        layout=layout, mask1=mask1, mask2=mask2).ntk
 
     def apply(self, kernel: Kernel) -> Kernel:
         """Transforms an existing :class:`Kernel` by this layer (the input is not modified)."""
@@ -213,6 +228,44 @@ def _check_inputs(owner: str, x1: Any, x2: Any) -> tuple[torch.Tensor, Optional[
     return x1, x2
 
 
+def _check_masks(owner: str, x1: torch.Tensor, x2: Optional[torch.Tensor], mask1: Any,
+                 mask2: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Validated padding masks turned into ``keep`` tensors (ones at real positions) in the
+    inputs' dtype, or ``(None, None)`` without masks."""
+    if mask1 is None and mask2 is None:
+        return None, None
+    if x2 is None and mask2 is not None:
+        raise ParameterError(f"{owner}: mask2 must be None when x2 is None (mask1 covers x1)")
+    keeps = []
+    for name, x, mask in (("mask1", x1, mask1), ("mask2", x2, mask2)):
+        if x is None:
+            keeps.append(None)
+            continue
+        want = (x.shape[0],) + tuple(x.shape[2:])
+        if x.ndim < 3:
+            raise ShapeError(
+                f"{owner}: {name} needs inputs with positions (N, C, *S); inputs of shape "
+                f"{tuple(x.shape)} have none to pad"
+            )
+        if mask is None:
+            keeps.append(torch.ones(want, dtype=x.dtype, device=x.device))
+            continue
+        m = torch.as_tensor(mask, device=x.device)
+        if m.dtype != torch.bool:
+            raise ParameterError(f"{owner}: {name} must be a boolean tensor, True at padded "
+                                 f"positions (got dtype {m.dtype})")
+        if tuple(m.shape) != want:
+            raise ShapeError(f"{owner}: {name} must have shape {want} to match its inputs of "
+                             f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
+        empty = (~m).reshape(m.shape[0], -1).sum(1) == 0
+        if bool(empty.any()):
+            i = int(torch.nonzero(empty)[0])
+            raise ParameterError(f"{owner}: {name} pads every position of input {i}; each input "
+                                 f"needs at least one real position")
+        keeps.append((~m).to(x.dtype))
+    return keeps[0], keeps[1]
+
+
 def _run_single(layer: Layer, work: Work) -> Work:
     out = layer._apply(work)
     if isinstance(out, tuple):
@@ -220,6 +273,7 @@ def _run_single(layer: Layer, work: Work) -> Work:
             f"{layer._name}: the network ends with {len(out)} branches; merge them with "
             f"FanInSum, FanInProd or FanInConcat so that it has one output"
         )
+    out.remask()
     return out
 
 
@@ -255,7 +309,8 @@ def _symmetrize_cov(cov: torch.Tensor, nspatial: int, full: bool) -> torch.Tenso
 
 
 def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
-                diagonal: Optional[int]) -> Work:
+                diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
+                keep_c: Optional[torch.Tensor] = None) -> Work:
     """The input layer's kernel ``x . x' / C`` on a tile of row and column inputs."""
     b, c = xr.shape[:2]
     spatial = tuple(xr.shape[2:])
@@ -291,7 +346,10 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
         if same:
             nngp = _symmetric_block(nngp, len(spatial), full)
             nngp.diagonal(0, 0, 1).copy_(cov1.movedim(0, -1))
-    return Work(nngp, None, cov1, cov2, width=c, diagonal=diagonal, spatial=spatial, full=full)
+    work = Work(nngp, None, cov1, cov2, width=c, diagonal=diagonal, spatial=spatial, full=full,
+                keep1=keep_r, keep2=keep_r if same else keep_c)
+    work.remask()
+    return work
 
 
 # Bytes of working memory per tile entry, in units of the dtype's size: the NNGP and NTK
@@ -314,7 +372,8 @@ def _choose_layout(owner: str, layer: Layer, layout: str, spatial: tuple) -> boo
 
 
 def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
-             memory: Any = None, layout: str = "auto") -> Kernel:
+             memory: Any = None, layout: str = "auto", mask1: Any = None,
+             mask2: Any = None) -> Kernel:
     from .._validate import available_memory, check_memory
 
     owner = f"{layer._name}.kernel"
@@ -322,7 +381,10 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
         block_size = check_int(owner, "block_size", block_size, minimum=1)
     budget = None if memory is None else check_memory(owner, "memory", memory)
     x1, x2 = _check_inputs(owner, x1, x2)
+    keep1, keep2 = _check_masks(owner, x1, x2, mask1, mask2)
     same = x2 is None
+    keepb = keep1 if same else keep2
+    rows = lambda k, a, b: None if k is None else k[a:b]  # noqa: E731
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
     spatial = tuple(x1.shape[2:])
@@ -330,7 +392,8 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
 
     # Probe: one pair through the network validates the architecture against the inputs
     # (orders, shapes, closed forms) before any expensive work, and gives the output layout.
-    probe_in = _input_work(x1[:1], x1[:1], same=True, full=full, tile=True, diagonal=0)
+    probe_in = _input_work(x1[:1], x1[:1], same=True, full=full, tile=True, diagonal=0,
+                           keep_r=rows(keep1, 0, 1))
     probe_in.ntk = torch.zeros_like(probe_in.nngp) if want_ntk else None
     probe = _run_single(layer, probe_in)
     out_pair = tuple(probe.nngp.shape[2:])
@@ -371,7 +434,8 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
             c1 = min(c0 + bc, n2)
             diag_block = same and c0 == r0
             work = _input_work(x1[r0:r1], xb[c0:c1], same=diag_block, full=full, tile=True,
-                               diagonal=0 if diag_block else None)
+                               diagonal=0 if diag_block else None, keep_r=rows(keep1, r0, r1),
+                               keep_c=rows(keepb, c0, c1))
             if want_ntk:
                 work.ntk = torch.zeros_like(work.nngp)
             last = work = _run_single(layer, work)

@@ -11,6 +11,7 @@ in every dtype and on every device (up to rounding).
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -140,8 +141,80 @@ class ActivationModule(nn.Module):
         return self.name
 
 
+# Padding masks of the current forward call, as ``keep`` tensors (ones at real positions):
+# set by the outermost module called with ``mask=``, read by the modules that mix positions.
+_KEEP: ContextVar[Optional[torch.Tensor]] = ContextVar("widenet_keep", default=None)
+
+
+def current_keep(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The active ``keep`` tensor when it matches ``x``'s positions, else None."""
+    keep = _KEEP.get()
+    if keep is None or not isinstance(x, torch.Tensor) or x.ndim != keep.ndim + 1:
+        return None
+    if x.shape[0] != keep.shape[0] or tuple(x.shape[2:]) != tuple(keep.shape[1:]):
+        return None
+    return keep
+
+
+def zero_padding(x):
+    """``x`` with zeros at padded positions (tuples of branches element by element)."""
+    if isinstance(x, tuple):
+        return tuple(zero_padding(t) for t in x)
+    keep = current_keep(x)
+    return x if keep is None else x * keep.unsqueeze(1).to(x.dtype)
+
+
+def require_no_padding(x: torch.Tensor, owner: str, why: str) -> None:
+    if current_keep(x) is not None:
+        from ..errors import ShapeError
+
+        raise ShapeError(f"{owner}: padding masks are supported only through layers that keep "
+                         f"every position in place; this one {why}")
+
+
+class masking:
+    """Context in which padded positions of ``x`` (``mask`` True) are zero and left out of
+    every position-mixing operation. ``mask=None`` keeps the enclosing context."""
+
+    def __init__(self, x: torch.Tensor, mask: Optional[torch.Tensor], owner: str) -> None:
+        self.keep = None
+        if mask is not None:
+            from ..errors import ParameterError, ShapeError
+
+            m = torch.as_tensor(mask, device=x.device)
+            want = (x.shape[0],) + tuple(x.shape[2:])
+            if m.dtype != torch.bool:
+                raise ParameterError(f"{owner}: mask must be a boolean tensor, True at padded "
+                                     f"positions (got dtype {m.dtype})")
+            if x.ndim < 3 or tuple(m.shape) != want:
+                raise ShapeError(f"{owner}: mask must have shape (N, *S) = {want} for inputs of "
+                                 f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
+            self.keep = (~m).to(x.dtype)
+        self.token = None
+
+    def __enter__(self) -> None:
+        if self.keep is not None:
+            self.token = _KEEP.set(self.keep)
+
+    def __exit__(self, *exc) -> None:
+        if self.token is not None:
+            _KEEP.reset(self.token)
+
+
 class SerialModule(nn.Sequential):
-    """Applies its children in order; children may pass tuples of tensors between them."""
+    """Applies its children in order; children may pass tuples of tensors between them.
+
+    ``forward(x, mask=None)``: ``mask`` (boolean ``(N, *S)``, True at padded positions) runs
+    the network on variable-length inputs: padded positions are zero after every layer and
+    left out of attention, global pooling and LayerNorm, as in the kernels' masks.
+    """
+
+    def forward(self, x, mask: Optional[torch.Tensor] = None):
+        with masking(x, mask, "SerialModule"):
+            x = zero_padding(x)
+            for module in self:
+                x = zero_padding(module(x))
+        return x
 
 
 class ParallelModule(nn.ModuleList):
@@ -269,6 +342,9 @@ class ConvModule(LazyModuleMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = len(self.kernel_size)
+        if self.padding != "same" or any(s != 1 for s in self.stride):
+            require_no_padding(x, "ConvModule", "moves or wraps positions (masks need "
+                                                "padding='same' and stride 1)")
         if x.ndim != d + 2 or x.shape[1] != self.in_channels:
             from ..errors import ShapeError
 
@@ -303,6 +379,7 @@ class PoolModule(nn.Module):
         self.mode, self.window, self.stride, self.padding = mode, tuple(window), tuple(stride), padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_no_padding(x, "PoolModule", "pools windows of positions")
         d = len(self.window)
         pads = spatial_pads(x.shape[2:], self.window, self.stride, (1,) * d, self.padding, "PoolModule")
         if self.mode == "max" and self.padding == "same":
@@ -326,7 +403,11 @@ class GlobalPoolModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(2, x.ndim))
-        return x.mean(dims) if self.mode == "avg" else x.sum(dims)
+        keep = current_keep(x)
+        if keep is not None and self.mode == "avg":  # the mean over real positions
+            counts = keep.reshape(keep.shape[0], -1).sum(1).to(x.dtype)
+            return zero_padding(x).sum(dims) / counts[:, None]
+        return x.mean(dims) if self.mode == "avg" else zero_padding(x).sum(dims)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
@@ -340,9 +421,172 @@ class LayerNormModule(nn.Module):
         self.axes, self.eps = tuple(axes), eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(self.axes, keepdim=True)
-        var = x.var(self.axes, keepdim=True, unbiased=False)
+        keep = current_keep(x)
+        if keep is None or all(a == 1 for a in self.axes):
+            mean = x.mean(self.axes, keepdim=True)
+            var = x.var(self.axes, keepdim=True, unbiased=False)
+        else:  # statistics over real positions only
+            k = keep.unsqueeze(1).to(x.dtype).expand_as(x)
+            count = k.sum(self.axes, keepdim=True)
+            mean = (x * k).sum(self.axes, keepdim=True) / count
+            var = ((x - mean).pow(2) * k).sum(self.axes, keepdim=True) / count
         return (x - mean) / torch.sqrt(var + self.eps)
+
+
+class FlattenModule(nn.Flatten):
+    """``x.flatten(1)``, refusing padded inputs (padding would enter the features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_no_padding(x, "FlattenModule", "flattens positions into features, padding included")
+        return super().forward(x)
 
     def extra_repr(self) -> str:
         return f"axes={self.axes}, eps={self.eps}"
+
+
+class SelfAttentionModule(LazyModuleMixin, nn.Module):
+    """Multi-head self-attention over the positions of ``(N, C, *S)`` inputs, with widenet's
+    (Neural Tangents') NTK parameterization; see :class:`widenet.SelfAttention`.
+
+    Parameters, all drawn standard normal from the module's seed: ``W_key``
+    ``(heads, n_in_k, key_features)``, ``W_query`` (same shape, only for scaling "sqrt"; the
+    "linear" scaling ties queries to keys), ``W_value`` ``(heads, n_in_v, value_features)``,
+    ``W_out`` ``(out, heads * value_features)``, ``bias`` ``(out,)`` and ``pos_emb``
+    ``(pos_emb_features, *S)``. The parameters materialize on the first call when the input
+    channels or (with positional embeddings) the positions are not known before.
+    ``forward(x, mask=None)`` takes the same padding masks as :class:`SerialModule`.
+    """
+
+    cls_to_become = None
+
+    def __init__(self, in_features: Optional[int], out_features: int, *, heads: int, key_features: int,
+                 value_features: int, QK_std: float, OV_std: float, b_std: Optional[float],
+                 scaling: str, mechanism: str, pos_emb: Optional[str], pos_emb_std: float,
+                 pos_emb_features: Optional[int], pos_emb_covariance: Optional[Callable],
+                 values_pos_emb: bool, seed: int, dtype: Optional[torch.dtype] = None,
+                 device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.heads, self.key_features, self.value_features = heads, key_features, value_features
+        self.QK_std, self.OV_std, self.b_std = QK_std, OV_std, b_std
+        self.scaling, self.mechanism = scaling, mechanism
+        self.pos_emb_type, self.pos_emb_std = pos_emb, pos_emb_std
+        self.pos_emb_features, self.pos_emb_covariance = pos_emb_features, pos_emb_covariance
+        self.values_pos_emb, self.seed = values_pos_emb, seed
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        lazy = lambda: UninitializedParameter(**factory)  # noqa: E731
+        self.W_key = lazy()
+        self.W_query = lazy() if scaling == "sqrt" else None
+        self.W_value = lazy()
+        self.W_out = nn.Parameter(torch.empty(out_features, heads * value_features, **factory))
+        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_features, **factory))
+        self.pos_emb = None if pos_emb is None else lazy()
+        if in_features is not None and pos_emb is None:
+            self._materialize(in_features, ())
+
+    def _channels(self, n_in: int) -> tuple[int, int, int]:
+        """Channels of the embeddings, of the key/query input and of the value input."""
+        if self.pos_emb_type is None:
+            return 0, n_in, n_in
+        n_pe = n_in if self.pos_emb_features is None else self.pos_emb_features
+        if self.pos_emb_type == "sum":
+            return n_in, n_in, n_in
+        n_k = n_in + n_pe
+        return n_pe, n_k, n_k if self.values_pos_emb else n_in
+
+    def _materialize(self, n_in: int, spatial: tuple) -> None:
+        self.in_features = n_in
+        n_pe, n_k, n_v = self._channels(n_in)
+        shapes = {"W_key": (self.heads, n_k, self.key_features),
+                  "W_query": (self.heads, n_k, self.key_features),
+                  "W_value": (self.heads, n_v, self.value_features),
+                  "pos_emb": (n_pe,) + tuple(spatial)}
+        with torch.no_grad():
+            for name, shape in shapes.items():
+                param = getattr(self, name)
+                if isinstance(param, UninitializedParameter):
+                    param.materialize(shape)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Redraws every parameter from the module's seed (in a fixed order)."""
+        if self.has_uninitialized_params():
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for name in ("W_key", "W_query", "W_value", "W_out", "bias", "pos_emb"):
+                param = getattr(self, name)
+                if param is not None:
+                    param.copy_(_standard_normal(param.shape, generator))
+
+    def initialize_parameters(self, x: torch.Tensor, mask=None) -> None:  # LazyModuleMixin
+        if self.has_uninitialized_params():
+            self._check(x)
+            self._materialize(int(x.shape[1]), tuple(x.shape[2:]))
+
+    def _check(self, x: torch.Tensor) -> None:
+        from ..errors import ShapeError
+
+        if x.ndim < 3:
+            raise ShapeError(f"SelfAttentionModule: expected inputs (N, C, *S) with positions to "
+                             f"attend over (got shape {tuple(x.shape)})")
+        if self.in_features is not None and x.shape[1] != self.in_features:
+            raise ShapeError(f"SelfAttentionModule: input has {x.shape[1]} channels but the layer "
+                             f"was built for {self.in_features} (input shape {tuple(x.shape)})")
+        if self.pos_emb is not None and not isinstance(self.pos_emb, UninitializedParameter) \
+                and tuple(self.pos_emb.shape[1:]) != tuple(x.shape[2:]):
+            raise ShapeError(f"SelfAttentionModule: positional embeddings were built for positions "
+                             f"{tuple(self.pos_emb.shape[1:])} but the input has {tuple(x.shape[2:])}; "
+                             f"pad variable-length inputs and pass mask=")
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with masking(x, mask, "SelfAttentionModule"):
+            self._check(x)
+            return zero_padding(self._attend(zero_padding(x)))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n_in, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        n = math.prod(spatial)
+        keep = current_keep(x)
+        keep = None if keep is None else keep.reshape(batch, n).to(x.dtype)
+        xf = x.reshape(batch, n_in, n).transpose(1, 2)  # (N, n, C)
+        xk = xv = xf
+        if self.pos_emb is not None:
+            pe = self.pos_emb.reshape(self.pos_emb.shape[0], n).T  # (n, n_pe)
+            if self.pos_emb_covariance is not None:
+                r = self.pos_emb_covariance(spatial, torch.float64, None)
+                if not torch.equal(r, torch.eye(n, dtype=r.dtype)):
+                    pe = torch.linalg.cholesky(r).to(pe) @ pe
+            pe = (pe * self.pos_emb_std).expand(batch, n, pe.shape[1])
+            if keep is not None:
+                pe = pe * keep[:, :, None]
+            xk = xf + pe if self.pos_emb_type == "sum" else torch.cat([xf, pe], dim=-1)
+            if self.values_pos_emb:
+                xv = xk
+        n_k = xk.shape[-1]
+        keys = torch.einsum("bnc,hcd->hbnd", xk, self.W_key)
+        queries = keys if self.W_query is None else torch.einsum("bnc,hcd->hbnd", xk, self.W_query)
+        power = 1.0 if self.scaling == "linear" else 0.5
+        logits = torch.matmul(queries, keys.transpose(-1, -2)) * (
+            self.QK_std / (n_k * self.key_features**power))  # (H, N, n, n)
+        if self.mechanism == "softmax":
+            if keep is not None:
+                logits = logits.masked_fill(keep[None, :, None, :] == 0, -math.inf)
+            weights = torch.softmax(logits, dim=-1)
+        else:
+            weights = {"identity": lambda t: t, "relu": torch.relu, "abs": torch.abs}[self.mechanism](logits)
+            if keep is not None:
+                weights = weights * keep[None, :, None, :]
+        values = torch.einsum("bnc,hcd->hbnd", xv, self.W_value)
+        heads = torch.matmul(weights, values)  # (H, N, n, dv)
+        heads = heads.permute(1, 2, 0, 3).reshape(batch, n, self.heads * self.value_features)
+        scale = self.OV_std / math.sqrt(self.value_features * self.heads * xv.shape[-1])
+        out = torch.nn.functional.linear(heads, self.W_out) * scale
+        if self.bias is not None:
+            out = out + self.b_std * self.bias
+        return out.transpose(1, 2).reshape((batch, self.out_features) + spatial)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, heads={self.heads}, key_features={self.key_features}, "
+                f"value_features={self.value_features}, scaling={self.scaling!r}, mechanism={self.mechanism!r}, "
+                f"pos_emb={self.pos_emb_type!r}")

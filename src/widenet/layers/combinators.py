@@ -50,6 +50,8 @@ class Serial(Layer):
     def _apply(self, flow: Flow) -> Flow:
         for layer in self.layers:
             flow = layer._apply(flow)
+            for w in flow if isinstance(flow, tuple) else (flow,):
+                w.remask()
         return flow
 
     def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:

@@ -98,6 +98,11 @@ class Conv(Layer):
         spatial = spatial_of("Conv", w)
         window_size, stride, dilation, pads, out_spatial = self._geometry(spatial)
         d = len(spatial)
+        if w.masked and (self.padding != "same" or any(s != 1 for s in stride)):
+            # With zeros at padded positions, a stride-1 "same" convolution of a padded input
+            # is exactly that of the unpadded one; other geometries move or wrap positions.
+            w.require_unmasked("Conv", f"has padding={self.padding!r} and stride={stride} "
+                                       f"(masks need padding='same' and stride 1)")
         scale = 1.0 / math.prod(window_size)
         circular = self.padding == "circular"
 

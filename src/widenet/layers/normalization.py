@@ -67,12 +67,16 @@ class LayerNorm(Layer):
                 f"{len(w.spatial)} spatial axes (axes count in (N, C, *S))"
             )
 
-        def norms(v: torch.Tensor) -> torch.Tensor:
+        def norms(v: torch.Tensor, keep) -> torch.Tensor:
             if spatial_axes:
-                v = v.mean(tuple(1 + a for a in spatial_axes), keepdim=True).expand_as(v)
+                axes = tuple(1 + a for a in spatial_axes)
+                if keep is None:
+                    v = v.mean(axes, keepdim=True).expand_as(v)
+                else:  # the mean over real positions (padded ones hold zero variance)
+                    v = (v.sum(axes, keepdim=True) / keep.sum(axes, keepdim=True)).expand_as(v)
             return (v + self.eps).sqrt()
 
-        n1, n2 = norms(w.var1), norms(w.var2)
+        n1, n2 = norms(w.var1, w.keep1), norms(w.var2, w.keep2)
         if w.nngp is not None:
             divisor = w.prod(n1, n2)
             w.nngp = w.nngp / divisor

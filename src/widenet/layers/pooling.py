@@ -18,7 +18,7 @@ from .._validate import check_choice
 from ..errors import NoClosedFormError
 from ..kernel import Work
 from ._base import Flow, Layer, Spec
-from ._modules import GlobalPoolModule, PoolModule
+from ._modules import FlattenModule, GlobalPoolModule, PoolModule
 from ._spatial import PADDINGS, as_tuple, pads_for, spatial_axes, window_sum
 from .conv import _check_size, spatial_of
 
@@ -56,6 +56,7 @@ class _Pool(Layer):
     def _apply(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of(self._name, w)
+        w.require_unmasked(self._name, "pools windows of positions")
         window, stride, pads, out_spatial = self._geometry(spatial)
         d = len(spatial)
         scale = 1.0 / math.prod(window) ** 2 if self._mode == "avg" else 1.0
@@ -167,9 +168,23 @@ class _GlobalPool(Layer):
             lead = t.shape[: t.ndim - 2 * len(spatial)]
             return t.reshape(lead + (-1,)).sum(-1).mul_(scale)
 
-        w.map_tiles(pool)
-        w.map_covs(pool)
+        if w.masked and self._mode == "avg":
+            # Padded positions hold zeros; the mean is over each input's real positions.
+            scale = 1.0
+            n1 = w.keep1.reshape(w.keep1.shape[0], -1).sum(1)
+            n2 = w.keep2.reshape(w.keep2.shape[0], -1).sum(1)
+            sq = lambda c, n: pool(c).div_(n * n)  # noqa: E731
+            if w.nngp is not None:
+                counts = n1[:, None] * n2[None, :]
+                w.map_tiles(lambda t: pool(t).div_(counts))
+            same = w.cov2 is w.cov1
+            w.cov1 = sq(w.cov1, n1)
+            w.cov2 = w.cov1 if same else sq(w.cov2, n2)
+        else:
+            w.map_tiles(pool)
+            w.map_covs(pool)
         w.spatial = ()
+        w.unmask()
         return w
 
     def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
@@ -207,6 +222,7 @@ class Flatten(Layer):
         w = self._single(flow)
         if not w.spatial:
             return w
+        w.require_unmasked("Flatten", "flattens positions into features, padding included")
         n, full, d = w.npos, w.is_full, len(w.spatial)
 
         def flat(t: torch.Tensor) -> torch.Tensor:
@@ -224,4 +240,4 @@ class Flatten(Layer):
 
     def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
         factory["ndim"] = 0
-        return nn.Flatten(1), None
+        return FlattenModule(1), None

@@ -77,6 +77,17 @@ def build(spec, stax, ndim=0):
         axes = p["axis"] if isinstance(p["axis"], list) else [p["axis"]]
         nt_axes = tuple(-1 if a == 1 else a - 1 for a in axes)  # channels-last
         return stax.LayerNorm(axis=nt_axes, eps=p["eps"])
+    if kind == "SelfAttention":
+        if p["pos_emb_decay"] is not None:
+            raise ValueError("positional-embedding decays are not passed to Neural Tangents")
+        return stax.GlobalSelfAttention(
+            p["out_features"], p["key_features"], p["value_features"], p["heads"],
+            linear_scaling=p["scaling"] == "linear", W_key_std=p["W_key_std"],
+            W_value_std=p["W_value_std"], W_query_std=p["W_query_std"], W_out_std=p["W_out_std"],
+            b_std=p["b_std"], attention_mechanism=p["mechanism"].upper(),
+            pos_emb_type=(p["pos_emb"] or "none").upper(), pos_emb_p_norm=p["pos_emb_p"],
+            n_chan_pos_emb=p["pos_emb_features"], W_pos_emb_std=p["pos_emb_std"],
+            val_pos_emb=p["values_pos_emb"])
     if kind == "Dropout":
         return stax.Dropout(1.0 - p["rate"], mode="train" if p["mode"] == "train" else "test")
     raise ValueError(f"no Neural Tangents counterpart for {kind}")
@@ -106,6 +117,11 @@ def main(path):
         fn = nt.batch(kernel_fn, batch_size=batch)
     else:
         fn = jax.jit(kernel_fn, static_argnames="get")
+    if job.get("mask_constant") is not None:
+        # Padded positions hold mask_constant in every channel (Neural Tangents' masking).
+        constant = job["mask_constant"]
+        plain = fn
+        fn = lambda a, b, g: plain(a, b, g, mask_constant=constant)  # noqa: E731
     times = []
     out = None
     for _ in range(job.get("repeats", 1) + (1 if job.get("warmup", False) else 0)):

@@ -53,6 +53,8 @@ def to_spec(layer: L.Layer) -> dict:
     params = {}
     for f in fields(layer):
         value = getattr(layer, f.name)
+        if callable(value):  # functions do not cross to the runner; it refuses them
+            value = f"<function {getattr(value, '__name__', '?')}>"
         params[f.name] = list(value) if isinstance(value, tuple) else value
     if kind == "Cos":  # NT's Cos shares the Sin parameters
         params = {"a": layer.a, "b": layer.b, "c": layer.c}
@@ -68,18 +70,31 @@ def nt_kernel(
     repeats: int = 1,
     warmup: bool = False,
     batch_size: int = 0,
+    mask1: Optional[torch.Tensor] = None,
+    mask2: Optional[torch.Tensor] = None,
     python: Optional[str] = None,
     timeout: float = 1800,
 ) -> dict:
     """Neural Tangents' kernels of ``layer`` on the same inputs, and its run times.
 
     Returns a dict with one numpy array per name in ``get`` and ``times`` (seconds per run,
-    jit-compiled, after an optional warm-up run).
+    jit-compiled, after an optional warm-up run). ``mask1``/``mask2`` (True at padded
+    positions) become Neural Tangents' ``mask_constant`` masking.
     """
     python = python or nt_python()
     if python is None:
         raise RuntimeError("Neural Tangents environment not found (run shared tools/nt-env.sh)")
     dtype = "float64" if x1.dtype == torch.float64 else "float32"
+    constant = None
+    if mask1 is not None or mask2 is not None:
+        constant = -123.25  # any value the inputs never take
+
+        def fill(x, mask):
+            if mask is None:
+                return x
+            return x.masked_fill(mask.unsqueeze(1).expand_as(x), constant)
+
+        x1, x2 = fill(x1, mask1), (None if x2 is None else fill(x2, mask2))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / "x1.npy", x1.detach().cpu().numpy())
@@ -89,7 +104,7 @@ def nt_kernel(
             "spec": to_spec(layer), "dtype": dtype, "x1": str(tmp / "x1.npy"),
             "x2": None if x2 is None else str(tmp / "x2.npy"), "get": list(get),
             "repeats": repeats, "warmup": warmup, "batch_size": batch_size,
-            "out": str(tmp / "out.npz"),
+            "out": str(tmp / "out.npz"), "mask_constant": constant,
         }
         (tmp / "job.json").write_text(json.dumps(job))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
