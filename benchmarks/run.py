@@ -12,6 +12,8 @@ Workloads (names for --only):
   cnn-pool    3x [Conv 3x3 "same" + ReLU] + GlobalAvgPool + Dense on 1x8x8 inputs, N=200
   cnn1d-pool  the same with 1-D convolutions of width 3 on 1x40 inputs, N=400
   cnn-flatten the 8x8 CNN with Flatten instead of pooling, N=200
+  attention   one transformer block (softmax self-attention with positional embeddings,
+              LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
 
 Usage: python benchmarks/run.py [--only cnn-pool,fc] [--dtypes float64,float32] [--repeats 3]
 """
@@ -44,11 +46,23 @@ def cnn(head):
     return wn.Serial(*convs, head, wn.Dense(10, 1.4, 0.1))
 
 
+def transformer_block():
+    attention = wn.SelfAttention(64, pos_emb="sum", b_std=0.1)
+    mlp = wn.Serial(wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Dense(64, 1.0, 0.1))
+    return wn.Serial(
+        wn.Dense(64, 1.0, 0.1),
+        wn.FanOut(2), wn.Parallel(wn.Identity(), attention), wn.FanInSum(), wn.LayerNorm(),
+        wn.FanOut(2), wn.Parallel(wn.Identity(), mlp), wn.FanInSum(), wn.LayerNorm(),
+        wn.GlobalAvgPool(), wn.Dense(10, 1.4, 0.1),
+    )
+
+
 WORKLOADS = {
     "fc": (fc_relu, (784,), 4000),
     "cnn-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 8, 8), 200),
     "cnn1d-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 400),
     "cnn-flatten": (lambda: cnn(wn.Flatten()), (1, 8, 8), 200),
+    "attention": (transformer_block, (4, 32), 200),
 }
 
 

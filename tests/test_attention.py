@@ -7,7 +7,7 @@ import torch
 
 import widenet as wn
 from oracles import monte_carlo, rel_frobenius
-from widenet.errors import NoClosedFormError, ParameterError, ShapeError
+from widenet.errors import LayerOrderError, NoClosedFormError, ParameterError, ShapeError
 
 TOL = 0.05  # REFERENCE: NT's Monte Carlo tests use 4-6% relative Frobenius
 
@@ -208,6 +208,9 @@ def test_attention_and_mask_errors_are_clear():
         wn.SelfAttention(4, mechanism="sigmoid")
     with pytest.raises(ShapeError, match="spatial axes"):
         wn.SelfAttention(4).kernel(torch.randn(3, 5, dtype=torch.float64))
+    diagonal = wn.Dense(4).kernel(x, layout="diagonal")
+    with pytest.raises(LayerOrderError, match="layout"):
+        wn.SelfAttention(4).apply(diagonal)
     net = wn.Serial(wn.Dense(4), wn.SelfAttention(4), wn.GlobalAvgPool())
     with pytest.raises(ShapeError, match=r"mask1 must have shape \(4, 6\)"):
         net.kernel(x, mask1=torch.zeros(4, 5, dtype=torch.bool))
@@ -227,6 +230,16 @@ def test_attention_and_mask_errors_are_clear():
             bad.kernel(x, mask1=_mask())
         with pytest.raises(ShapeError, match="padding masks"):
             bad.module((3, 6), seed=0, dtype=torch.float64)(x, mask=_mask())
+
+
+def test_apply_on_a_full_kernel_equals_the_kernel_call():
+    x = _seqs()
+    att = wn.SelfAttention(8, pos_emb="concat", b_std=0.3)
+    first = wn.Serial(wn.Dense(8), wn.Relu(), wn.Dense(8))
+    direct = wn.Serial(first, att).kernel(x, layout="full")
+    applied = att.apply(first.kernel(x, layout="full"))
+    assert torch.allclose(applied.nngp, direct.nngp, rtol=1e-13, atol=0)
+    assert torch.allclose(applied.ntk, direct.ntk, rtol=1e-13, atol=0)
 
 
 def test_position_covariance():

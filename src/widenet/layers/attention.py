@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice, check_float, check_int
-from ..errors import NoClosedFormError, ParameterError
+from ..errors import LayerOrderError, NoClosedFormError, ParameterError
 from ..kernel import Work
 from ._base import Flow, Layer, Spec
 from ._modules import SelfAttentionModule
@@ -160,6 +160,12 @@ class SelfAttention(Layer):
     def _apply(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of("SelfAttention", w)
+        if not w.is_full:
+            raise LayerOrderError(
+                "SelfAttention: its input kernel must hold every pair of positions (layout "
+                "'full'); kernel() chooses it automatically, so this happens only when applying "
+                "the layer to a Kernel computed with layout='diagonal'"
+            )
         if self.scaling == "sqrt" and self.mechanism != "identity":
             raise NoClosedFormError(
                 f"SelfAttention: with scaling='sqrt' only mechanism='identity' has a closed-form "
