@@ -18,7 +18,7 @@ from torch import nn
 from .._validate import as_tensor, check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
 from ..kernel import Kernel, Work
-from ._modules import derive_seed
+from ._modules import check_mask, derive_seed
 
 Flow = Union[Work, tuple]  # one branch, or a tuple of branches after FanOut
 Spec = Union[Optional[int], tuple]  # feature count of each branch (None: not known yet)
@@ -241,22 +241,12 @@ def _check_masks(owner: str, x1: torch.Tensor, x2: Optional[torch.Tensor], mask1
         if x is None:
             keeps.append(None)
             continue
-        want = (x.shape[0],) + tuple(x.shape[2:])
-        if x.ndim < 3:
-            raise ShapeError(
-                f"{owner}: {name} needs inputs with positions (N, C, *S); inputs of shape "
-                f"{tuple(x.shape)} have none to pad"
-            )
         if mask is None:
-            keeps.append(torch.ones(want, dtype=x.dtype, device=x.device))
+            if x.ndim < 3:
+                check_mask(owner, name, None, x)  # raises: inputs without positions
+            keeps.append(torch.ones((x.shape[0],) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device))
             continue
-        m = torch.as_tensor(mask, device=x.device)
-        if m.dtype != torch.bool:
-            raise ParameterError(f"{owner}: {name} must be a boolean tensor, True at padded "
-                                 f"positions (got dtype {m.dtype})")
-        if tuple(m.shape) != want:
-            raise ShapeError(f"{owner}: {name} must have shape {want} to match its inputs of "
-                             f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
+        m = check_mask(owner, name, mask, x)
         empty = (~m).reshape(m.shape[0], -1).sum(1) == 0
         if bool(empty.any()):
             i = int(torch.nonzero(empty)[0])

@@ -172,24 +172,31 @@ def require_no_padding(x: torch.Tensor, owner: str, why: str) -> None:
                          f"every position in place; this one {why}")
 
 
+def check_mask(owner: str, name: str, mask, x: torch.Tensor) -> torch.Tensor:
+    """A padding mask for inputs ``x`` (``(N, C, *S)``) as a boolean ``(N, *S)`` tensor on
+    ``x``'s device, True at padded positions; clear errors for any other shape or dtype."""
+    from ..errors import ParameterError, ShapeError
+
+    if x.ndim < 3:
+        raise ShapeError(f"{owner}: {name} needs inputs with positions (N, C, *S); inputs of "
+                         f"shape {tuple(x.shape)} have none to pad")
+    m = torch.as_tensor(mask, device=x.device)
+    if m.dtype != torch.bool:
+        raise ParameterError(f"{owner}: {name} must be a boolean tensor, True at padded "
+                             f"positions (got dtype {m.dtype})")
+    want = (x.shape[0],) + tuple(x.shape[2:])
+    if tuple(m.shape) != want:
+        raise ShapeError(f"{owner}: {name} must have shape {want} to match its inputs of "
+                         f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
+    return m
+
+
 class masking:
     """Context in which padded positions of ``x`` (``mask`` True) are zero and left out of
     every position-mixing operation. ``mask=None`` keeps the enclosing context."""
 
     def __init__(self, x: torch.Tensor, mask: Optional[torch.Tensor], owner: str) -> None:
-        self.keep = None
-        if mask is not None:
-            from ..errors import ParameterError, ShapeError
-
-            m = torch.as_tensor(mask, device=x.device)
-            want = (x.shape[0],) + tuple(x.shape[2:])
-            if m.dtype != torch.bool:
-                raise ParameterError(f"{owner}: mask must be a boolean tensor, True at padded "
-                                     f"positions (got dtype {m.dtype})")
-            if x.ndim < 3 or tuple(m.shape) != want:
-                raise ShapeError(f"{owner}: mask must have shape (N, *S) = {want} for inputs of "
-                                 f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
-            self.keep = (~m).to(x.dtype)
+        self.keep = None if mask is None else (~check_mask(owner, "mask", mask, x)).to(x.dtype)
         self.token = None
 
     def __enter__(self) -> None:
@@ -452,7 +459,8 @@ class SelfAttentionModule(LazyModuleMixin, nn.Module):
     ``(heads, n_in_k, key_features)``, ``W_query`` (same shape, only for scaling "sqrt"; the
     "linear" scaling ties queries to keys), ``W_value`` ``(heads, n_in_v, value_features)``,
     ``W_out`` ``(out, heads * value_features)``, ``bias`` ``(out,)`` and ``pos_emb``
-    ``(pos_emb_features, *S)``. The parameters materialize on the first call when the input
+    ``(pos_emb_features, *S)`` (correlated by ``pos_emb_covariance(spatial, dtype, device)``
+    when given; independent otherwise). The parameters materialize on the first call when the input
     channels or (with positional embeddings) the positions are not known before.
     ``forward(x, mask=None)`` takes the same padding masks as :class:`SerialModule`.
     """
@@ -553,10 +561,9 @@ class SelfAttentionModule(LazyModuleMixin, nn.Module):
         xk = xv = xf
         if self.pos_emb is not None:
             pe = self.pos_emb.reshape(self.pos_emb.shape[0], n).T  # (n, n_pe)
-            if self.pos_emb_covariance is not None:
+            if self.pos_emb_covariance is not None:  # correlated embeddings: L z, R = L L^T
                 r = self.pos_emb_covariance(spatial, torch.float64, None)
-                if not torch.equal(r, torch.eye(n, dtype=r.dtype)):
-                    pe = torch.linalg.cholesky(r).to(pe) @ pe
+                pe = torch.linalg.cholesky(r).to(pe) @ pe
             pe = (pe * self.pos_emb_std).expand(batch, n, pe.shape[1])
             if keep is not None:
                 pe = pe * keep[:, :, None]

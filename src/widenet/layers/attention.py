@@ -11,7 +11,6 @@ from torch import nn
 
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError
-from ..kernel import Work
 from ._base import Flow, Layer, Spec
 from ._modules import SelfAttentionModule
 from .conv import spatial_of
@@ -255,7 +254,6 @@ class SelfAttention(Layer):
         w.cov2 = w.cov1 if same else new_cov2.reshape((-1,) + pair)
         w.is_gaussian = True
         w.width = self.out_features
-        w.remask()
         w.sync_diagonal()
         return w
 
@@ -283,7 +281,7 @@ class SelfAttention(Layer):
             b_std=self.b_std, scaling=self.scaling, mechanism=self.mechanism,
             pos_emb=self.pos_emb, pos_emb_std=self.pos_emb_std,
             pos_emb_features=self.pos_emb_features,
-            pos_emb_covariance=None if self.pos_emb is None else (
+            pos_emb_covariance=None if self.pos_emb is None or self.pos_emb_decay is None else (
                 lambda spatial, dtype, device: position_covariance(
                     spatial, self.pos_emb_decay, self.pos_emb_p, dtype=dtype, device=device)),
             values_pos_emb=self.values_pos_emb, seed=next(seeds),

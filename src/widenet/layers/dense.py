@@ -8,7 +8,6 @@ from typing import Iterator, Optional
 from torch import nn
 
 from .._validate import check_choice, check_float, check_int
-from ..kernel import Work
 from ._base import Flow, Layer, Spec
 from ._modules import DenseModule
 

@@ -10,7 +10,6 @@ from torch import nn
 
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError, ShapeError
-from ..kernel import Work
 from ._base import Flow, Layer, Spec
 from ._modules import LayerNormModule
 
@@ -83,17 +82,10 @@ class LayerNorm(Layer):
             if w.ntk is not None:
                 w.ntk = w.ntk / divisor
         same = w.cov2 is w.cov1
-        w.cov1 = self._normalize_cov(w, w.cov1, n1)
-        w.cov2 = w.cov1 if same else self._normalize_cov(w, w.cov2, n2)
+        w.cov1 = w.cov1 / w.own_prod(n1)
+        w.cov2 = w.cov1 if same else w.cov2 / w.own_prod(n2)
         w.sync_diagonal()
         return w
-
-    @staticmethod
-    def _normalize_cov(w: Work, cov: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        if not w.is_full:
-            return cov / (norm * norm)
-        own = Work(None, None, cov, cov, self_mode=True, spatial=w.spatial, full=True)
-        return cov / own.prod(norm, norm)
 
     def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
         return LayerNormModule(self._axes, self.eps), self._single_spec(spec)

@@ -16,7 +16,6 @@ from torch import nn
 
 from .._validate import check_choice
 from ..errors import NoClosedFormError
-from ..kernel import Work
 from ._base import Flow, Layer, Spec
 from ._modules import FlattenModule, GlobalPoolModule, PoolModule
 from ._spatial import PADDINGS, as_tuple, pads_for, spatial_axes, window_sum
@@ -166,23 +165,21 @@ class _GlobalPool(Layer):
 
         def pool(t: torch.Tensor) -> torch.Tensor:
             lead = t.shape[: t.ndim - 2 * len(spatial)]
-            return t.reshape(lead + (-1,)).sum(-1).mul_(scale)
+            return t.reshape(lead + (-1,)).sum(-1)
 
         if w.masked and self._mode == "avg":
             # Padded positions hold zeros; the mean is over each input's real positions.
-            scale = 1.0
             n1 = w.keep1.reshape(w.keep1.shape[0], -1).sum(1)
             n2 = w.keep2.reshape(w.keep2.shape[0], -1).sum(1)
-            sq = lambda c, n: pool(c).div_(n * n)  # noqa: E731
             if w.nngp is not None:
                 counts = n1[:, None] * n2[None, :]
                 w.map_tiles(lambda t: pool(t).div_(counts))
             same = w.cov2 is w.cov1
-            w.cov1 = sq(w.cov1, n1)
-            w.cov2 = w.cov1 if same else sq(w.cov2, n2)
+            w.cov1 = pool(w.cov1).div_(n1 * n1)
+            w.cov2 = w.cov1 if same else pool(w.cov2).div_(n2 * n2)
         else:
-            w.map_tiles(pool)
-            w.map_covs(pool)
+            w.map_tiles(lambda t: pool(t).mul_(scale))
+            w.map_covs(lambda t: pool(t).mul_(scale))
         w.spatial = ()
         w.unmask()
         return w
