@@ -37,9 +37,16 @@ def check_float(
     exclusive_minimum: bool = False,
     maximum: float | None = None,
     allow_none: bool = False,
+    tensor: bool = False,
 ) -> float | None:
+    """A float within bounds. With ``tensor=True`` a 0-d floating tensor is validated on its
+    value and returned as it is, so that kernels can be differentiated in this parameter."""
     if value is None and allow_none:
         return None
+    if tensor and isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+        check_float(owner, name, float(value.detach()), minimum=minimum,
+                    exclusive_minimum=exclusive_minimum, maximum=maximum)
+        return value
     if minimum is None:
         rule = "a finite float"
     elif exclusive_minimum:

@@ -14,6 +14,7 @@ __all__ = [
     "NonFiniteInputError",
     "LayerOrderError",
     "NoClosedFormError",
+    "NumericalError",
 ]
 
 
@@ -40,3 +41,8 @@ class LayerOrderError(WidenetError, ValueError):
 
 class NoClosedFormError(WidenetError, TypeError):
     """The layer has a finite-width twin but no exact infinite-width kernel rule."""
+
+
+class NumericalError(WidenetError, ArithmeticError):
+    """A numerical method failed on the given matrices, e.g. a kernel that is not positive
+    definite in the working precision; the message says how large it was and what to change."""

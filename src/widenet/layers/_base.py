@@ -8,6 +8,7 @@ A :class:`Layer` has an exact infinite-width kernel rule (``_apply`` on a privat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -109,6 +110,11 @@ class Layer:
         Returns:
             a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
             without spatial axes (see :class:`Kernel` for spatial outputs).
+
+        Float hyperparameters (``W_std``, ``b_std``, activation parameters, attention
+        scales) may be 0-d tensors: kernels are then differentiable in them by forward-mode
+        AD (``torch.func.jvp``, ``torch.autograd.forward_ad``), which
+        :func:`widenet.predict.fit_hyperparameters` uses.
         """
         return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
                         layout=layout, mask1=mask1, mask2=mask2)
@@ -361,12 +367,38 @@ def _choose_layout(owner: str, layer: Layer, layout: str, spatial: tuple) -> boo
     return bool(spatial) and (layout == "full" or (layout == "auto" and needs))
 
 
+def _hyperparameters(layer: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensor-valued hyperparameters of an architecture, with dotted paths (for messages)."""
+    if isinstance(layer, torch.Tensor):
+        yield prefix, layer
+    elif isinstance(layer, (tuple, list)):
+        for i, item in enumerate(layer):
+            yield from _hyperparameters(item, f"{prefix}[{i}]")
+    elif dataclasses.is_dataclass(layer) and isinstance(layer, Layer):
+        for f in dataclasses.fields(layer):
+            yield from _hyperparameters(getattr(layer, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+
+
+def _check_reverse_mode(owner: str, layer: Layer) -> None:
+    if not torch.is_grad_enabled():
+        return
+    for path, value in _hyperparameters(layer):
+        if value.requires_grad:
+            raise ParameterError(
+                f"{owner}: hyperparameter {path} requires grad, but kernels are differentiated in "
+                f"their hyperparameters by forward mode (rules work in place on tiles): use "
+                f"torch.func.jvp or torch.autograd.forward_ad with 0-d tensor hyperparameters, or "
+                f"wn.predict.fit_hyperparameters (which does this for you)"
+            )
+
+
 def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
              memory: Any = None, layout: str = "auto", mask1: Any = None,
              mask2: Any = None) -> Kernel:
     from .._validate import available_memory, check_memory
 
     owner = f"{layer._name}.kernel"
+    _check_reverse_mode(owner, layer)
     if block_size is not None:
         block_size = check_int(owner, "block_size", block_size, minimum=1)
     budget = None if memory is None else check_memory(owner, "memory", memory)

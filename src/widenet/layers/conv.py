@@ -81,8 +81,8 @@ class Conv(Layer):
         for name in ("kernel_size", "stride", "dilation"):
             set_(self, name, _check_size("Conv", name, getattr(self, name)))
         check_choice("Conv", "padding", self.padding, PADDINGS)
-        set_(self, "W_std", check_float("Conv", "W_std", self.W_std, minimum=0.0))
-        set_(self, "b_std", check_float("Conv", "b_std", self.b_std, minimum=0.0, allow_none=True))
+        set_(self, "W_std", check_float("Conv", "W_std", self.W_std, minimum=0.0, tensor=True))
+        set_(self, "b_std", check_float("Conv", "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
         check_choice("Conv", "parameterization", self.parameterization, ("ntk", "standard"))
 
     def _geometry(self, spatial: tuple[int, ...]):

@@ -50,8 +50,8 @@ class Dense(Layer):
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "out_features", check_int("Dense", "out_features", self.out_features, minimum=1))
-        set_(self, "W_std", check_float("Dense", "W_std", self.W_std, minimum=0.0))
-        set_(self, "b_std", check_float("Dense", "b_std", self.b_std, minimum=0.0, allow_none=True))
+        set_(self, "W_std", check_float("Dense", "W_std", self.W_std, minimum=0.0, tensor=True))
+        set_(self, "b_std", check_float("Dense", "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
         check_choice("Dense", "parameterization", self.parameterization, ("ntk", "standard"))
 
     def _apply(self, flow: Flow) -> Flow:

@@ -24,6 +24,7 @@ from torch import nn
 from .._validate import check_float, check_int
 from ..errors import LayerOrderError, ParameterError
 from ..kernel import Work
+from ._autodiff import safe_sqrt
 from ._base import Flow, Layer, Spec
 from ._modules import ActivationModule
 from ._polynomial import arccos_terms, double_factorial, hermite_projection
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 _PI = math.pi
+
+
+def _cos(x):
+    """cos of a float or of a 0-d tensor hyperparameter (kept differentiable)."""
+    return torch.cos(x) if isinstance(x, torch.Tensor) else math.cos(x)
 
 
 class Nonlinearity(Layer):
@@ -51,7 +57,7 @@ class Nonlinearity(Layer):
 
     def _check_floats(self, *names: str) -> None:
         for name in names:
-            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name)))
+            object.__setattr__(self, name, check_float(self._name, name, getattr(self, name), tensor=True))
 
     def _apply(self, flow: Flow) -> Flow:
         w = self._single(flow)
@@ -103,7 +109,7 @@ def _sin_root(w: Work) -> torch.Tensor:
     # Two separately rounded products, not a fused multiply-add: for an input against itself
     # (K == q1 == q2 bitwise) the difference is then exactly zero, and so is the angle.
     root = w.prod(w.var1, w.var2)
-    return root.sub_(w.nngp * w.nngp).clamp_(min=0).sqrt_()
+    return safe_sqrt(root.sub_(w.nngp * w.nngp).clamp_(min=0))
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,8 @@ class ABRelu(Nonlinearity):
     b: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "a", check_float(self._name, "a", self.a))
-        object.__setattr__(self, "b", check_float(self._name, "b", self.b))
+        object.__setattr__(self, "a", check_float(self._name, "a", self.a, tensor=True))
+        object.__setattr__(self, "b", check_float(self._name, "b", self.b, tensor=True))
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
@@ -144,7 +150,10 @@ class ABRelu(Nonlinearity):
         tdot.mul_(-factor).add_((self.a**2 + self.b**2) / 2)
         if w.ntk is not None:
             w.ntk.mul_(tdot)
-        w.nngp.mul_(tdot).add_(root, alpha=factor)
+        if isinstance(factor, torch.Tensor):
+            w.nngp.mul_(tdot).add_(root.mul_(factor))
+        else:
+            w.nngp.mul_(tdot).add_(root, alpha=factor)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return q * ((self.a**2 + self.b**2) / 2)
@@ -171,7 +180,7 @@ class LeakyRelu(ABRelu):
     b: float = field(default=1.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "alpha", check_float("LeakyRelu", "alpha", self.alpha))
+        object.__setattr__(self, "alpha", check_float("LeakyRelu", "alpha", self.alpha, tensor=True))
         object.__setattr__(self, "a", self.alpha)
 
 
@@ -284,15 +293,16 @@ class Sin(Nonlinearity):
     def _tile(self, w: Work) -> None:
         b2 = self.b**2
         half_sum = w.sum(w.var1, w.var2).mul_(-0.5 * b2)
-        s1 = torch.add(half_sum, w.nngp, alpha=b2).exp_()
-        s2 = half_sum.sub_(w.nngp, alpha=b2).exp_().mul_(math.cos(2 * self.c))
+        scaled = w.nngp * b2
+        s1 = torch.add(half_sum, scaled).exp_()
+        s2 = half_sum.sub_(scaled).exp_().mul_(_cos(2 * self.c))
         half_a2 = self.a**2 / 2
         if w.ntk is not None:
             w.ntk.mul_(s1 + s2).mul_(half_a2 * b2)
-        torch.sub(s1, s2, out=w.nngp).mul_(half_a2)
+        w.nngp = s1.sub_(s2).mul_(half_a2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
-        return (1 - torch.exp(-2 * self.b**2 * q) * math.cos(2 * self.c)) * (self.a**2 / 2)
+        return (1 - torch.exp(-2 * self.b**2 * q) * _cos(2 * self.c)) * (self.a**2 / 2)
 
 
 @dataclass(frozen=True)
@@ -320,13 +330,13 @@ class Rbf(Nonlinearity):
     gamma: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "gamma", check_float("Rbf", "gamma", self.gamma, minimum=0.0))
+        object.__setattr__(self, "gamma", check_float("Rbf", "gamma", self.gamma, minimum=0.0, tensor=True))
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + _PI / 4)
 
     def _tile(self, w: Work) -> None:
-        t = w.sum(w.var1, w.var2).mul_(-self.gamma).add_(w.nngp, alpha=2 * self.gamma).exp_()
+        t = w.sum(w.var1, w.var2).mul_(-self.gamma).add_(w.nngp * (2 * self.gamma)).exp_()
         if w.ntk is not None:
             w.ntk.mul_(t).mul_(2 * self.gamma)
         w.nngp.copy_(t)
@@ -400,10 +410,10 @@ class Gaussian(Nonlinearity):
 
     def _tile(self, w: Work) -> None:
         det = w.prod(1 - 2 * self.b * w.var1, 1 - 2 * self.b * w.var2)
-        det.addcmul_(w.nngp, w.nngp, value=-4 * self.b**2).sqrt_()
+        det.sub_(w.nngp * w.nngp * (4 * self.b**2)).sqrt_()
         if w.ntk is not None:
             w.ntk.mul_(w.nngp).div_(det.pow(3)).mul_(4 * self.a**2 * self.b**2)
-        torch.reciprocal(det, out=w.nngp).mul_(self.a**2)
+        w.nngp = torch.reciprocal(det).mul_(self.a**2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return self.a**2 / torch.sqrt(1 - 4 * self.b * q)

@@ -13,6 +13,7 @@ import torch
 from .._validate import check_int
 from ..errors import ParameterError
 from ..kernel import Work
+from ._autodiff import safe_sqrt
 from .elementwise import Nonlinearity
 
 __all__ = ["Elementwise", "Tanh"]
@@ -87,7 +88,7 @@ class Elementwise(Nonlinearity):
         rho = torch.where(prod > 0, K / torch.sqrt(torch.where(prod > 0, prod, 1)), 0).clamp_(-1, 1)
         u = f(torch.sqrt(q1)[:, None] * x[None, :]) * w  # (E, deg)
         mean = (rho[:, None] * x[None, :])[:, :, None]  # (E, deg, 1)
-        spread = torch.sqrt(1 - rho * rho)[:, None, None] * x[None, None, :]
+        spread = safe_sqrt(1 - rho * rho)[:, None, None] * x[None, None, :]
         v = f(torch.sqrt(q2)[:, None, None] * (mean + spread))  # (E, deg, deg)
         return torch.einsum("ei,eij,j->e", u, v, w)
 

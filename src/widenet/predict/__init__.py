@@ -1,0 +1,25 @@
+"""Inference with infinite-width kernels: pure functions over kernel matrices.
+
+* :func:`gp_inference`: NNGP / NTK-GP posteriors, and the converged NTK ensemble.
+* :func:`gradient_descent_mse`: outputs at any training time under the MSE, closed form.
+* :func:`gradient_descent`: any differentiable loss (cross-entropy included), with or without
+  momentum, by ODE integration in function space.
+* :func:`gradient_descent_mse_ensemble`: mean and covariance over initializations at any time.
+* :func:`max_learning_rate`: the largest stable full-batch learning rate.
+* :func:`marginal_log_likelihood` and :func:`fit_hyperparameters`: NNGP evidence and
+  type-II maximum likelihood over architecture hyperparameters.
+
+Nothing here imports the layers: every function takes kernel matrices (or Kernel objects, or
+a callable that computes them), so kernels from any source (analytic, empirical, Monte Carlo,
+stored on disk) can be used.
+"""
+
+from .dynamics import gradient_descent, gradient_descent_mse, max_learning_rate
+from .ensemble import gradient_descent_mse_ensemble
+from .fit import FitResult, fit_hyperparameters
+from .gp import Gaussian, gp_inference, marginal_log_likelihood
+
+__all__ = [
+    "Gaussian", "gp_inference", "marginal_log_likelihood", "gradient_descent_mse", "gradient_descent",
+    "gradient_descent_mse_ensemble", "max_learning_rate", "fit_hyperparameters", "FitResult",
+]
