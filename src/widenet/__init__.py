@@ -4,7 +4,7 @@ One architecture description gives a finite-width ``torch.nn.Module`` (``net.mod
 and its exact infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import errors
+from . import errors, predict
 from .kernel import Kernel
 from .layers import (
     ABRelu, Abs, Cos, Dense, Elementwise, Erf, Exp, FanInConcat, FanInProd, FanInSum, FanOut,
@@ -16,8 +16,17 @@ from .layers import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # scikit-learn is an optional dependency: the estimators load on first use.
+    if name == "estimators":
+        import importlib
+
+        return importlib.import_module(".estimators", __name__)
+    raise AttributeError(f"module 'widenet' has no attribute {name!r}")
+
 __all__ = [
-    "errors", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
+    "errors", "predict", "estimators", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
     "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import layers as L
 from ..datasets import DATASETS, load
-from ..errors import WidenetError
+from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 
 app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="widenet: infinite-width neural networks in PyTorch.")
@@ -29,22 +29,6 @@ def architecture(depth: int, width: int, activation: str, n_out: int, W_std: flo
     act = ACTIVATIONS[activation]()
     hidden = [layer for _ in range(depth) for layer in (L.Dense(width, W_std, b_std), act)]
     return L.Serial(*hidden, L.Dense(n_out, W_std, b_std))
-
-
-def kernel_regression(k_train: torch.Tensor, k_test_train: torch.Tensor, y: torch.Tensor,
-                      diag_reg: float) -> torch.Tensor:
-    """``K_*x (K_xx + diag_reg (tr K / n) I)^{-1} y`` by Cholesky, in float64.
-
-    This is the NNGP posterior mean (Lee et al. 2018) and, with the NTK, the infinite-width
-    network trained by gradient descent to convergence (Jacot et al. 2018).
-    """
-    k = k_train.double()
-    n = k.shape[0]
-    k = k + diag_reg * k.diagonal().mean() * torch.eye(n, dtype=k.dtype)
-    chol, info = torch.linalg.cholesky_ex(k)
-    if int(info) != 0:
-        raise WidenetError(f"kernel matrix not positive definite at n={n}: increase diag_reg (now {diag_reg})")
-    return k_test_train.double() @ torch.cholesky_solve(y.double(), chol)
 
 
 def train_finite(net: L.Layer, data, y_train: torch.Tensor, *, epochs: int, lr: float,
@@ -115,16 +99,17 @@ def run(
         k_test = net.kernel(data.x_test, data.x_train)
         kernel_seconds = time.perf_counter() - start
         progress.advance(task)
-        for name, train, test in (("NNGP (Bayesian, infinite width)", k_train.nngp, k_test.nngp),
-                                  ("NTK (gradient descent, t = inf)", k_train.ntk, k_test.ntk)):
-            t0 = time.perf_counter()
-            pred = kernel_regression(train, test, y_train, diag_reg)
-            rows.append((name, *_scores(pred, data), kernel_seconds + time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        pred = gp_inference(k_train.nngp, y_train, diag_reg)(k_test.nngp)
+        rows.append(("NNGP (Bayesian, infinite width)", *_scores(pred, data), kernel_seconds + time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        dynamics = gradient_descent_mse(k_train.ntk, y_train, diag_reg=diag_reg)
+        _, pred = dynamics(None, k_test_train=k_test.ntk)
+        rows.append(("NTK (gradient descent, t = inf)", *_scores(pred, data), kernel_seconds + time.perf_counter() - t0))
         progress.advance(task)
         # Largest stable full-batch step for the MSE loss is 2 y.numel() / lambda_max(Theta);
         # minibatch SGD with half of it stays in the kernel regime at large width.
-        lam = float(torch.linalg.eigvalsh(k_train.ntk)[-1])
-        lr = 0.5 * 2 * data.n_classes * len(data.x_train) / lam
+        lr = 0.5 * max_learning_rate(k_train.ntk, y_train.numel())
         for width in widths:
             progress.update(task, description=f"training width {width}")
             t0 = time.perf_counter()

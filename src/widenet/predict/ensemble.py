@@ -130,8 +130,7 @@ class EnsemblePredictor:
                 mean, cov = out, None
             else:
                 mean, cov = out
-            mean = mean.to(self._dtype)
-            mean = (mean[:, None] if self._flat else mean)[None]
+            mean = mean.to(self._dtype)[None]  # gp_inference was given 2-D targets
             return mean, None if cov is None else cov.to(self._dtype)[None]
         evals, evecs = self._eigh(get)
         norm = self._y.numel()

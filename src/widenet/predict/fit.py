@@ -110,7 +110,11 @@ class _Problem:
         for n in self.names:
             with fwAD.dual_level():
                 duals = {m: (fwAD.make_dual(v, torch.ones_like(v)) if m == n else v) for m, v in base.items()}
-                out = _kernel(self.build, duals, self.x, self.nngp_fn)
+                try:
+                    out = _kernel(self.build, duals, self.x, self.nngp_fn)
+                except C.ParameterError:
+                    self.value(params, reg)  # re-raises if the values themselves are invalid
+                    raise _NotDifferentiable(n) from None
                 primal, tangent = fwAD.unpack_dual(out)
                 if tangent is None:
                     raise _NotDifferentiable(n)
@@ -124,6 +128,7 @@ class _Problem:
         reg_t = torch.tensor(reg, dtype=self.dtype, requires_grad=True)
         value = self.mll(k_leaf, reg_t)
         g_k, g_reg = torch.autograd.grad(value, (k_leaf, reg_t))
+        value = value.detach()
         grad = [float((g_k * t.to(self.dtype)).sum()) * (params[n] if self.log[n] else 1.0)
                 for n, t in zip(self.names, tangents)]
         if self.fit_reg:

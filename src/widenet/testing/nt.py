@@ -114,3 +114,85 @@ def nt_kernel(
             raise RuntimeError(f"Neural Tangents run failed:\n{run.stderr[-4000:]}")
         with np.load(tmp / "out.npz") as data:
             return {name: data[name] for name in data.files}
+
+
+def _encode(value, arrays: dict):
+    """``value`` as JSON for the runner; arrays go to ``arrays`` and are named by reference."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {"__array__": key}
+    if isinstance(value, L.Layer):
+        return {"__spec__": to_spec(value)}
+    if hasattr(value, "nngp") and hasattr(value, "ntk"):  # widenet.Kernel or any Kernel-like object
+        return {"__kernel__": {"nngp": _encode(value.nngp, arrays), "ntk": _encode(value.ntk, arrays)}}
+    if isinstance(value, dict):
+        return {str(k): _encode(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"nt_predict: cannot pass a {type(value).__name__} to Neural Tangents")
+
+
+def _decode(value, arrays):
+    if isinstance(value, dict):
+        return arrays[value["__array__"]]
+    if isinstance(value, list):
+        return tuple(_decode(v, arrays) for v in value)
+    return value
+
+
+def nt_predict(calls: Sequence[dict], *, dtype: str = "float64", python: Optional[str] = None,
+               timeout: float = 1800) -> list:
+    """Neural Tangents' ``neural_tangents.predict`` on the same kernels, targets and options.
+
+    All ``calls`` run in one Neural Tangents process (each start costs seconds). A call is a
+    dict ``{"fn": name, "args": {...}, "predict": [{...}, ...]}``: ``fn`` names a function of
+    ``neural_tangents.predict`` (``gp_inference``, ``gradient_descent_mse``,
+    ``gradient_descent``, ``gradient_descent_mse_ensemble``, ``max_learning_rate``), ``args``
+    are its keyword arguments, and ``predict`` (optional) lists keyword arguments of calls of
+    the predictor that it returns. Names and conventions are Neural Tangents' own (for
+    instance ``fx_test_0`` must be given for test outputs of ``gradient_descent_mse``).
+
+    Values may be numbers (``inf`` included), strings, None, lists, numpy arrays or torch
+    tensors, and Kernel-like objects (with ``nngp`` and ``ntk``, such as :class:`widenet.Kernel`;
+    they arrive as a ``(nngp, ntk)`` namedtuple). Two arguments are translated:
+
+    * ``loss`` of ``gradient_descent``: ``"mse"`` (``||f - y||^2 / (2 y.size)``) or
+      ``"cross_entropy"`` (``-mean(log_softmax(f, -1) * y)``).
+    * ``kernel_fn`` of ``gradient_descent_mse_ensemble``: a widenet architecture (Neural
+      Tangents' own kernel function of it, as in :func:`nt_kernel`; inputs without spatial
+      axes), or a Kernel-like object of precomputed ``(P, P)`` matrices over P points, when
+      ``x_train`` and ``x_test`` are integer index arrays into them and
+      ``kernel_fn(x1, x2) = matrices[x1][:, x2]`` (this isolates the predictions from any
+      difference between the kernels).
+
+    Returns one entry per call: the list of the predictor's results, or the function's own
+    result for a call without ``predict`` (``max_learning_rate``). Arrays come back as numpy
+    arrays, tuples and namedtuples (``Gaussian``) as tuples, scalars as floats.
+    """
+    python = python or nt_python()
+    if python is None:
+        raise RuntimeError("Neural Tangents environment not found (run shared tools/nt-env.sh)")
+    arrays: dict = {}
+    encoded = [_encode(dict(call), arrays) for call in calls]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.savez(tmp / "in.npz", **arrays)
+        job = {"mode": "predict", "dtype": dtype, "calls": encoded, "arrays": str(tmp / "in.npz"),
+               "out": str(tmp / "out.npz"), "out_json": str(tmp / "out.json")}
+        (tmp / "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+        run = subprocess.run([python, str(_RUNNER), str(tmp / "job.json")], capture_output=True,
+                             text=True, env=env, timeout=timeout)
+        if run.returncode != 0:
+            raise RuntimeError(f"Neural Tangents run failed:\n{run.stderr[-4000:]}")
+        results = json.loads((tmp / "out.json").read_text())
+        with np.load(tmp / "out.npz") as data:
+            out = {name: data[name] for name in data.files}
+    return [_decode(r, out) for r in results]
