@@ -121,7 +121,7 @@ class SelfAttention(Layer):
         for field in ("W_query_std", "W_key_std", "W_value_std", "W_out_std", "pos_emb_std"):
             set_(self, field, check_float(name, field, getattr(self, field), minimum=0.0, tensor=True))
         set_(self, "b_std", check_float(name, "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
-        set_(self, "pos_emb_p", check_float(name, "pos_emb_p", self.pos_emb_p, minimum=0.0))
+        set_(self, "pos_emb_p", check_float(name, "pos_emb_p", self.pos_emb_p, minimum=0.0, tensor=True))
         check_choice(name, "scaling", self.scaling, ("linear", "sqrt"))
         check_choice(name, "mechanism", self.mechanism, _MECHANISMS)
         if self.pos_emb is not None:

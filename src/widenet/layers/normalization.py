@@ -45,7 +45,7 @@ class LayerNorm(Layer):
                 f"infinite-width limit only normalizations over channels have a kernel"
             )
         object.__setattr__(self, "axis", axes if len(axes) > 1 else 1)
-        object.__setattr__(self, "eps", check_float("LayerNorm", "eps", self.eps, minimum=0.0))
+        object.__setattr__(self, "eps", check_float("LayerNorm", "eps", self.eps, minimum=0.0, tensor=True))
 
     @property
     def _axes(self) -> tuple[int, ...]:
@@ -161,7 +161,7 @@ class Dropout(Layer):
     mode: str = "train"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rate", check_float("Dropout", "rate", self.rate, minimum=0.0, maximum=1.0))
+        object.__setattr__(self, "rate", check_float("Dropout", "rate", self.rate, minimum=0.0, maximum=1.0, tensor=True))
         if self.rate == 1.0:
             raise ParameterError("Dropout: rate must be a finite float >= 0 and < 1 (got 1.0)")
         check_choice("Dropout", "mode", self.mode, ("train", "eval"))
