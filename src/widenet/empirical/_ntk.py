@@ -1,0 +1,243 @@
+"""Empirical kernels of any torch model, by ``torch.func``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterable, Optional, Union
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from .._validate import as_tensor, check_choice, check_int, check_memory
+from ..errors import ParameterError, ShapeError
+from ..kernel import Kernel
+
+__all__ = ["ntk", "nngp", "kernel"]
+
+Selector = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
+
+
+def _select(owner: str, model: nn.Module, params: Selector) -> Dict[str, torch.Tensor]:
+    """The parameters the Jacobian is taken over: trainable ones, filtered by ``params``
+    (a predicate ``(name, tensor) -> bool`` or names / name prefixes such as ``"fc2."``)."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if params is None:
+        chosen = named
+    elif callable(params):
+        chosen = {n: p for n, p in named.items() if params(n, p)}
+    else:
+        if isinstance(params, str):
+            params = [params]
+        wanted = list(params)
+        chosen = {n: p for n, p in named.items() if any(n == w or n.startswith(w.rstrip(".") + ".") for w in wanted)}
+        unknown = [w for w in wanted if not any(n == w or n.startswith(w.rstrip(".") + ".") for n in named)]
+        if unknown:
+            raise ParameterError(
+                f"{owner}: params names no trainable parameter for {unknown} (the model has {list(named)[:8]}"
+                f"{' ...' if len(named) > 8 else ''})"
+            )
+    if not chosen:
+        raise ParameterError(f"{owner}: no trainable parameters selected (params={params!r})")
+    return {n: p.detach() for n, p in chosen.items()}
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Kernels of the deterministic network: dropout off, BatchNorm on its running statistics."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+class _Fn:
+    """``f(params, x) -> (B, O)`` with the other parameters and buffers held fixed."""
+
+    def __init__(self, owner, model, chosen):
+        self.owner, self.model = owner, model
+        self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in chosen}
+        self.fixed.update(dict(model.named_buffers()))
+        self.out_shape = None
+
+    def __call__(self, params, x):
+        out = functional_call(self.model, {**self.fixed, **params}, (x,))
+        if not isinstance(out, torch.Tensor):
+            raise ShapeError(
+                f"{self.owner}: the model must return one tensor of outputs (got {type(out).__name__}); "
+                f"wrap it so that forward returns the tensor to differentiate"
+            )
+        if out.ndim == 0 or out.shape[0] != x.shape[0]:
+            raise ShapeError(
+                f"{self.owner}: the model's output must have the batch as its first axis: input batch "
+                f"{x.shape[0]}, output shape {tuple(out.shape)}"
+            )
+        self.out_shape = tuple(out.shape[1:])
+        return out.reshape(out.shape[0], -1)
+
+
+def _contract(a: torch.Tensor, b: torch.Tensor, outputs: str) -> torch.Tensor:
+    """``(B1, O, P) x (B2, O, P)`` -> the kernel in the ``outputs`` form."""
+    if outputs == "full":
+        return torch.einsum("aip,bjp->abij", a, b)
+    if outputs == "diagonal":
+        return torch.einsum("aip,bip->abi", a, b)
+    return torch.einsum("aip,bip->ab", a, b) / a.shape[1]
+
+
+def _jacobian(fn, params, x):
+    jac = jacrev(fn)(params, x)  # name -> (B, O, *shape)
+    return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
+
+
+def _ntvp(fn, params, x1, x2, outputs):
+    """Theta(x1, x2) without Jacobians in memory: J(x2)^T e by vector-Jacobian products for
+    every output basis vector e of x2, then J(x1) (J(x2)^T e) by Jacobian-vector products."""
+    out2, pullback = vjp(lambda p: fn(p, x2), params)
+    b2, o = out2.shape
+    basis = torch.eye(b2 * o, dtype=out2.dtype, device=out2.device).reshape(b2 * o, b2, o)
+    cotangents = vmap(pullback)(basis)[0]  # name -> (b2*o, *shape)
+    try:
+        pushed = vmap(lambda t: jvp(lambda p: fn(p, x1), (params,), (t,))[1])(cotangents)  # (b2*o, b1, o)
+    except NotImplementedError:
+        # An op without forward-mode AD (e.g. a fused attention kernel): J(x1) t as the
+        # vector-Jacobian product of the linear map u -> J(x1)^T u, by double backward.
+        try:
+            out1, pullback1 = vjp(lambda p: fn(p, x1), params)
+            zeros = torch.zeros_like(out1)
+            _, transpose = vjp(lambda u: pullback1(u)[0], zeros)
+            pushed = vmap(lambda t: transpose(t)[0])(cotangents)
+        except (NotImplementedError, RuntimeError) as err:
+            raise ParameterError(
+                f"empirical.ntk: method='ntvp' needs forward-mode or double-backward derivatives of every "
+                f"op of the model, and one has neither ({str(err).splitlines()[0]}); use method='jacobian'"
+            ) from None
+    theta = pushed.reshape(b2, o, x1.shape[0], o).permute(2, 0, 3, 1)  # (b1, b2, o1, o2)
+    if outputs == "full":
+        return theta
+    diag = torch.diagonal(theta, dim1=2, dim2=3)  # (b1, b2, o)
+    return diag if outputs == "diagonal" else diag.mean(-1)
+
+
+def _blocks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def ntk(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean", params: Selector = None,
+        method: str = "auto", block_size: Optional[int] = None, memory: Any = "1GB") -> torch.Tensor:
+    """Empirical NTK ``J(x1) J(x2)^T`` of any ``torch.nn.Module``.
+
+    Args:
+        model: any module mapping a batch ``(B, ...)`` to outputs ``(B, ...)`` (flattened to
+            ``(B, O)``). It is evaluated in eval mode (dropout off, BatchNorm on running
+            statistics) with ``torch.func.functional_call``; buffers are used as they are.
+        x1, x2: input batches (``x2=None``: ``x2 = x1``).
+        outputs: "mean" (``(N1, N2)``, the mean over outputs ``(1/O) sum_c J_c J_c^T``, as
+            Neural Tangents' traced kernels), "diagonal" (``(N1, N2, O)``, each output with
+            itself) or "full" (``(N1, N2, O, O)``).
+        params: which parameters to differentiate: None (all trainable), a predicate
+            ``(name, tensor) -> bool``, or names / module prefixes (e.g. ``["fc2"]`` for the
+            last layer only).
+        method: "jacobian" (contract per-chunk Jacobians), "ntvp" (NTK-vector products, never
+            holding a Jacobian) or "auto" (Jacobians when the chunks' Jacobians fit
+            ``memory``, else NTK-vector products).
+        block_size: inputs per chunk (default: sized from ``memory``).
+        memory: bytes (or "1GB") for one pair of chunks' Jacobians.
+
+    Returns:
+        The kernel in the model's dtype and on its device.
+    """
+    return _compute("empirical.ntk", model, x1, x2, outputs, params, method, block_size, memory, want="ntk")
+
+
+def nngp(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean") -> torch.Tensor:
+    """Empirical NNGP ``f(x1) f(x2)^T`` of one network (mean over outputs by default, as
+    Neural Tangents; "diagonal" and "full" as in :func:`ntk`)."""
+    return _compute("empirical.nngp", model, x1, x2, outputs, None, "auto", None, None, want="nngp")
+
+
+def kernel(model: nn.Module, x1: Any, x2: Any = None, **options) -> Kernel:
+    """Both empirical kernels as a :class:`widenet.Kernel` (per-input variances included)."""
+    outputs = options.get("outputs", "mean")
+    k_ntk = ntk(model, x1, x2, **options)
+    k_nngp = nngp(model, x1, x2, outputs=outputs)
+    var1 = _self_nngp(model, x1, outputs)
+    var2 = None if x2 is None else _self_nngp(model, x2, outputs)
+    return Kernel(k_nngp, k_ntk, var1, var2, is_gaussian=False, width=0)
+
+
+def _self_nngp(model, x, outputs):
+    k = nngp(model, x, None, outputs=outputs)
+    return torch.diagonal(k, dim1=0, dim2=1).movedim(-1, 0)
+
+
+def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, want):
+    if not isinstance(model, nn.Module):
+        raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
+    outputs = check_choice(owner, "outputs", outputs, ("mean", "diagonal", "full"))
+    method = check_choice(owner, "method", method, ("auto", "jacobian", "ntvp"))
+    if block_size is not None:
+        block_size = check_int(owner, "block_size", block_size, minimum=1)
+    budget = None if memory is None else check_memory(owner, "memory", memory)
+    ref = next(iter(model.parameters()), None)
+    if ref is None:
+        raise ParameterError(f"{owner}: the model has no parameters")
+    x1 = as_tensor(owner, "x1", x1)
+    x2 = None if x2 is None else as_tensor(owner, "x2", x2, like=x1)
+    if x1.is_floating_point() and x1.dtype != ref.dtype:
+        raise ShapeError(f"{owner}: inputs and model parameters must share a dtype (got {x1.dtype} and {ref.dtype})")
+    if x1.device != ref.device:
+        raise ShapeError(f"{owner}: inputs and model must be on one device (got {x1.device} and {ref.device})")
+    if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
+        raise ShapeError(f"{owner}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})")
+    xb = x1 if x2 is None else x2
+    with _eval_mode(model):
+        if want == "nngp":
+            with torch.no_grad():
+                f1 = _Fn(owner, model, {})({}, x1)
+                f2 = f1 if x2 is None else _Fn(owner, model, {})({}, x2)
+            if outputs == "full":
+                return torch.einsum("ai,bj->abij", f1, f2)
+            if outputs == "diagonal":
+                return torch.einsum("ai,bi->abi", f1, f2)
+            return f1 @ f2.T / f1.shape[1]
+        chosen = _select(owner, model, params)
+        fn = _Fn(owner, model, chosen)
+        with torch.no_grad():
+            probe = fn(chosen, x1[:1])
+        n_params = sum(p.numel() for p in chosen.values())
+        n_out = probe.shape[1]
+        per_input = n_out * n_params * x1.element_size()
+        budget = budget or 2**30
+        if block_size is None:
+            block_size = int(min(256, max(1, budget // (2 * per_input))))
+        if method == "auto":
+            # Two chunks' Jacobians must fit the budget; otherwise never form them.
+            method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
+        n1, n2 = x1.shape[0], xb.shape[0]
+        shape = {"mean": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[outputs]
+        out = x1.new_empty(shape)
+        same = x2 is None
+        for a0, a1 in _blocks(n1, block_size):
+            ja = _jacobian(fn, chosen, x1[a0:a1]) if method == "jacobian" else None
+            for b0, b1 in _blocks(n2, block_size):
+                if same and b1 <= a0:
+                    continue  # mirrored from the upper triangle below
+                if method == "jacobian":
+                    jb = ja if (same and b0 == a0) else _jacobian(fn, chosen, xb[b0:b1])
+                    block = _contract(ja, jb, outputs)
+                else:
+                    block = _ntvp(fn, chosen, x1[a0:a1], xb[b0:b1], outputs)
+                if same and b0 == a0:  # a block on the diagonal: make it exactly symmetric
+                    swapped = block.transpose(0, 1)
+                    block = 0.5 * (block + (swapped.transpose(2, 3) if outputs == "full" else swapped))
+                out[a0:a1, b0:b1] = block
+                if same and b0 != a0:
+                    mirrored = block.transpose(0, 1)
+                    if outputs == "full":
+                        mirrored = mirrored.transpose(2, 3)
+                    out[b0:b1, a0:a1] = mirrored
+        return out

@@ -1,0 +1,135 @@
+"""Empirical NTK of torch models against a plain per-example, per-output torch.autograd.grad
+reference, for every method and output form."""
+
+import pytest
+import torch
+from torch import nn
+
+from widenet import empirical
+from widenet.errors import ParameterError, ShapeError
+
+D = torch.float64
+
+
+def _reference(model, x1, x2, names=None):
+    """(N1, N2, O, O): one autograd.grad call per input and output unit."""
+    model.eval()
+    params = [p for n, p in model.named_parameters() if names is None or any(n.startswith(k) for k in names)]
+
+    def jac(x):
+        rows = []
+        for i in range(len(x)):
+            out = model(x[i:i + 1]).reshape(-1)
+            rows.append(torch.stack([
+                torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[c], params, retain_graph=True)])
+                for c in range(out.numel())
+            ]))
+        return torch.stack(rows)
+
+    return torch.einsum("aip,bjp->abij", jac(x1), jac(x2))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 12)
+        self.block = nn.Sequential(nn.ReLU(), nn.Linear(12, 12), nn.GELU(), nn.Linear(12, 12))
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.block(h))
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):  # (B, L, 3)
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(self.norm(h + a).mean(1))
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "mlp": (nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)), (6,)),
+        "cnn-pool": (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3),
+                                   nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)), (1, 6, 6)),
+        "residual": (Residual(), (6,)),
+        "batchnorm-layernorm-dropout": (nn.Sequential(nn.Linear(6, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5),
+                                                      nn.Linear(10, 10), nn.LayerNorm(10), nn.Linear(10, 2)), (6,)),
+        "attention": (Attention(), (5, 3)),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch.func on CPU attention
+@pytest.mark.parametrize("name", list(_models()))
+def test_every_method_and_output_form_matches_autograd(name):
+    model, shape = _models()[name]
+    model = model.double()
+    if name.startswith("batchnorm"):  # non-trivial running statistics
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(64, *shape, dtype=D) * 2 + 1)
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(5, *shape, generator=g, dtype=D), torch.randn(3, *shape, generator=g, dtype=D)
+    full = _reference(model, x1, x2)
+    diag = torch.diagonal(full, dim1=2, dim2=3)
+    expected = {"full": full, "diagonal": diag, "mean": diag.mean(-1)}
+    scale = float(full.abs().max())
+    methods = ("jacobian", "ntvp")
+    if name == "attention":
+        # torch's fused CPU attention has neither forward-mode nor double-backward derivatives.
+        with pytest.raises(ParameterError, match="use method='jacobian'"):
+            empirical.ntk(model, x1, x2, method="ntvp")
+        methods = ("jacobian", "auto")
+    for method in methods:
+        for outputs, ref in expected.items():
+            for block in (None, 2):  # chunk sizes that divide nothing
+                k = empirical.ntk(model, x1, x2, outputs=outputs, method=method, block_size=block)
+                assert k.shape == ref.shape
+                assert float((k - ref).abs().max()) <= 1e-12 * scale, (method, outputs, block)
+    model.train()
+    same = empirical.ntk(model, x1, outputs="full", block_size=2)
+    assert model.training  # evaluated in eval mode, the caller's mode restored
+    assert float((same - _reference(model, x1, x1)).abs().max()) <= 1e-12 * scale
+    assert torch.equal(same, same.transpose(0, 1).transpose(2, 3))  # exactly symmetric
+
+
+def test_parameter_filter_and_nngp():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    x = torch.randn(6, 4, dtype=D)
+    last = empirical.ntk(model, x, params=["2"], outputs="full")
+    ref = _reference(model, x, x, names=["2."])
+    assert float((last - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+    # The last layer's NTK is the Gram matrix of its input features (plus 1 for the bias).
+    feats = model[1](model[0](x)).detach()
+    gram = feats @ feats.T + 1
+    assert float((empirical.ntk(model, x, params=lambda n, p: n.startswith("2.")) - gram).abs().max()) < 1e-12 * float(gram.max())
+    f = model(x).detach()
+    assert torch.allclose(empirical.nngp(model, x), f @ f.T / 2, rtol=1e-14, atol=0)
+    assert torch.allclose(empirical.nngp(model, x, outputs="full"), torch.einsum("ai,bj->abij", f, f), rtol=1e-14, atol=0)
+    k = empirical.kernel(model, x, x[:2])
+    assert k.nngp.shape == (6, 2) and k.ntk.shape == (6, 2) and k.var1.shape == (6,)
+
+
+def test_errors():
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(4, 3, dtype=D)
+    with pytest.raises(ShapeError, match="must return one tensor"):
+        empirical.ntk(nn.Sequential(nn.LSTM(3, 2, batch_first=True)), x[:, None].float())
+    with pytest.raises(ShapeError, match="share a dtype"):
+        empirical.ntk(model, x.float())
+    with pytest.raises(ParameterError, match="params names no trainable parameter"):
+        empirical.ntk(model, x, params=["fc9"])
+    with pytest.raises(ParameterError, match="outputs must be one of"):
+        empirical.ntk(model, x, outputs="trace")
+    with pytest.raises(ShapeError, match="same shape per input"):
+        empirical.ntk(model, x, torch.randn(2, 4, dtype=D))
