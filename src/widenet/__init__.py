@@ -4,7 +4,8 @@ One architecture description gives a finite-width ``torch.nn.Module`` (``net.mod
 and its exact infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 """
 
-from . import errors, predict
+from . import empirical, errors, predict
+from .empirical import monte_carlo
 from .kernel import Kernel
 from .layers import (
     ABRelu, Abs, Cos, Dense, Elementwise, Erf, Exp, FanInConcat, FanInProd, FanInSum, FanOut,
@@ -26,7 +27,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'widenet' has no attribute {name!r}")
 
 __all__ = [
-    "errors", "predict", "estimators", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
+    "errors", "predict", "estimators", "empirical", "monte_carlo", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
     "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",

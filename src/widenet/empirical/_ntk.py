@@ -195,6 +195,9 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         raise ShapeError(f"{owner}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})")
     xb = x1 if x2 is None else x2
     with _eval_mode(model):
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+            with torch.no_grad():
+                model(x1[:1])  # materialize lazy layers (their shapes come from the first input)
         if want == "nngp":
             with torch.no_grad():
                 f1 = _Fn(owner, model, {})({}, x1)
