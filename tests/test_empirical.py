@@ -83,12 +83,12 @@ def test_every_method_and_output_form_matches_autograd(name):
     diag = torch.diagonal(full, dim1=2, dim2=3)
     expected = {"full": full, "diagonal": diag, "mean": diag.mean(-1)}
     scale = float(full.abs().max())
-    methods = ("jacobian", "ntvp")
+    methods = ("jacobian", "ntvp", "structured", "auto")
     if name == "attention":
         # torch's fused CPU attention has neither forward-mode nor double-backward derivatives.
         with pytest.raises(ParameterError, match="use method='jacobian'"):
             empirical.ntk(model, x1, x2, method="ntvp")
-        methods = ("jacobian", "auto")
+        methods = ("jacobian", "structured", "auto")
     for method in methods:
         for outputs, ref in expected.items():
             for block in (None, 2):  # chunk sizes that divide nothing

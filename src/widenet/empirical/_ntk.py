@@ -12,6 +12,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from .._validate import as_tensor, check_choice, check_int, check_memory
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
+from ._structured import contract, cotangents, factors, record, structured_modules
 
 __all__ = ["ntk", "nngp", "kernel"]
 
@@ -178,7 +179,7 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
     if not isinstance(model, nn.Module):
         raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
     outputs = check_choice(owner, "outputs", outputs, ("mean", "diagonal", "full"))
-    method = check_choice(owner, "method", method, ("auto", "jacobian", "ntvp"))
+    method = check_choice(owner, "method", method, ("auto", "jacobian", "ntvp", "structured"))
     if block_size is not None:
         block_size = check_int(owner, "block_size", block_size, minimum=1)
     budget = None if memory is None else check_memory(owner, "memory", memory)
@@ -217,9 +218,17 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         budget = budget or 2**30
         if block_size is None:
             block_size = int(min(256, max(1, budget // (2 * per_input))))
+        modules = structured_modules(model, chosen)
         if method == "auto":
-            # Two chunks' Jacobians must fit the budget; otherwise never form them.
-            method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
+            # Products of Gram matrices when linear/conv layers hold most parameters; else
+            # Jacobians when two chunks of them fit the budget; else NTK-vector products.
+            covered = sum(p.numel() for m in modules.values() for p in m.parameters(recurse=False))
+            if covered >= 0.5 * n_params:
+                method = "structured"
+            else:
+                method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
+        if method == "structured":
+            return _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_size)
         n1, n2 = x1.shape[0], xb.shape[0]
         shape = {"mean": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[outputs]
         out = x1.new_empty(shape)
@@ -244,3 +253,51 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
                         mirrored = mirrored.transpose(2, 3)
                     out[b0:b1, a0:a1] = mirrored
         return out
+
+
+def _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_size):
+    """Linear/conv layers by the product form, every other chosen parameter by Jacobians."""
+    # Only layers that are called as modules can be factored (attention, for one, uses its
+    # output projection's weight directly): keep those whose forward hook fires.
+    with torch.no_grad():
+        _, fired = record(model, modules, x1[:1])
+    modules = {name: m for name, m in modules.items() if name in fired}
+    rest = {n: p for n, p in chosen.items()
+            if not any(n == (f"{m}.{k}" if m else k) for m, mod in modules.items()
+                       for k, _ in mod.named_parameters(recurse=False))}
+    same = x2 is None
+    xb = x1 if same else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+
+    def side(x):
+        out, seen = record(model, modules, x)
+        gs = cotangents(out, seen)
+        facts = {name: factors(modules[name], seen[name][0], gs[name]) for name in modules}
+        jac = _jacobian(fn, rest, x) if rest else None
+        return facts, jac
+
+    result = None
+    for a0, a1 in _blocks(n1, block_size):
+        fa, ja = side(x1[a0:a1])
+        for b0, b1 in _blocks(n2, block_size):
+            if same and b1 <= a0:
+                continue
+            fb, jb = (fa, ja) if (same and b0 == a0) else side(xb[b0:b1])
+            block = None
+            for name, module in modules.items():
+                part = contract(module, fa[name][0], fa[name][1], fb[name][0], fb[name][1], outputs)
+                block = part if block is None else block + part
+            if ja is not None:
+                part = _contract(ja, jb, outputs)
+                block = part if block is None else block + part
+            block = block.detach()
+            if result is None:
+                result = x1.new_empty((n1, n2) + tuple(block.shape[2:]))
+            if same and b0 == a0:
+                swapped = block.transpose(0, 1)
+                block = 0.5 * (block + (swapped.transpose(2, 3) if outputs == "full" else swapped))
+            result[a0:a1, b0:b1] = block
+            if same and b0 != a0:
+                mirrored = block.transpose(0, 1)
+                result[b0:b1, a0:a1] = mirrored.transpose(2, 3) if outputs == "full" else mirrored
+    return result

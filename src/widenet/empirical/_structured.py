@@ -1,0 +1,95 @@
+"""Structured empirical NTK: the product form of linear and convolutional layers.
+
+For ``y = W a + b`` (``nn.Linear``), the contribution of ``W`` to ``J(x1) J(x2)^T`` is
+``(g(x1) . g(x2)) (a(x1) . a(x2))`` summed over positions, with ``a`` the layer's input and
+``g = d f_c / d y`` its output cotangent; for a convolution, the same with ``a`` replaced by
+the input patches at each output position (Novak et al. 2022, arXiv 2206.08720, "structured
+derivatives"). The O(parameters) Jacobian is never formed: only Gram matrices of activations
+and cotangents. Other parameters (normalization, attention, ...) are contracted from their
+Jacobians.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def structured_modules(model: nn.Module, chosen: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
+    """Linear and 1-D/2-D zero-padded ungrouped convolutions whose parameters are all chosen."""
+    found = {}
+    for name, module in model.named_modules():
+        own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
+        if not own or not all(n in chosen for n in own):
+            continue
+        if isinstance(module, nn.Linear):
+            found[name] = module
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros" \
+                and not isinstance(module.padding, str):
+            found[name] = module
+    return found
+
+
+def _patches(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """(B, C_in * prod(k), P): the input patch seen at each output position."""
+    if isinstance(module, nn.Conv1d):
+        a = a.unsqueeze(-2)
+        k, d, p, s = (1, module.kernel_size[0]), (1, module.dilation[0]), (0, module.padding[0]), (1, module.stride[0])
+    else:
+        k, d, p, s = module.kernel_size, module.dilation, module.padding, module.stride
+    return F.unfold(a, k, dilation=d, padding=p, stride=s)
+
+
+def record(model: nn.Module, modules: Dict[str, nn.Module], x: torch.Tensor):
+    """Runs the model once, returning outputs (B, O), and per module its input and output."""
+    seen = {}
+    hooks = []
+    for name, module in modules.items():
+        def hook(mod, inputs, output, name=name):
+            seen[name] = (inputs[0].detach(), output)
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out.reshape(out.shape[0], -1), seen
+
+
+def cotangents(out: torch.Tensor, seen: dict) -> Dict[str, torch.Tensor]:
+    """d f_c / d y for every output unit c, batched: name -> (O, B, *y.shape[1:])."""
+    b, o = out.shape
+    basis = torch.zeros((o, b, o), dtype=out.dtype, device=out.device)
+    basis[torch.arange(o), :, torch.arange(o)] = 1
+    names = list(seen)
+    grads = torch.autograd.grad(out, [seen[n][1] for n in names], grad_outputs=basis, is_grads_batched=True,
+                                allow_unused=True)
+    return {n: (torch.zeros((o,) + tuple(seen[n][1].shape), dtype=out.dtype, device=out.device) if g is None else g)
+            for n, g in zip(names, grads)}
+
+
+def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
+    """Per-position activations (B, P, I) and cotangents (O, B, P, J) of one layer."""
+    if isinstance(module, nn.Linear):
+        b = a.shape[0]
+        return a.reshape(b, -1, a.shape[-1]), g.reshape(g.shape[0], b, -1, g.shape[-1])
+    patches = _patches(module, a).transpose(1, 2)  # (B, P, C_in k)
+    o, b, c = g.shape[:3]
+    return patches, g.reshape(o, b, c, -1).transpose(2, 3)  # (O, B, P, C_out)
+
+
+def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
+    """The module's weight (and bias) contribution in the requested output form."""
+    ga = torch.einsum("bpi,kqi->bkpq", a1, a2)  # activation Gram over positions
+    if module.bias is not None:
+        ga = ga + 1  # the bias acts as a constant input
+    if outputs == "full":
+        gg = torch.einsum("cbpj,dkqj->bkcdpq", g1, g2)
+        return torch.einsum("bkcdpq,bkpq->bkcd", gg, ga)
+    gg = torch.einsum("cbpj,ckqj->bkcpq", g1, g2)
+    diag = torch.einsum("bkcpq,bkpq->bkc", gg, ga)
+    return diag if outputs == "diagonal" else diag.mean(-1)
