@@ -102,6 +102,28 @@ def test_every_method_and_output_form_matches_autograd(name):
     assert torch.equal(same, same.transpose(0, 1).transpose(2, 3))  # exactly symmetric
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("route", ["gram", "jacobian"])
+@pytest.mark.parametrize("name", ["cnn-pool", "attention", "residual"])
+def test_structured_routes(name, route, monkeypatch):
+    """Both contractions of a factored layer (position-pair Grams, or the layer's own
+    per-example Jacobian) equal the autograd reference, whichever the cost model would pick."""
+    from widenet.empirical import _structured
+
+    monkeypatch.setattr(_structured, "_FORCE_ROUTE", route)
+    model, shape = _models()[name]
+    model = model.double()
+    g = torch.Generator().manual_seed(4)
+    x1, x2 = torch.randn(4, *shape, generator=g, dtype=D), torch.randn(3, *shape, generator=g, dtype=D)
+    full = _reference(model, x1, x2)
+    scale = float(full.abs().max())
+    for outputs in ("full", "diagonal", "mean"):
+        k = empirical.ntk(model, x1, x2, outputs=outputs, method="structured", block_size=3)
+        ref = full if outputs == "full" else torch.diagonal(full, dim1=2, dim2=3)
+        ref = ref.mean(-1) if outputs == "mean" else ref
+        assert float((k - ref).abs().max()) <= 1e-12 * scale, outputs
+
+
 def test_parameter_filter_and_nngp():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()

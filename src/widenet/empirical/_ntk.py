@@ -216,6 +216,7 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         n_out = probe.shape[1]
         per_input = n_out * n_params * x1.element_size()
         budget = budget or 2**30
+        chosen_block = block_size
         if block_size is None:
             block_size = int(min(256, max(1, budget // (2 * per_input))))
         modules = structured_modules(model, chosen)
@@ -228,6 +229,8 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
             else:
                 method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
         if method == "structured":
+            if chosen_block is None:
+                block_size = _structured_block(model, modules, chosen, x1, n_out, budget, max(x1.shape[0], xb.shape[0]))
             return _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_size)
         n1, n2 = x1.shape[0], xb.shape[0]
         shape = {"mean": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[outputs]
@@ -301,3 +304,24 @@ def _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_si
                 mirrored = block.transpose(0, 1)
                 result[b0:b1, a0:a1] = mirrored.transpose(2, 3) if outputs == "full" else mirrored
     return result
+
+
+def _structured_block(model, modules, chosen, x1, n_out, budget, n_max):
+    """Largest chunk whose pair intermediates fit ``budget``: per pair of inputs, each factored
+    layer holds its position-pair Gram (P^2) and the partly contracted cotangents (O P J);
+    each input also holds the Jacobian of the parameters that are not factored."""
+    with torch.no_grad():
+        _, seen = record(model, modules, x1[:1])
+    per_pair = 0
+    for name, (a, y) in seen.items():
+        positions = max(1, y[0].numel() // (y.shape[-1] if isinstance(modules[name], nn.Linear) else y.shape[1]))
+        width = y.shape[-1] if isinstance(modules[name], nn.Linear) else y.shape[1]
+        per_pair = max(per_pair, positions * positions + n_out * positions * width)
+    factored = {n for m, mod in modules.items() if m in seen
+                for n in ((f"{m}.{k}" if m else k) for k, _ in mod.named_parameters(recurse=False))}
+    rest = sum(p.numel() for n, p in chosen.items() if n not in factored)
+    item = x1.element_size()
+    block = n_max
+    while block > 1 and (3 * block * block * per_pair + 2 * block * n_out * rest) * item > budget:
+        block = max(1, block // 2)
+    return block

@@ -18,6 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# Tests set this to "gram" or "jacobian" to exercise one contraction route everywhere.
+_FORCE_ROUTE = None
+
+
 def structured_modules(model: nn.Module, chosen: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
     """Linear and 1-D/2-D zero-padded ungrouped convolutions whose parameters are all chosen."""
     found = {}
@@ -84,12 +88,46 @@ def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
 
 def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
     """The module's weight (and bias) contribution in the requested output form."""
+    if a1.shape[1] == 1 and a2.shape[1] == 1 and _FORCE_ROUTE is None:  # one position: a product of two Gram matrices
+        ga = a1[:, 0] @ a2[:, 0].T
+        if module.bias is not None:
+            ga = ga + 1
+        if outputs == "full":
+            return torch.einsum("cbj,dkj->bkcd", g1[:, :, 0], g2[:, :, 0]) * ga[:, :, None, None]
+        diag = torch.einsum("cbj,ckj->bkc", g1[:, :, 0], g2[:, :, 0]) * ga[:, :, None]
+        return diag if outputs == "diagonal" else diag.mean(-1)
+    b1, p1, i = a1.shape
+    b2, p2, _ = a2.shape
+    o, j = g1.shape[0], g1.shape[-1]
+    pairs = o * o if outputs == "full" else o
+    gram_cost = b1 * b2 * (p1 * p2 * i + o * p1 * p2 * j + pairs * p2 * j)
+    jacobian_cost = (b1 + b2) * o * max(p1, p2) * j * i + b1 * b2 * pairs * j * i
+    use_jacobian = jacobian_cost < gram_cost if _FORCE_ROUTE is None else _FORCE_ROUTE == "jacobian"
+    if use_jacobian:
+        # Many positions, few weights: the layer's own per-example Jacobian
+        # sum_p g[c, b, p, :] (x) a[b, p, :] is the cheaper route.
+        jac1 = _layer_jacobian(module, a1, g1)
+        jac2 = _layer_jacobian(module, a2, g2)
+        if outputs == "full":
+            return torch.einsum("bcw,kdw->bkcd", jac1, jac2)
+        diag = torch.einsum("bcw,kcw->bkc", jac1, jac2)
+        return diag if outputs == "diagonal" else diag.mean(-1)
     ga = torch.einsum("bpi,kqi->bkpq", a1, a2)  # activation Gram over positions
     if module.bias is not None:
         ga = ga + 1  # the bias acts as a constant input
+    # Contract the position pairs in two steps, never forming a (B1, B2, O, O, P, P) tensor:
+    # u[b, k, c, q, j] = sum_p g1[c, b, p, j] ga[b, k, p, q], then with g2 over (q, j).
+    u = torch.einsum("cbpj,bkpq->bkcqj", g1, ga)
     if outputs == "full":
-        gg = torch.einsum("cbpj,dkqj->bkcdpq", g1, g2)
-        return torch.einsum("bkcdpq,bkpq->bkcd", gg, ga)
-    gg = torch.einsum("cbpj,ckqj->bkcpq", g1, g2)
-    diag = torch.einsum("bkcpq,bkpq->bkc", gg, ga)
+        return torch.einsum("bkcqj,dkqj->bkcd", u, g2)
+    diag = torch.einsum("bkcqj,ckqj->bkc", u, g2)
     return diag if outputs == "diagonal" else diag.mean(-1)
+
+
+def _layer_jacobian(module, a, g):
+    """(B, O, J*I [+ J]): the layer's weight (and bias) gradient for every example and output."""
+    weight = torch.einsum("cbpj,bpi->bcji", g, a)
+    weight = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    if module.bias is None:
+        return weight
+    return torch.cat([weight, g.sum(2).transpose(0, 1)], dim=2)
