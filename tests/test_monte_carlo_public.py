@@ -3,7 +3,6 @@ gives kernels to layers without a closed form."""
 
 import pytest
 import torch
-from torch import nn
 
 import widenet as wn
 from widenet.errors import NoClosedFormError, ParameterError

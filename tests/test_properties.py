@@ -1,6 +1,5 @@
 """Structural properties of the kernels and of the finite-width twins."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -61,7 +61,6 @@ class _Fn:
         self.owner, self.model = owner, model
         self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in chosen}
         self.fixed.update(dict(model.named_buffers()))
-        self.out_shape = None
 
     def __call__(self, params, x):
         out = functional_call(self.model, {**self.fixed, **params}, (x,))
@@ -75,7 +74,6 @@ class _Fn:
                 f"{self.owner}: the model's output must have the batch as its first axis: input batch "
                 f"{x.shape[0]}, output shape {tuple(out.shape)}"
             )
-        self.out_shape = tuple(out.shape[1:])
         return out.reshape(out.shape[0], -1)
 
 
@@ -111,6 +109,8 @@ def _ntvp(fn, params, x1, x2, outputs):
             _, transpose = vjp(lambda u: pullback1(u)[0], zeros)
             pushed = vmap(lambda t: transpose(t)[0])(cotangents)
         except (NotImplementedError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and "not implemented" not in str(err):
+                raise  # a genuine failure of the model, not a missing derivative
             raise ParameterError(
                 f"empirical.ntk: method='ntvp' needs forward-mode or double-backward derivatives of every "
                 f"op of the model, and one has neither ({str(err).splitlines()[0]}); use method='jacobian'"
@@ -194,7 +194,6 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         raise ShapeError(f"{owner}: inputs and model must be on one device (got {x1.device} and {ref.device})")
     if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
         raise ShapeError(f"{owner}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})")
-    xb = x1 if x2 is None else x2
     with _eval_mode(model):
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
             with torch.no_grad():
@@ -216,7 +215,7 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         n_out = probe.shape[1]
         per_input = n_out * n_params * x1.element_size()
         budget = budget or 2**30
-        chosen_block = block_size
+        user_block = block_size
         if block_size is None:
             block_size = int(min(256, max(1, budget // (2 * per_input))))
         modules = structured_modules(model, chosen)
@@ -229,99 +228,89 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
             else:
                 method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
         if method == "structured":
-            if chosen_block is None:
-                block_size = _structured_block(model, modules, chosen, x1, n_out, budget, max(x1.shape[0], xb.shape[0]))
-            return _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_size)
-        n1, n2 = x1.shape[0], xb.shape[0]
-        shape = {"mean": (n1, n2), "diagonal": (n1, n2, n_out), "full": (n1, n2, n_out, n_out)}[outputs]
-        out = x1.new_empty(shape)
-        same = x2 is None
-        for a0, a1 in _blocks(n1, block_size):
-            ja = _jacobian(fn, chosen, x1[a0:a1]) if method == "jacobian" else None
-            for b0, b1 in _blocks(n2, block_size):
-                if same and b1 <= a0:
-                    continue  # mirrored from the upper triangle below
-                if method == "jacobian":
-                    jb = ja if (same and b0 == a0) else _jacobian(fn, chosen, xb[b0:b1])
-                    block = _contract(ja, jb, outputs)
-                else:
-                    block = _ntvp(fn, chosen, x1[a0:a1], xb[b0:b1], outputs)
-                if same and b0 == a0:  # a block on the diagonal: make it exactly symmetric
-                    swapped = block.transpose(0, 1)
-                    block = 0.5 * (block + (swapped.transpose(2, 3) if outputs == "full" else swapped))
-                out[a0:a1, b0:b1] = block
-                if same and b0 != a0:
-                    mirrored = block.transpose(0, 1)
-                    if outputs == "full":
-                        mirrored = mirrored.transpose(2, 3)
-                    out[b0:b1, a0:a1] = mirrored
-        return out
+            return _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, user_block, n_out, budget)
+        if method == "jacobian":
+            return _tiled(x1, x2, block_size, outputs, lambda x: _jacobian(fn, chosen, x),
+                          lambda ja, jb: _contract(ja, jb, outputs))
+        return _tiled(x1, x2, block_size, outputs, lambda x: x, lambda xa, xb: _ntvp(fn, chosen, xa, xb, outputs))
 
 
-def _structured_ntk(owner, model, fn, chosen, modules, x1, x2, outputs, block_size):
+def _tiled(x1, x2, block_size, outputs, side, pair):
+    """The kernel over chunks of inputs: ``side(chunk)`` computes what one chunk needs (once
+    per chunk of rows), ``pair(side_a, side_b)`` one block. With ``x2=None`` only blocks on or
+    above the diagonal are computed; diagonal blocks are symmetrized and the others mirrored,
+    so the result is exactly symmetric."""
+    same = x2 is None
+    xb = x1 if same else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+
+    def swap(block):
+        block = block.transpose(0, 1)
+        return block.transpose(2, 3) if outputs == "full" else block
+
+    out = None
+    for a0, a1 in _blocks(n1, block_size):
+        sa = side(x1[a0:a1])
+        for b0, b1 in _blocks(n2, block_size):
+            if same and b1 <= a0:
+                continue  # mirrored from the upper triangle
+            sb = sa if (same and b0 == a0) else side(xb[b0:b1])
+            block = pair(sa, sb).detach()
+            if out is None:
+                out = x1.new_empty((n1, n2) + tuple(block.shape[2:]))
+            if same and b0 == a0:
+                block = 0.5 * (block + swap(block))
+            out[a0:a1, b0:b1] = block
+            if same and b0 != a0:
+                out[b0:b1, a0:a1] = swap(block)
+    return out
+
+
+def _factored_names(modules) -> set:
+    return {f"{m}.{k}" if m else k for m, mod in modules.items() for k, _ in mod.named_parameters(recurse=False)}
+
+
+def _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, block_size, n_out, budget):
     """Linear/conv layers by the product form, every other chosen parameter by Jacobians."""
     # Only layers that are called as modules can be factored (attention, for one, uses its
     # output projection's weight directly): keep those whose forward hook fires.
     with torch.no_grad():
         _, fired = record(model, modules, x1[:1])
     modules = {name: m for name, m in modules.items() if name in fired}
-    rest = {n: p for n, p in chosen.items()
-            if not any(n == (f"{m}.{k}" if m else k) for m, mod in modules.items()
-                       for k, _ in mod.named_parameters(recurse=False))}
-    same = x2 is None
-    xb = x1 if same else x2
-    n1, n2 = x1.shape[0], xb.shape[0]
+    factored = _factored_names(modules)
+    rest = {n: p for n, p in chosen.items() if n not in factored}
+    if block_size is None:
+        n_max = max(x1.shape[0], (x1 if x2 is None else x2).shape[0])
+        block_size = _structured_block(modules, fired, rest, x1.element_size(), n_out, budget, n_max)
 
     def side(x):
         out, seen = record(model, modules, x)
         gs = cotangents(out, seen)
         facts = {name: factors(modules[name], seen[name][0], gs[name]) for name in modules}
-        jac = _jacobian(fn, rest, x) if rest else None
-        return facts, jac
+        return facts, (_jacobian(fn, rest, x) if rest else None)
 
-    result = None
-    for a0, a1 in _blocks(n1, block_size):
-        fa, ja = side(x1[a0:a1])
-        for b0, b1 in _blocks(n2, block_size):
-            if same and b1 <= a0:
-                continue
-            fb, jb = (fa, ja) if (same and b0 == a0) else side(xb[b0:b1])
-            block = None
-            for name, module in modules.items():
-                part = contract(module, fa[name][0], fa[name][1], fb[name][0], fb[name][1], outputs)
-                block = part if block is None else block + part
-            if ja is not None:
-                part = _contract(ja, jb, outputs)
-                block = part if block is None else block + part
-            block = block.detach()
-            if result is None:
-                result = x1.new_empty((n1, n2) + tuple(block.shape[2:]))
-            if same and b0 == a0:
-                swapped = block.transpose(0, 1)
-                block = 0.5 * (block + (swapped.transpose(2, 3) if outputs == "full" else swapped))
-            result[a0:a1, b0:b1] = block
-            if same and b0 != a0:
-                mirrored = block.transpose(0, 1)
-                result[b0:b1, a0:a1] = mirrored.transpose(2, 3) if outputs == "full" else mirrored
-    return result
+    def pair(sa, sb):
+        (fa, ja), (fb, jb) = sa, sb
+        parts = [contract(m, fa[n][0], fa[n][1], fb[n][0], fb[n][1], outputs) for n, m in modules.items()]
+        if ja is not None:
+            parts.append(_contract(ja, jb, outputs))
+        return sum(parts[1:], parts[0])
+
+    return _tiled(x1, x2, block_size, outputs, side, pair)
 
 
-def _structured_block(model, modules, chosen, x1, n_out, budget, n_max):
+def _structured_block(modules, seen, rest, item, n_out, budget, n_max):
     """Largest chunk whose pair intermediates fit ``budget``: per pair of inputs, each factored
     layer holds its position-pair Gram (P^2) and the partly contracted cotangents (O P J);
     each input also holds the Jacobian of the parameters that are not factored."""
-    with torch.no_grad():
-        _, seen = record(model, modules, x1[:1])
     per_pair = 0
-    for name, (a, y) in seen.items():
-        positions = max(1, y[0].numel() // (y.shape[-1] if isinstance(modules[name], nn.Linear) else y.shape[1]))
-        width = y.shape[-1] if isinstance(modules[name], nn.Linear) else y.shape[1]
+    for name, module in modules.items():
+        y = seen[name][1]
+        width = y.shape[-1] if isinstance(module, nn.Linear) else y.shape[1]
+        positions = max(1, y[0].numel() // width)
         per_pair = max(per_pair, positions * positions + n_out * positions * width)
-    factored = {n for m, mod in modules.items() if m in seen
-                for n in ((f"{m}.{k}" if m else k) for k, _ in mod.named_parameters(recurse=False))}
-    rest = sum(p.numel() for n, p in chosen.items() if n not in factored)
-    item = x1.element_size()
+    n_rest = sum(p.numel() for p in rest.values())
     block = n_max
-    while block > 1 and (3 * block * block * per_pair + 2 * block * n_out * rest) * item > budget:
+    while block > 1 and (3 * block * block * per_pair + 2 * block * n_out * n_rest) * item > budget:
         block = max(1, block // 2)
     return block

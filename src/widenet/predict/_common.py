@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .._validate import check_choice, check_float, check_int  # noqa: F401
+from .._validate import check_choice, check_float
 from ..errors import NonFiniteInputError, NumericalError, ParameterError, ShapeError
 
 Scalar = Union[float, torch.Tensor]

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .._validate import check_float
+from .._validate import check_float, check_int
 from . import _common as C
 
 __all__ = ["gradient_descent_mse", "gradient_descent", "max_learning_rate"]
@@ -299,7 +299,7 @@ def max_learning_rate(ntk_train_train: Any, y_train_size: Optional[int] = None, 
     """
     owner = "max_learning_rate"
     k = C.train_kernel(owner, "ntk_train_train", C.pick(owner, "ntk_train_train", ntk_train_train, "ntk"))
-    size = k.shape[0] if y_train_size is None else C.check_int(owner, "y_train_size", y_train_size, minimum=1)
+    size = k.shape[0] if y_train_size is None else check_int(owner, "y_train_size", y_train_size, minimum=1)
     momentum = check_float(owner, "momentum", momentum, minimum=0.0, maximum=1.0)
     eps = check_float(owner, "eps", eps, minimum=0.0)
     top = float(torch.linalg.eigvalsh(k.double())[-1])

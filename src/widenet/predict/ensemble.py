@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._validate import check_memory
+from .._validate import check_float, check_memory
 from . import _common as C
 from .gp import Gaussian, gp_inference
 
@@ -30,7 +30,7 @@ class EnsemblePredictor:
         self._x = x_train
         n = len(x_train)
         self._y, self._flat = C.targets(owner, y_train, n, None)
-        self._lr = C.check_float(owner, "learning_rate", learning_rate, minimum=0.0, exclusive_minimum=True)
+        self._lr = check_float(owner, "learning_rate", learning_rate, minimum=0.0, exclusive_minimum=True)
         self._reg = C.check_reg(owner, diag_reg)
         self._absolute = absolute
         self._dtype = dtype

@@ -60,8 +60,8 @@ class _Problem:
         self.absolute, self.nngp_fn, self.dtype = absolute, nngp_fn, dtype
         # Positive parameters are optimized on a log scale (so they stay positive and steps
         # are relative); others on their own scale.
-        self.log = {n: init[n] > 0 and bounds.get(n, (0.0, None))[0] is not None and bounds.get(n, (0.0, None))[0] >= 0
-                    for n in names}
+        lower = {n: bounds.get(n, (0.0, None))[0] for n in names}
+        self.log = {n: init[n] > 0 and lower[n] is not None and lower[n] >= 0 for n in names}
         self.bounds = bounds
         self.history = []
         self.evaluations = 0

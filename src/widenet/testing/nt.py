@@ -61,6 +61,16 @@ def to_spec(layer: L.Layer) -> dict:
     return {"type": kind, "params": params}
 
 
+def _run(python: str, tmp: Path, job: dict, timeout: float) -> None:
+    """Runs one job of ``_nt_runner.py`` in the Neural Tangents environment."""
+    (tmp / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([python, str(_RUNNER), str(tmp / "job.json")], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"Neural Tangents run failed:\n{run.stderr[-4000:]}")
+
+
 def nt_kernel(
     layer: L.Layer,
     x1: torch.Tensor,
@@ -106,12 +116,7 @@ def nt_kernel(
             "repeats": repeats, "warmup": warmup, "batch_size": batch_size,
             "out": str(tmp / "out.npz"), "mask_constant": constant,
         }
-        (tmp / "job.json").write_text(json.dumps(job))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
-        run = subprocess.run([python, str(_RUNNER), str(tmp / "job.json")], capture_output=True,
-                             text=True, env=env, timeout=timeout)
-        if run.returncode != 0:
-            raise RuntimeError(f"Neural Tangents run failed:\n{run.stderr[-4000:]}")
+        _run(python, tmp, job, timeout)
         with np.load(tmp / "out.npz") as data:
             return {name: data[name] for name in data.files}
 
@@ -186,12 +191,7 @@ def nt_predict(calls: Sequence[dict], *, dtype: str = "float64", python: Optiona
         np.savez(tmp / "in.npz", **arrays)
         job = {"mode": "predict", "dtype": dtype, "calls": encoded, "arrays": str(tmp / "in.npz"),
                "out": str(tmp / "out.npz"), "out_json": str(tmp / "out.json")}
-        (tmp / "job.json").write_text(json.dumps(job))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
-        run = subprocess.run([python, str(_RUNNER), str(tmp / "job.json")], capture_output=True,
-                             text=True, env=env, timeout=timeout)
-        if run.returncode != 0:
-            raise RuntimeError(f"Neural Tangents run failed:\n{run.stderr[-4000:]}")
+        _run(python, tmp, job, timeout)
         results = json.loads((tmp / "out.json").read_text())
         with np.load(tmp / "out.npz") as data:
             out = {name: data[name] for name in data.files}
