@@ -124,6 +124,72 @@ def test_structured_routes(name, route, monkeypatch):
         assert float((k - ref).abs().max()) <= 1e-12 * scale, outputs
 
 
+class _Cube(torch.autograd.Function):
+    """x^3 with a backward (so double backward works) but no forward-mode rule (no jvp)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x * x * grad
+
+
+class _BrokenCube(_Cube):
+    """Like _Cube, but its backward cannot itself be differentiated."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _Unsupported.apply(3 * x * x * grad)
+
+
+class _Unsupported(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("the second derivative broke")
+
+
+class _NoForwardMode(nn.Module):
+    def __init__(self, broken=False):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.cube = _BrokenCube if broken else _Cube
+
+    def forward(self, x):
+        return self.b(self.cube.apply(self.a(x)))
+
+
+def test_ntvp_without_forward_mode_uses_double_backward():
+    """An op without a jvp: NTK-vector products fall back to double backward, exactly."""
+    torch.manual_seed(5)
+    model = _NoForwardMode().double()
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jvp(_Cube.apply, (torch.ones(2, dtype=D),), (torch.ones(2, dtype=D),))
+    x1, x2 = torch.randn(4, 3, dtype=D), torch.randn(3, 3, dtype=D)
+    full = _reference(model, x1, x2)
+    k = empirical.ntk(model, x1, x2, outputs="full", method="ntvp", block_size=2)
+    assert float((k - full).abs().max()) <= 1e-12 * float(full.abs().max())
+
+
 def test_parameter_filter_and_nngp():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).double()
@@ -155,3 +221,8 @@ def test_errors():
         empirical.ntk(model, x, outputs="trace")
     with pytest.raises(ShapeError, match="same shape per input"):
         empirical.ntk(model, x, torch.randn(2, 4, dtype=D))
+
+    # A second derivative that fails for a reason other than a missing rule propagates as it is
+    # (it is not reported as "needs forward-mode or double-backward derivatives").
+    with pytest.raises(RuntimeError, match="the second derivative broke"):
+        empirical.ntk(_NoForwardMode(broken=True).double(), x, method="ntvp")
