@@ -95,11 +95,14 @@ def test_every_method_and_output_form_matches_autograd(name):
                 k = empirical.ntk(model, x1, x2, outputs=outputs, method=method, block_size=block)
                 assert k.shape == ref.shape
                 assert float((k - ref).abs().max()) <= 1e-12 * scale, (method, outputs, block)
+    reference = _reference(model, x1, x1)
     model.train()
-    same = empirical.ntk(model, x1, outputs="full", block_size=2)
-    assert model.training  # evaluated in eval mode, the caller's mode restored
-    assert float((same - _reference(model, x1, x1)).abs().max()) <= 1e-12 * scale
-    assert torch.equal(same, same.transpose(0, 1).transpose(2, 3))  # exactly symmetric
+    for method in methods:
+        for block in (None, 2):  # one chunk (symmetric products of half the rows) or several
+            same = empirical.ntk(model, x1, outputs="full", method=method, block_size=block)
+            assert model.training  # evaluated in eval mode, the caller's mode restored
+            assert float((same - reference).abs().max()) <= 1e-12 * scale, (method, block)
+            assert torch.equal(same, same.transpose(0, 1).transpose(2, 3))  # exactly symmetric
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")

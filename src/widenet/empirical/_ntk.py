@@ -12,7 +12,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from .._validate import as_tensor, check_choice, check_int, check_memory
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
-from ._structured import contract, cotangents, factors, record, structured_modules
+from ._structured import contract, outer_gram, cotangents, factors, record, structured_modules
 
 __all__ = ["ntk", "nngp", "kernel"]
 
@@ -80,7 +80,7 @@ class _Fn:
 def _contract(a: torch.Tensor, b: torch.Tensor, outputs: str) -> torch.Tensor:
     """``(B1, O, P) x (B2, O, P)`` -> the kernel in the ``outputs`` form."""
     if outputs == "full":
-        return torch.einsum("aip,bjp->abij", a, b)
+        return outer_gram(a, b, a is b)
     if outputs == "diagonal":
         return torch.einsum("aip,bip->abi", a, b)
     return torch.einsum("aip,bip->ab", a, b) / a.shape[1]

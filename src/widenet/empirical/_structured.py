@@ -93,7 +93,7 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
         if module.bias is not None:
             ga = ga + 1
         if outputs == "full":
-            return torch.einsum("cbj,dkj->bkcd", g1[:, :, 0], g2[:, :, 0]) * ga[:, :, None, None]
+            return outer_gram(g1[:, :, 0].transpose(0, 1), g2[:, :, 0].transpose(0, 1), g1 is g2) * ga[:, :, None, None]
         diag = torch.einsum("cbj,ckj->bkc", g1[:, :, 0], g2[:, :, 0]) * ga[:, :, None]
         return diag if outputs == "diagonal" else diag.mean(-1)
     b1, p1, i = a1.shape
@@ -109,7 +109,7 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
         jac1 = _layer_jacobian(module, a1, g1)
         jac2 = _layer_jacobian(module, a2, g2)
         if outputs == "full":
-            return torch.einsum("bcw,kdw->bkcd", jac1, jac2)
+            return outer_gram(jac1, jac2, g1 is g2 and a1 is a2)
         diag = torch.einsum("bcw,kcw->bkc", jac1, jac2)
         return diag if outputs == "diagonal" else diag.mean(-1)
     ga = torch.einsum("bpi,kqi->bkpq", a1, a2)  # activation Gram over positions
@@ -122,6 +122,24 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
         return torch.einsum("bkcqj,dkqj->bkcd", u, g2)
     diag = torch.einsum("bkcqj,ckqj->bkc", u, g2)
     return diag if outputs == "diagonal" else diag.mean(-1)
+
+
+def outer_gram(m1: torch.Tensor, m2: torch.Tensor, same: bool, pieces: int = 4) -> torch.Tensor:
+    """``(B1, O, W) x (B2, O, W) -> (B1, B2, O, O)``, the products of all rows. When both sides
+    are one tensor the result is symmetric: only row blocks on or below the diagonal are
+    multiplied (about 5/8 of the work with four blocks) and the rest is mirrored."""
+    b1, o, w = m1.shape
+    if not same or b1 < pieces:
+        return torch.einsum("bcw,kdw->bkcd", m1, m2)
+    rows = m1.reshape(b1 * o, w)
+    n = rows.shape[0]
+    gram = rows.new_empty((n, n))
+    edges = [o * (b1 * i // pieces) for i in range(pieces + 1)]  # whole examples per block
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        block = rows[lo:hi] @ rows[:hi].T
+        gram[lo:hi, :hi] = block
+        gram[:lo, lo:hi] = block[:, :lo].T
+    return gram.reshape(b1, o, b1, o).transpose(1, 2)
 
 
 def _layer_jacobian(module, a, g):
