@@ -11,6 +11,7 @@ Jacobians.
 
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
@@ -22,29 +23,35 @@ from torch.nn import functional as F
 _FORCE_ROUTE = None
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def structured_modules(model: nn.Module, chosen: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
-    """Linear and 1-D/2-D zero-padded ungrouped convolutions whose parameters are all chosen."""
+    """``nn.Linear`` and ``nn.Conv1d/2d/3d`` (any padding mode, stride, dilation and groups)
+    whose parameters are all chosen."""
     found = {}
     for name, module in model.named_modules():
         own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
-        if not own or not all(n in chosen for n in own):
-            continue
-        if isinstance(module, nn.Linear):
-            found[name] = module
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and module.padding_mode == "zeros" \
-                and not isinstance(module.padding, str):
+        if own and all(n in chosen for n in own) and isinstance(module, (nn.Linear,) + _CONVS):
             found[name] = module
     return found
 
 
 def _patches(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    """(B, C_in * prod(k), P): the input patch seen at each output position."""
-    if isinstance(module, nn.Conv1d):
-        a = a.unsqueeze(-2)
-        k, d, p, s = (1, module.kernel_size[0]), (1, module.dilation[0]), (0, module.padding[0]), (1, module.stride[0])
-    else:
-        k, d, p, s = module.kernel_size, module.dilation, module.padding, module.stride
-    return F.unfold(a, k, dilation=d, padding=p, stride=s)
+    """(B, P, G, C_in/G * prod(k)): the input patch of each group at each output position,
+    padded as the convolution pads (zeros, reflect, replicate or circular; "same" included)."""
+    pad = module._reversed_padding_repeated_twice
+    if any(pad):
+        a = F.pad(a, pad, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    nd = a.ndim - 2
+    for axis, (k, d, s) in enumerate(zip(module.kernel_size, module.dilation, module.stride)):
+        a = a.unfold(2 + axis, d * (k - 1) + 1, s)  # (B, C, ..., windows, ..., [taps])
+        if d > 1:
+            a = a[..., ::d]
+    b, c = a.shape[:2]
+    positions = math.prod(a.shape[2:2 + nd])
+    a = a.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))  # (B, *out, C, *k)
+    return a.reshape(b, positions, module.groups, -1)
 
 
 def record(model: nn.Module, modules: Dict[str, nn.Module], x: torch.Tensor):
@@ -77,31 +84,34 @@ def cotangents(out: torch.Tensor, seen: dict) -> Dict[str, torch.Tensor]:
 
 
 def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
-    """Per-position activations (B, P, I) and cotangents (O, B, P, J) of one layer."""
+    """Per-position, per-group activations (B, P, G, I) and cotangents (O, B, P, G, J) of one
+    layer (G = 1 but for grouped convolutions)."""
     if isinstance(module, nn.Linear):
         b = a.shape[0]
-        return a.reshape(b, -1, a.shape[-1]), g.reshape(g.shape[0], b, -1, g.shape[-1])
-    patches = _patches(module, a).transpose(1, 2)  # (B, P, C_in k)
+        return a.reshape(b, -1, 1, a.shape[-1]), g.reshape(g.shape[0], b, -1, 1, g.shape[-1])
+    patches = _patches(module, a)
     o, b, c = g.shape[:3]
-    return patches, g.reshape(o, b, c, -1).transpose(2, 3)  # (O, B, P, C_out)
+    g = g.reshape(o, b, c, -1).transpose(2, 3)  # (O, B, P, C_out)
+    return patches, g.reshape(o, b, g.shape[2], module.groups, -1)
 
 
 def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
     """The module's weight (and bias) contribution in the requested output form."""
-    if a1.shape[1] == 1 and a2.shape[1] == 1 and _FORCE_ROUTE is None:  # one position: a product of two Gram matrices
-        ga = a1[:, 0] @ a2[:, 0].T
+    b1, p1, groups, i = a1.shape
+    b2, p2 = a2.shape[:2]
+    o, j = g1.shape[0], g1.shape[-1]
+    if p1 == 1 and p2 == 1 and groups == 1 and _FORCE_ROUTE is None:  # a product of two Gram matrices
+        ga = a1[:, 0, 0] @ a2[:, 0, 0].T
         if module.bias is not None:
             ga = ga + 1
+        c1, c2 = g1[:, :, 0, 0].transpose(0, 1), g2[:, :, 0, 0].transpose(0, 1)  # (B, O, J)
         if outputs == "full":
-            return outer_gram(g1[:, :, 0].transpose(0, 1), g2[:, :, 0].transpose(0, 1), g1 is g2) * ga[:, :, None, None]
-        diag = torch.einsum("cbj,ckj->bkc", g1[:, :, 0], g2[:, :, 0]) * ga[:, :, None]
+            return outer_gram(c1, c2, g1 is g2) * ga[:, :, None, None]
+        diag = torch.einsum("bcj,kcj->bkc", c1, c2) * ga[:, :, None]
         return diag if outputs == "diagonal" else diag.mean(-1)
-    b1, p1, i = a1.shape
-    b2, p2, _ = a2.shape
-    o, j = g1.shape[0], g1.shape[-1]
     pairs = o * o if outputs == "full" else o
-    gram_cost = b1 * b2 * (p1 * p2 * i + o * p1 * p2 * j + pairs * p2 * j)
-    jacobian_cost = (b1 + b2) * o * max(p1, p2) * j * i + b1 * b2 * pairs * j * i
+    gram_cost = b1 * b2 * groups * (p1 * p2 * i + o * p1 * p2 * j + pairs * p2 * j)
+    jacobian_cost = (b1 + b2) * o * max(p1, p2) * groups * j * i + b1 * b2 * pairs * groups * j * i
     use_jacobian = jacobian_cost < gram_cost if _FORCE_ROUTE is None else _FORCE_ROUTE == "jacobian"
     if use_jacobian:
         # Many positions, few weights: the layer's own per-example Jacobian
@@ -112,15 +122,15 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
             return outer_gram(jac1, jac2, g1 is g2 and a1 is a2)
         diag = torch.einsum("bcw,kcw->bkc", jac1, jac2)
         return diag if outputs == "diagonal" else diag.mean(-1)
-    ga = torch.einsum("bpi,kqi->bkpq", a1, a2)  # activation Gram over positions
+    ga = torch.einsum("bpgi,kqgi->bkgpq", a1, a2)  # activation Gram over positions, per group
     if module.bias is not None:
         ga = ga + 1  # the bias acts as a constant input
     # Contract the position pairs in two steps, never forming a (B1, B2, O, O, P, P) tensor:
-    # u[b, k, c, q, j] = sum_p g1[c, b, p, j] ga[b, k, p, q], then with g2 over (q, j).
-    u = torch.einsum("cbpj,bkpq->bkcqj", g1, ga)
+    # u[b, k, c, g, q, j] = sum_p g1[c, b, p, g, j] ga[b, k, g, p, q], then with g2 over (g, q, j).
+    u = torch.einsum("cbpgj,bkgpq->bkcgqj", g1, ga)
     if outputs == "full":
-        return torch.einsum("bkcqj,dkqj->bkcd", u, g2)
-    diag = torch.einsum("bkcqj,ckqj->bkc", u, g2)
+        return torch.einsum("bkcgqj,dkqgj->bkcd", u, g2)
+    diag = torch.einsum("bkcgqj,ckqgj->bkc", u, g2)
     return diag if outputs == "diagonal" else diag.mean(-1)
 
 
@@ -143,9 +153,10 @@ def outer_gram(m1: torch.Tensor, m2: torch.Tensor, same: bool, pieces: int = 4) 
 
 
 def _layer_jacobian(module, a, g):
-    """(B, O, J*I [+ J]): the layer's weight (and bias) gradient for every example and output."""
-    weight = torch.einsum("cbpj,bpi->bcji", g, a)
+    """(B, O, G*J*I [+ G*J]): the layer's weight (and bias) gradient for every example and output."""
+    weight = torch.einsum("cbpgj,bpgi->bcgji", g, a)
     weight = weight.reshape(weight.shape[0], weight.shape[1], -1)
     if module.bias is None:
         return weight
-    return torch.cat([weight, g.sum(2).transpose(0, 1)], dim=2)
+    bias = g.sum(2).transpose(0, 1)  # (B, O, G, J)
+    return torch.cat([weight, bias.reshape(bias.shape[0], bias.shape[1], -1)], dim=2)
