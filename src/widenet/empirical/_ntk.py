@@ -8,11 +8,13 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.utils.flop_counter import FlopCounterMode
 
 from .._validate import as_tensor, check_choice, check_int, check_memory
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
-from ._structured import contract, outer_gram, cotangents, factors, record, structured_modules
+from ._cost import Probe, cheapest
+from ._structured import contract, cotangents, factors, layer_shape, outer_gram, record, structured_modules
 
 __all__ = ["ntk", "nngp", "kernel"]
 
@@ -219,16 +221,21 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         if block_size is None:
             block_size = int(min(256, max(1, budget // (2 * per_input))))
         modules = structured_modules(model, chosen)
+        if method in ("auto", "structured"):
+            probe, modules, seen = _probe(model, chosen, modules, x1, n_out)
+            structured_block = user_block or _structured_block(
+                modules, seen, probe.n_rest, x1.element_size(), n_out, budget,
+                max(x1.shape[0], (x1 if x2 is None else x2).shape[0]))
         if method == "auto":
-            # Products of Gram matrices when linear/conv layers hold most parameters; else
-            # Jacobians when two chunks of them fit the budget; else NTK-vector products.
-            covered = sum(p.numel() for m in modules.values() for p in m.parameters(recurse=False))
-            if covered >= 0.5 * n_params:
-                method = "structured"
-            else:
-                method = "jacobian" if 2 * block_size * per_input <= budget else "ntvp"
+            # The least predicted time (the cost model of _cost.py); Jacobians only when two
+            # chunks of them fit the budget.
+            blocks = {"structured": structured_block, "ntvp": block_size}
+            if 2 * block_size * per_input <= budget:
+                blocks["jacobian"] = block_size
+            n2 = x1.shape[0] if x2 is None else x2.shape[0]
+            method = cheapest(probe, x1.shape[0], n2, x2 is None, blocks, outputs)
         if method == "structured":
-            return _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, user_block, n_out, budget)
+            return _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, structured_block)
         if method == "jacobian":
             return _tiled(x1, x2, block_size, outputs, lambda x: _jacobian(fn, chosen, x),
                           lambda ja, jb: _contract(ja, jb, outputs))
@@ -259,29 +266,58 @@ def _tiled(x1, x2, block_size, outputs, side, pair):
             if out is None:
                 out = x1.new_empty((n1, n2) + tuple(block.shape[2:]))
             if same and b0 == a0:
-                block = 0.5 * (block + swap(block))
+                block = _symmetrize(block, outputs)
             out[a0:a1, b0:b1] = block
             if same and b0 != a0:
                 out[b0:b1, a0:a1] = swap(block)
     return out
 
 
+def _symmetrize(block: torch.Tensor, outputs: str, tile: int = 512) -> torch.Tensor:
+    """``(K + K^T) / 2`` of a diagonal block, the transpose exchanging inputs (and outputs,
+    for "full"). A full block is averaged as the ``(B O, B O)`` matrix it is in memory, tile
+    pair by tile pair, so that the transposed reads stay in cache."""
+    if outputs != "full":
+        return 0.5 * (block + block.transpose(0, 1))
+    b, _, o, _ = block.shape
+    matrix = block.transpose(1, 2)  # (B, O, B, O)
+    matrix = (matrix if matrix.is_contiguous() else matrix.contiguous()).view(b * o, b * o)
+    n = b * o
+    for i in range(0, n, tile):
+        for j in range(i, n, tile):
+            upper, lower = matrix[i:i + tile, j:j + tile], matrix[j:j + tile, i:i + tile]
+            mean = 0.5 * (upper + lower.T)
+            upper.copy_(mean)
+            lower.copy_(mean.T)
+    return matrix.view(b, o, b, o).transpose(1, 2)
+
+
 def _factored_names(modules) -> set:
     return {f"{m}.{k}" if m else k for m, mod in modules.items() for k, _ in mod.named_parameters(recurse=False)}
 
 
-def _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, block_size, n_out, budget):
+def _probe(model, chosen, modules, x, n_out):
+    """One example through the model, counting its flops and recording the factored layers.
+    Only layers that are called as modules can be factored (attention, for one, uses its
+    output projection's weight directly): those whose forward hook does not fire are dropped."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        _, seen = record(model, modules, x[:1])
+    modules = {name: m for name, m in modules.items() if name in seen}
+    factored = _factored_names(modules)
+    probe = Probe(
+        forward_flops=float(counter.get_total_flops()),
+        n_out=n_out,
+        n_params=sum(p.numel() for p in chosen.values()),
+        n_rest=sum(p.numel() for n, p in chosen.items() if n not in factored),
+        layers=[layer_shape(m, *seen[name]) for name, m in modules.items()],
+    )
+    return probe, modules, seen
+
+
+def _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, block_size):
     """Linear/conv layers by the product form, every other chosen parameter by Jacobians."""
-    # Only layers that are called as modules can be factored (attention, for one, uses its
-    # output projection's weight directly): keep those whose forward hook fires.
-    with torch.no_grad():
-        _, fired = record(model, modules, x1[:1])
-    modules = {name: m for name, m in modules.items() if name in fired}
     factored = _factored_names(modules)
     rest = {n: p for n, p in chosen.items() if n not in factored}
-    if block_size is None:
-        n_max = max(x1.shape[0], (x1 if x2 is None else x2).shape[0])
-        block_size = _structured_block(modules, fired, rest, x1.element_size(), n_out, budget, n_max)
 
     def side(x):
         out, seen = record(model, modules, x)
@@ -294,12 +330,15 @@ def _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, block_size, n_o
         parts = [contract(m, fa[n][0], fa[n][1], fb[n][0], fb[n][1], outputs) for n, m in modules.items()]
         if ja is not None:
             parts.append(_contract(ja, jb, outputs))
-        return sum(parts[1:], parts[0])
+        total = parts[0]  # a fresh tensor: summed in place, in its own memory layout
+        for part in parts[1:]:
+            total.add_(part)
+        return total
 
     return _tiled(x1, x2, block_size, outputs, side, pair)
 
 
-def _structured_block(modules, seen, rest, item, n_out, budget, n_max):
+def _structured_block(modules, seen, n_rest, item, n_out, budget, n_max):
     """Largest chunk whose pair intermediates fit ``budget``: per pair of inputs, each factored
     layer holds its position-pair Gram (P^2) and the partly contracted cotangents (O P J);
     each input also holds the Jacobian of the parameters that are not factored."""
@@ -309,7 +348,6 @@ def _structured_block(modules, seen, rest, item, n_out, budget, n_max):
         width = y.shape[-1] if isinstance(module, nn.Linear) else y.shape[1]
         positions = max(1, y[0].numel() // width)
         per_pair = max(per_pair, positions * positions + n_out * positions * width)
-    n_rest = sum(p.numel() for p in rest.values())
     block = n_max
     while block > 1 and (3 * block * block * per_pair + 2 * block * n_out * n_rest) * item > budget:
         block = max(1, block // 2)

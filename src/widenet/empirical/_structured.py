@@ -12,11 +12,13 @@ Jacobians.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ._cost import Layer, layer_costs
 
 
 # Tests set this to "gram" or "jacobian" to exercise one contraction route everywhere.
@@ -95,6 +97,15 @@ def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
     return patches, g.reshape(o, b, g.shape[2], module.groups, -1)
 
 
+def layer_shape(module: nn.Module, a: torch.Tensor, y: torch.Tensor) -> Layer:
+    """Positions, groups and per-group input and output sizes of a factored layer, from one
+    example's input ``a`` and output ``y``."""
+    if isinstance(module, nn.Linear):
+        return Layer(a[0].numel() // module.in_features, 1, module.in_features, module.out_features)
+    g = module.groups
+    return Layer(y[0, 0].numel(), g, module.in_channels // g * math.prod(module.kernel_size), module.out_channels // g)
+
+
 def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
     """The module's weight (and bias) contribution in the requested output form."""
     b1, p1, groups, i = a1.shape
@@ -106,12 +117,12 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
             ga = ga + 1
         c1, c2 = g1[:, :, 0, 0].transpose(0, 1), g2[:, :, 0, 0].transpose(0, 1)  # (B, O, J)
         if outputs == "full":
-            return outer_gram(c1, c2, g1 is g2) * ga[:, :, None, None]
+            return outer_gram(c1, c2, g1 is g2, scale=ga)
         diag = torch.einsum("bcj,kcj->bkc", c1, c2) * ga[:, :, None]
         return diag if outputs == "diagonal" else diag.mean(-1)
-    pairs = o * o if outputs == "full" else o
-    gram_cost = b1 * b2 * groups * (p1 * p2 * i + o * p1 * p2 * j + pairs * p2 * j)
-    jacobian_cost = (b1 + b2) * o * max(p1, p2) * groups * j * i + b1 * b2 * pairs * groups * j * i
+    gram_pair, jacobian_input, jacobian_pair = layer_costs(Layer(p1, groups, i, j), o, outputs)
+    gram_cost = b1 * b2 * gram_pair
+    jacobian_cost = (b1 + b2) * jacobian_input + b1 * b2 * jacobian_pair
     use_jacobian = jacobian_cost < gram_cost if _FORCE_ROUTE is None else _FORCE_ROUTE == "jacobian"
     if use_jacobian:
         # Many positions, few weights: the layer's own per-example Jacobian
@@ -134,22 +145,36 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
     return diag if outputs == "diagonal" else diag.mean(-1)
 
 
-def outer_gram(m1: torch.Tensor, m2: torch.Tensor, same: bool, pieces: int = 4) -> torch.Tensor:
-    """``(B1, O, W) x (B2, O, W) -> (B1, B2, O, O)``, the products of all rows. When both sides
-    are one tensor the result is symmetric: only row blocks on or below the diagonal are
-    multiplied (about 5/8 of the work with four blocks) and the rest is mirrored."""
+def outer_gram(m1: torch.Tensor, m2: torch.Tensor, same: bool, scale: Optional[torch.Tensor] = None,
+               pieces: int = 4) -> torch.Tensor:
+    """``(B1, O, W) x (B2, O, W) -> (B1, B2, O, O)``, the products of all rows, times
+    ``scale[b, k]`` if given. It is computed as a ``(B1 O, B2 O)`` matrix and returned as a
+    transposed view, so that scaling and summing such results stay contiguous. When both
+    sides are one tensor the result is symmetric: only row blocks on or below the diagonal
+    are multiplied (about 5/8 of the work with four blocks) and the rest is mirrored."""
     b1, o, w = m1.shape
-    if not same or b1 < pieces:
-        return torch.einsum("bcw,kdw->bkcd", m1, m2)
+    b2 = m2.shape[0]
     rows = m1.reshape(b1 * o, w)
-    n = rows.shape[0]
-    gram = rows.new_empty((n, n))
-    edges = [o * (b1 * i // pieces) for i in range(pieces + 1)]  # whole examples per block
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        block = rows[lo:hi] @ rows[:hi].T
-        gram[lo:hi, :hi] = block
-        gram[:lo, lo:hi] = block[:, :lo].T
-    return gram.reshape(b1, o, b1, o).transpose(1, 2)
+    if not same or b1 < pieces:
+        gram = rows @ m2.reshape(b2 * o, w).T
+    else:
+        gram = rows.new_empty((b1 * o, b1 * o))
+        edges = [o * (b1 * i // pieces) for i in range(pieces + 1)]  # whole examples per block
+        with torch.no_grad():  # kernels are returned detached; out= needs no autograd
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                torch.mm(rows[lo:hi], rows[:hi].T, out=gram[lo:hi, :hi])
+                copy_transposed(gram[:lo, lo:hi], gram[lo:hi, :lo])
+    gram = gram.view(b1, o, b2, o)
+    if scale is not None:
+        gram.mul_(scale[:, None, :, None])
+    return gram.transpose(1, 2)
+
+
+def copy_transposed(dst: torch.Tensor, src: torch.Tensor, tile: int = 512) -> None:
+    """``dst = src.T`` for matrices, tile by tile so that the transposed reads stay in cache."""
+    for i in range(0, src.shape[0], tile):
+        for j in range(0, src.shape[1], tile):
+            dst[j:j + tile, i:i + tile] = src[i:i + tile, j:j + tile].T
 
 
 def _layer_jacobian(module, a, g):

@@ -1,0 +1,92 @@
+"""The cost model behind ``empirical.ntk(method="auto")``.
+
+Each method's time is predicted from flop counts of one probe example: ``F``, the forward
+flops of the model (``torch.utils.flop_counter``), and the shapes of its linear and
+convolutional layers. Work is split into autograd passes (forward, backward, forward-mode
+products: ``F`` per pass per example) and contractions (products of Jacobians or of Gram
+matrices), which run at different rates; a fixed cost per chunk pair covers Python and
+dispatch. The three constants were fitted by ``benchmarks/calibrate_auto.py`` on a 2-core
+x86 machine (float32 and float64 timings together, weighted by relative error); only their
+ratios matter for the choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+SECONDS_PER_PASS_FLOP = 1.0e-11
+SECONDS_PER_CONTRACT_FLOP = 1.0e-11
+SECONDS_PER_BLOCK = 1.0e-4
+
+
+@dataclass
+class Layer:
+    """A factored layer: positions, groups, inputs and outputs per group (weights ``i * j``)."""
+    positions: int
+    groups: int
+    inputs: int
+    outputs: int
+
+
+@dataclass
+class Probe:
+    forward_flops: float  # per example
+    n_out: int
+    n_params: int  # chosen parameters
+    n_rest: int  # chosen parameters outside factored layers
+    layers: List[Layer] = field(default_factory=list)
+
+
+def layer_costs(layer: Layer, n_out: int, outputs: str) -> Tuple[float, float, float]:
+    """Multiply-adds of one factored layer: per input pair by position-pair Gram products, and
+    by the layer's own per-example Jacobian (per input to form it, per pair to contract it)."""
+    p, g, i, j = layer.positions, layer.groups, layer.inputs, layer.outputs
+    pairs = n_out * n_out if outputs == "full" else n_out
+    gram_pair = g * (p * p * i + n_out * p * p * j + pairs * p * j)
+    jacobian_input = n_out * p * g * j * i
+    jacobian_pair = pairs * g * j * i
+    return gram_pair, jacobian_input, jacobian_pair
+
+
+def work(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], outputs: str):
+    """``{method: (autograd-pass flops, contraction flops, chunk pairs)}`` for a kernel over
+    ``n1 x n2`` inputs (``same``: ``x2`` is ``x1``, only chunks on or above the diagonal) with
+    each method's chunk size ``blocks[method]``."""
+    o, f = probe.n_out, probe.forward_flops
+    pairs = o * o if outputs == "full" else o
+    out = {}
+    for method, block in blocks.items():
+        rows = [min(block, n1 - s) for s in range(0, n1, block)]
+        cols = rows if same else [min(block, n2 - s) for s in range(0, n2, block)]
+        n_blocks = len(rows) * (len(rows) + 1) // 2 if same else len(rows) * len(cols)
+        entries = (n1 * n1 + sum(r * r for r in rows)) / 2 if same else n1 * n2  # input pairs computed
+        side_inputs = n1 if same else n1 + len(rows) * n2  # per-input work is redone per row chunk
+        jacobians = side_inputs * f * (1 + 2 * o)  # one forward, one backward per output
+        if method == "jacobian":
+            out[method] = (jacobians, 2 * entries * pairs * probe.n_params, n_blocks)
+        elif method == "ntvp":
+            # per chunk pair: a backward over the column chunk for each of its b2 * O basis
+            # vectors, then a forward-mode product over the row chunk for each of them
+            col_sq = sum(c * c for c in cols) * (len(rows) + 1) / 2 if same else sum(c * c for c in cols) * len(rows)
+            out[method] = (o * f * (2 * col_sq + 3 * entries), 0.0, n_blocks)
+        else:
+            contraction = 2 * entries * pairs * probe.n_rest
+            for layer in probe.layers:
+                gram_pair, jacobian_input, jacobian_pair = layer_costs(layer, o, outputs)
+                contraction += 2 * min(entries * gram_pair, side_inputs * jacobian_input + entries * jacobian_pair)
+            passes = side_inputs * f * (1 + o) + (jacobians if probe.n_rest else 0.0)
+            out[method] = (passes, contraction, n_blocks)
+    return out
+
+
+def seconds(pass_flops: float, contract_flops: float, blocks: float) -> float:
+    return (SECONDS_PER_PASS_FLOP * pass_flops + SECONDS_PER_CONTRACT_FLOP * contract_flops
+            + SECONDS_PER_BLOCK * blocks)
+
+
+def cheapest(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], outputs: str) -> str:
+    """The method with the least predicted time among ``blocks``' keys."""
+    costs = work(probe, n1, n2, same, blocks, outputs)
+    return min(costs, key=lambda m: seconds(*costs[m]))
