@@ -3,7 +3,7 @@
 Times every method on a grid of models (MLPs of several widths and output counts, CNNs,
 a residual network, a normalization model, an attention block), input counts and output
 forms; fits the three constants of ``widenet.empirical._cost`` (seconds per autograd-pass
-flop, per contraction flop, per chunk pair) by non-negative least squares on relative error;
+flop, per contraction flop, per call) by non-negative least squares on relative error;
 then reports, with the fitted constants and with the ones the library ships, how often
 ``auto`` picks the fastest method and how much slower its pick is when it does not.
 
@@ -119,8 +119,8 @@ def main():
             a.append(np.asarray(work[method]) / t)  # relative error: divide each row by its time
             b.append(1.0)
     fitted, _ = nnls(np.asarray(a), np.asarray(b))
-    shipped = np.array([_cost.SECONDS_PER_PASS_FLOP, _cost.SECONDS_PER_CONTRACT_FLOP, _cost.SECONDS_PER_BLOCK])
-    print("\nfitted: SECONDS_PER_PASS_FLOP = %.3g, SECONDS_PER_CONTRACT_FLOP = %.3g, SECONDS_PER_BLOCK = %.3g" % tuple(fitted))
+    shipped = np.array([_cost.SECONDS_PER_PASS_FLOP, _cost.SECONDS_PER_CONTRACT_FLOP, _cost.SECONDS_PER_CALL])
+    print("\nfitted: SECONDS_PER_PASS_FLOP = %.3g, SECONDS_PER_CONTRACT_FLOP = %.3g, SECONDS_PER_CALL = %.3g" % tuple(fitted))
     for label, constants in (("fitted", fitted), ("shipped", shipped)):
         hits, regrets = evaluate(rows, constants)
         print(f"{label:8s}: auto picks the fastest in {hits}/{len(rows)} cases; its pick is on average "

@@ -4,10 +4,10 @@ Each method's time is predicted from flop counts of one probe example: ``F``, th
 flops of the model (``torch.utils.flop_counter``), and the shapes of its linear and
 convolutional layers. Work is split into autograd passes (forward, backward, forward-mode
 products: ``F`` per pass per example) and contractions (products of Jacobians or of Gram
-matrices), which run at different rates; a fixed cost per chunk pair covers Python and
-dispatch. The three constants were fitted by ``benchmarks/calibrate_auto.py`` on a 2-core
-x86 machine (float32 and float64 timings together, weighted by relative error); only their
-ratios matter for the choice.
+matrices), which run at different rates, plus a fixed cost per call (a Jacobian, a backward
+pass, a contraction) for Python and dispatch. The three constants were fitted by
+``benchmarks/calibrate_auto.py`` on a 2-core x86 machine; only their ratios matter for the
+choice.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 
 SECONDS_PER_PASS_FLOP = 1.0e-11
 SECONDS_PER_CONTRACT_FLOP = 1.0e-11
-SECONDS_PER_BLOCK = 1.0e-4
+SECONDS_PER_CALL = 1.0e-4
 
 
 @dataclass
@@ -51,9 +51,10 @@ def layer_costs(layer: Layer, n_out: int, outputs: str) -> Tuple[float, float, f
 
 
 def work(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], outputs: str):
-    """``{method: (autograd-pass flops, contraction flops, chunk pairs)}`` for a kernel over
+    """``{method: (autograd-pass flops, contraction flops, calls)}`` for a kernel over
     ``n1 x n2`` inputs (``same``: ``x2`` is ``x1``, only chunks on or above the diagonal) with
-    each method's chunk size ``blocks[method]``."""
+    each method's chunk size ``blocks[method]``. Calls count the Python-level steps that cost
+    time whatever their size: a Jacobian, a backward pass, a contraction."""
     o, f = probe.n_out, probe.forward_flops
     pairs = o * o if outputs == "full" else o
     out = {}
@@ -63,27 +64,29 @@ def work(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], out
         n_blocks = len(rows) * (len(rows) + 1) // 2 if same else len(rows) * len(cols)
         entries = (n1 * n1 + sum(r * r for r in rows)) / 2 if same else n1 * n2  # input pairs computed
         side_inputs = n1 if same else n1 + len(rows) * n2  # per-input work is redone per row chunk
+        side_calls = len(rows) if same else len(rows) * (1 + len(cols))
         jacobians = side_inputs * f * (1 + 2 * o)  # one forward, one backward per output
         if method == "jacobian":
-            out[method] = (jacobians, 2 * entries * pairs * probe.n_params, n_blocks)
+            out[method] = (jacobians, 2 * entries * pairs * probe.n_params, n_blocks + side_calls)
         elif method == "ntvp":
             # per chunk pair: a backward over the column chunk for each of its b2 * O basis
             # vectors, then a forward-mode product over the row chunk for each of them
             col_sq = sum(c * c for c in cols) * (len(rows) + 1) / 2 if same else sum(c * c for c in cols) * len(rows)
-            out[method] = (o * f * (2 * col_sq + 3 * entries), 0.0, n_blocks)
+            out[method] = (o * f * (2 * col_sq + 3 * entries), 0.0, 3 * n_blocks)
         else:
             contraction = 2 * entries * pairs * probe.n_rest
             for layer in probe.layers:
                 gram_pair, jacobian_input, jacobian_pair = layer_costs(layer, o, outputs)
                 contraction += 2 * min(entries * gram_pair, side_inputs * jacobian_input + entries * jacobian_pair)
             passes = side_inputs * f * (1 + o) + (jacobians if probe.n_rest else 0.0)
-            out[method] = (passes, contraction, n_blocks)
+            rest = 1 if probe.n_rest else 0
+            calls = side_calls * (2 + rest) + n_blocks * (len(probe.layers) + rest)
+            out[method] = (passes, contraction, calls)
     return out
 
 
-def seconds(pass_flops: float, contract_flops: float, blocks: float) -> float:
-    return (SECONDS_PER_PASS_FLOP * pass_flops + SECONDS_PER_CONTRACT_FLOP * contract_flops
-            + SECONDS_PER_BLOCK * blocks)
+def seconds(pass_flops: float, contract_flops: float, calls: float) -> float:
+    return SECONDS_PER_PASS_FLOP * pass_flops + SECONDS_PER_CONTRACT_FLOP * contract_flops + SECONDS_PER_CALL * calls
 
 
 def cheapest(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], outputs: str) -> str:

@@ -89,7 +89,10 @@ def _contract(a: torch.Tensor, b: torch.Tensor, outputs: str) -> torch.Tensor:
 
 
 def _jacobian(fn, params, x):
-    jac = jacrev(fn)(params, x)  # name -> (B, O, *shape)
+    """Per-example Jacobians ``(B, O, P)``: ``jacrev`` of one example (seen by the model as a
+    batch of one) mapped over the batch, so each costs O backward passes of one example,
+    not of the whole batch."""
+    jac = vmap(jacrev(lambda p, xi: fn(p, xi.unsqueeze(0))[0]), in_dims=(None, 0))(params, x)  # name -> (B, O, *shape)
     return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
 
 
@@ -327,7 +330,7 @@ def _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, block_size):
 
     def pair(sa, sb):
         (fa, ja), (fb, jb) = sa, sb
-        parts = [contract(m, fa[n][0], fa[n][1], fb[n][0], fb[n][1], outputs) for n, m in modules.items()]
+        parts = [contract(m, fa[n], fb[n], outputs) for n, m in modules.items()]
         if ja is not None:
             parts.append(_contract(ja, jb, outputs))
         total = parts[0]  # a fresh tensor: summed in place, in its own memory layout

@@ -85,16 +85,36 @@ def cotangents(out: torch.Tensor, seen: dict) -> Dict[str, torch.Tensor]:
             for n, g in zip(names, grads)}
 
 
-def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
-    """Per-position, per-group activations (B, P, G, I) and cotangents (O, B, P, G, J) of one
-    layer (G = 1 but for grouped convolutions)."""
+class Factors:
+    """One layer's per-position, per-group activations ``a`` (B, P, G, I) and cotangents ``g``
+    (O, B, P, G, J) for a chunk of inputs (G = 1 but for grouped convolutions), and its
+    per-example weight Jacobian once some contraction has needed it."""
+
+    def __init__(self, a: torch.Tensor, g: torch.Tensor):
+        self.a, self.g = a, g
+        self._jacobian = None
+
+    def jacobian(self, module: nn.Module) -> torch.Tensor:
+        """(B, O, G*J*(I [+ 1])): the layer's weight (and bias) gradient for every example and
+        output, sum_p g[c, b, p, :] (x) a[b, p, :], the bias as a constant input."""
+        if self._jacobian is None:
+            a = self.a
+            if module.bias is not None:
+                a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], dim=-1)
+            jac = torch.einsum("cbpgj,bpgi->bcgji", self.g, a)
+            self._jacobian = jac.reshape(jac.shape[0], jac.shape[1], -1)
+        return self._jacobian
+
+
+def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> Factors:
+    """The layer's :class:`Factors` from its input ``a`` and output cotangents ``g``."""
     if isinstance(module, nn.Linear):
         b = a.shape[0]
-        return a.reshape(b, -1, 1, a.shape[-1]), g.reshape(g.shape[0], b, -1, 1, g.shape[-1])
+        return Factors(a.reshape(b, -1, 1, a.shape[-1]), g.reshape(g.shape[0], b, -1, 1, g.shape[-1]))
     patches = _patches(module, a)
     o, b, c = g.shape[:3]
     g = g.reshape(o, b, c, -1).transpose(2, 3)  # (O, B, P, C_out)
-    return patches, g.reshape(o, b, g.shape[2], module.groups, -1)
+    return Factors(patches, g.reshape(o, b, g.shape[2], module.groups, -1))
 
 
 def layer_shape(module: nn.Module, a: torch.Tensor, y: torch.Tensor) -> Layer:
@@ -106,8 +126,9 @@ def layer_shape(module: nn.Module, a: torch.Tensor, y: torch.Tensor) -> Layer:
     return Layer(y[0, 0].numel(), g, module.in_channels // g * math.prod(module.kernel_size), module.out_channels // g)
 
 
-def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
+def contract(module: nn.Module, f1: Factors, f2: Factors, outputs: str) -> torch.Tensor:
     """The module's weight (and bias) contribution in the requested output form."""
+    a1, g1, a2, g2 = f1.a, f1.g, f2.a, f2.g
     b1, p1, groups, i = a1.shape
     b2, p2 = a2.shape[:2]
     o, j = g1.shape[0], g1.shape[-1]
@@ -117,7 +138,7 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
             ga = ga + 1
         c1, c2 = g1[:, :, 0, 0].transpose(0, 1), g2[:, :, 0, 0].transpose(0, 1)  # (B, O, J)
         if outputs == "full":
-            return outer_gram(c1, c2, g1 is g2, scale=ga)
+            return outer_gram(c1, c2, f1 is f2, scale=ga)
         diag = torch.einsum("bcj,kcj->bkc", c1, c2) * ga[:, :, None]
         return diag if outputs == "diagonal" else diag.mean(-1)
     gram_pair, jacobian_input, jacobian_pair = layer_costs(Layer(p1, groups, i, j), o, outputs)
@@ -127,10 +148,9 @@ def contract(module, a1, g1, a2, g2, outputs: str) -> torch.Tensor:
     if use_jacobian:
         # Many positions, few weights: the layer's own per-example Jacobian
         # sum_p g[c, b, p, :] (x) a[b, p, :] is the cheaper route.
-        jac1 = _layer_jacobian(module, a1, g1)
-        jac2 = _layer_jacobian(module, a2, g2)
+        jac1, jac2 = f1.jacobian(module), f2.jacobian(module)
         if outputs == "full":
-            return outer_gram(jac1, jac2, g1 is g2 and a1 is a2)
+            return outer_gram(jac1, jac2, f1 is f2)
         diag = torch.einsum("bcw,kcw->bkc", jac1, jac2)
         return diag if outputs == "diagonal" else diag.mean(-1)
     ga = torch.einsum("bpgi,kqgi->bkgpq", a1, a2)  # activation Gram over positions, per group
@@ -175,13 +195,3 @@ def copy_transposed(dst: torch.Tensor, src: torch.Tensor, tile: int = 512) -> No
     for i in range(0, src.shape[0], tile):
         for j in range(0, src.shape[1], tile):
             dst[j:j + tile, i:i + tile] = src[i:i + tile, j:j + tile].T
-
-
-def _layer_jacobian(module, a, g):
-    """(B, O, G*J*I [+ G*J]): the layer's weight (and bias) gradient for every example and output."""
-    weight = torch.einsum("cbpgj,bpgi->bcgji", g, a)
-    weight = weight.reshape(weight.shape[0], weight.shape[1], -1)
-    if module.bias is None:
-        return weight
-    bias = g.sum(2).transpose(0, 1)  # (B, O, G, J)
-    return torch.cat([weight, bias.reshape(bias.shape[0], bias.shape[1], -1)], dim=2)
