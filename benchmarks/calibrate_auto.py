@@ -13,6 +13,8 @@ Usage: python benchmarks/calibrate_auto.py [--dtype float32] [--repeats 3]
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
 
 import numpy as np
@@ -88,10 +90,18 @@ def measure(dtype, repeats):
                         empirical.ntk(model, x, outputs=outputs, method=method, memory="4GB", block_size=n)
                         best = min(best, time.perf_counter() - start)
                     times[method] = best
-                work = _cost.work(probe, n, n, True, {m: n for m in times}, outputs)
-                rows.append((f"{name} n={n} {outputs}", times, work))
-                print(f"  {rows[-1][0]:32s} " + " ".join(f"{m} {t * 1e3:8.2f} ms" for m, t in times.items()), flush=True)
+                rows.append({"label": f"{name} n={n} {outputs}", "times": times, "probe": dataclasses.asdict(probe),
+                             "n": n, "outputs": outputs})
+                print(f"  {rows[-1]['label']:32s} " + " ".join(f"{m} {t * 1e3:8.2f} ms" for m, t in times.items()), flush=True)
     return rows
+
+
+def _work(row):
+    """The cost model's counts for one timed case (recomputed, so a changed model refits)."""
+    probe = dict(row["probe"])
+    probe["layers"] = [_cost.Layer(**layer) for layer in probe["layers"]]
+    n = row["n"]
+    return _cost.work(_cost.Probe(**probe), n, n, True, {m: n for m in row["times"]}, row["outputs"])
 
 
 def evaluate(rows, constants):
@@ -109,18 +119,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save", help="write the timings and work counts to this JSON file")
+    parser.add_argument("--load", help="refit from a JSON file written by --save instead of timing")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"timing every method ({args.dtype}, {torch.get_num_threads()} threads):")
-    rows = measure(getattr(torch, args.dtype), args.repeats)
+    if args.load:
+        with open(args.load) as f:
+            rows = json.load(f)
+    else:
+        rows = measure(getattr(torch, args.dtype), args.repeats)
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(rows, f)
+    rows = [(r["label"], r["times"], _work(r)) for r in rows]
     a, b = [], []
     for _, times, work in rows:
         for method, t in times.items():
             a.append(np.asarray(work[method]) / t)  # relative error: divide each row by its time
             b.append(1.0)
     fitted, _ = nnls(np.asarray(a), np.asarray(b))
-    shipped = np.array([_cost.SECONDS_PER_PASS_FLOP, _cost.SECONDS_PER_CONTRACT_FLOP, _cost.SECONDS_PER_CALL])
-    print("\nfitted: SECONDS_PER_PASS_FLOP = %.3g, SECONDS_PER_CONTRACT_FLOP = %.3g, SECONDS_PER_CALL = %.3g" % tuple(fitted))
+    shipped = np.array([_cost.SECONDS_PER_PASS_FLOP, _cost.SECONDS_PER_CONTRACT_FLOP, _cost.SECONDS_PER_CALL,
+                        _cost.SECONDS_PER_JACOBIAN_ENTRY])
+    print("\nfitted: SECONDS_PER_PASS_FLOP = %.3g, SECONDS_PER_CONTRACT_FLOP = %.3g, SECONDS_PER_CALL = %.3g, "
+          "SECONDS_PER_JACOBIAN_ENTRY = %.3g" % tuple(fitted))
     for label, constants in (("fitted", fitted), ("shipped", shipped)):
         hits, regrets = evaluate(rows, constants)
         print(f"{label:8s}: auto picks the fastest in {hits}/{len(rows)} cases; its pick is on average "

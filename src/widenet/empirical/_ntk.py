@@ -96,6 +96,10 @@ def _jacobian(fn, params, x):
     return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
 
 
+class _NoDerivative(ParameterError):
+    """NTK-vector products need a derivative rule the model lacks."""
+
+
 def _ntvp(fn, params, x1, x2, outputs):
     """Theta(x1, x2) without Jacobians in memory: J(x2)^T e by vector-Jacobian products for
     every output basis vector e of x2, then J(x1) (J(x2)^T e) by Jacobian-vector products."""
@@ -116,7 +120,7 @@ def _ntvp(fn, params, x1, x2, outputs):
         except (NotImplementedError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and "not implemented" not in str(err):
                 raise  # a genuine failure of the model, not a missing derivative
-            raise ParameterError(
+            raise _NoDerivative(
                 f"empirical.ntk: method='ntvp' needs forward-mode or double-backward derivatives of every "
                 f"op of the model, and one has neither ({str(err).splitlines()[0]}); use method='jacobian'"
             ) from None
@@ -147,9 +151,13 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean", par
         params: which parameters to differentiate: None (all trainable), a predicate
             ``(name, tensor) -> bool``, or names / module prefixes (e.g. ``["fc2"]`` for the
             last layer only).
-        method: "jacobian" (contract per-chunk Jacobians), "ntvp" (NTK-vector products, never
-            holding a Jacobian) or "auto" (Jacobians when the chunks' Jacobians fit
-            ``memory``, else NTK-vector products).
+        method: "jacobian" (contract per-example Jacobians of each chunk), "ntvp"
+            (NTK-vector products: forward-mode products of vector-Jacobian products, no
+            Jacobian of the row chunk), "structured" (linear and convolutional layers by
+            products of activation and cotangent Gram matrices, the rest by Jacobians) or
+            "auto": the one with the least predicted time, from the model's flop count and
+            layer shapes (a cost model calibrated by ``benchmarks/calibrate_auto.py``),
+            Jacobians only where two chunks of them fit ``memory``.
         block_size: inputs per chunk (default: sized from ``memory``).
         memory: bytes (or "1GB") for one pair of chunks' Jacobians.
 
@@ -237,6 +245,13 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
                 blocks["jacobian"] = block_size
             n2 = x1.shape[0] if x2 is None else x2.shape[0]
             method = cheapest(probe, x1.shape[0], n2, x2 is None, blocks, outputs)
+            if method == "ntvp":
+                try:
+                    return _tiled(x1, x2, block_size, outputs, lambda x: x,
+                                  lambda xa, xb: _ntvp(fn, chosen, xa, xb, outputs))
+                except _NoDerivative:  # an op without forward-mode or double-backward rules
+                    del blocks["ntvp"]
+                    method = cheapest(probe, x1.shape[0], n2, x2 is None, blocks, outputs)
         if method == "structured":
             return _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, structured_block)
         if method == "jacobian":
