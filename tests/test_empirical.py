@@ -105,6 +105,17 @@ def test_every_method_and_output_form_matches_autograd(name):
             assert torch.equal(same, same.transpose(0, 1).transpose(2, 3))  # exactly symmetric
 
 
+def _assert_structured_matches_autograd(model, x1, x2, block_size):
+    """method='structured' in every output form equals the per-example autograd reference."""
+    full = _reference(model, x1, x2)
+    scale = float(full.abs().max())
+    for outputs in ("full", "diagonal", "mean"):
+        k = empirical.ntk(model, x1, x2, outputs=outputs, method="structured", block_size=block_size)
+        ref = full if outputs == "full" else torch.diagonal(full, dim1=2, dim2=3)
+        ref = ref.mean(-1) if outputs == "mean" else ref
+        assert float((k - ref).abs().max()) <= 1e-12 * scale, outputs
+
+
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("route", ["gram", "jacobian"])
 @pytest.mark.parametrize("name", ["cnn-pool", "attention", "residual"])
@@ -118,13 +129,7 @@ def test_structured_routes(name, route, monkeypatch):
     model = model.double()
     g = torch.Generator().manual_seed(4)
     x1, x2 = torch.randn(4, *shape, generator=g, dtype=D), torch.randn(3, *shape, generator=g, dtype=D)
-    full = _reference(model, x1, x2)
-    scale = float(full.abs().max())
-    for outputs in ("full", "diagonal", "mean"):
-        k = empirical.ntk(model, x1, x2, outputs=outputs, method="structured", block_size=3)
-        ref = full if outputs == "full" else torch.diagonal(full, dim1=2, dim2=3)
-        ref = ref.mean(-1) if outputs == "mean" else ref
-        assert float((k - ref).abs().max()) <= 1e-12 * scale, outputs
+    _assert_structured_matches_autograd(model, x1, x2, block_size=3)
 
 
 def _conv_models():
@@ -162,13 +167,7 @@ def test_structured_convolutions(name, route, monkeypatch):
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     factored = _structured.structured_modules(model, dict(model.named_parameters()))
     assert all(any(m is f for f in factored.values()) for m in convs)
-    full = _reference(model, x1, x2)
-    scale = float(full.abs().max())
-    for outputs in ("full", "diagonal", "mean"):
-        k = empirical.ntk(model, x1, x2, outputs=outputs, method="structured", block_size=2)
-        ref = full if outputs == "full" else torch.diagonal(full, dim1=2, dim2=3)
-        ref = ref.mean(-1) if outputs == "mean" else ref
-        assert float((k - ref).abs().max()) <= 1e-12 * scale, outputs
+    _assert_structured_matches_autograd(model, x1, x2, block_size=2)
 
 
 class _Cube(torch.autograd.Function):

@@ -66,7 +66,8 @@ class _KernelModel(BaseEstimator):
         return default_architecture() if self.architecture is None else self.architecture
 
     def _time(self) -> Optional[float]:
-        return None
+        """Training time for the NTK estimators (their ``t``); None (infinity) for the NNGP."""
+        return getattr(self, "t", None)
 
     def _fit_targets(self, X, Y) -> "_KernelModel":
         self._check_params()
@@ -179,9 +180,6 @@ class NTKRegressor(_Regressor):
         self.learning_rate = learning_rate
         self.normalize_y = normalize_y
         self.memory = memory
-
-    def _time(self):
-        return self.t
 
 
 def _argmax_probabilities(mean: np.ndarray, var: np.ndarray, degree: int = 64) -> np.ndarray:
@@ -298,6 +296,3 @@ class NTKClassifier(_Classifier):
         self.learning_rate = learning_rate
         self.calibrate = calibrate
         self.memory = memory
-
-    def _time(self):
-        return self.t

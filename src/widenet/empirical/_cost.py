@@ -6,14 +6,12 @@ convolutional layers. Work is split into autograd passes (forward, backward, for
 products: ``F`` per pass per example) and contractions (products of Jacobians or of Gram
 matrices), which run at different rates, plus a fixed cost per call (a Jacobian, a backward
 pass, a contraction) for Python and dispatch, and a cost per Jacobian entry for memory
-traffic. The four constants were fitted by
-``benchmarks/calibrate_auto.py`` on a 2-core x86 machine; only their ratios matter for the
-choice.
+traffic. The four constants were fitted by ``benchmarks/calibrate_auto.py`` on a 2-core x86
+machine; only their ratios matter for the choice.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -53,8 +51,8 @@ def layer_costs(layer: Layer, n_out: int, outputs: str) -> Tuple[float, float, f
 
 
 def work(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], outputs: str):
-    """``{method: (autograd-pass flops, contraction flops, calls, Jacobian entries)}`` for a kernel over
-    ``n1 x n2`` inputs (``same``: ``x2`` is ``x1``, only chunks on or above the diagonal) with
+    """``{method: (autograd-pass flops, contraction flops, calls, Jacobian entries)}`` for a
+    kernel over ``n1 x n2`` inputs (``same``: ``x2`` is ``x1``, only chunks on or above the diagonal) with
     each method's chunk size ``blocks[method]``. Calls count the Python-level steps that cost
     time whatever their size: a Jacobian, a backward pass, a contraction. Jacobian entries
     (written once, read by the contraction) count the memory traffic that dominates when
@@ -74,11 +72,13 @@ def work(probe: Probe, n1: int, n2: int, same: bool, blocks: Dict[str, int], out
             out[method] = (jacobians, 2 * entries * pairs * probe.n_params, n_blocks + side_calls,
                            side_inputs * o * probe.n_params)
         elif method == "ntvp":
-            # per chunk pair: a backward over the column chunk for each of its b2 * O basis
-            col_sq = sum(c * c for c in cols) * (len(rows) + 1) / 2 if same else sum(c * c for c in cols) * len(rows)
-            # vectors, then a forward-mode product over the row chunk for each of them; the
-            # chunk's cotangents hold as many entries as its Jacobian
-            cotangent_entries = sum(c for c in cols) * o * probe.n_params * ((len(rows) + 1) / 2 if same else len(rows))
+            # Per chunk pair: a backward over the column chunk for each of its b2 * O basis
+            # vectors, then a forward-mode product over the row chunk for each of them. Each
+            # column chunk is visited once per row chunk (above the diagonal when same), and
+            # its cotangents hold as many entries as its Jacobian.
+            visits = (len(rows) + 1) / 2 if same else len(rows)
+            col_sq = sum(c * c for c in cols) * visits
+            cotangent_entries = sum(cols) * visits * o * probe.n_params
             out[method] = (o * f * (2 * col_sq + 3 * entries), 0.0, 3 * n_blocks, cotangent_entries)
         else:
             contraction = 2 * entries * pairs * probe.n_rest

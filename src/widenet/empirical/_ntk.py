@@ -237,27 +237,30 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
             structured_block = user_block or _structured_block(
                 modules, seen, probe.n_rest, x1.element_size(), n_out, budget,
                 max(x1.shape[0], (x1 if x2 is None else x2).shape[0]))
-        if method == "auto":
-            # The least predicted time (the cost model of _cost.py); Jacobians only when two
-            # chunks of them fit the budget.
-            blocks = {"structured": structured_block, "ntvp": block_size}
-            if 2 * block_size * per_input <= budget:
-                blocks["jacobian"] = block_size
-            n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        run = {
+            "structured": lambda: _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, structured_block),
+            "jacobian": lambda: _tiled(x1, x2, block_size, outputs, lambda x: _jacobian(fn, chosen, x),
+                                       lambda ja, jb: _contract(ja, jb, outputs)),
+            "ntvp": lambda: _tiled(x1, x2, block_size, outputs, lambda x: x,
+                                   lambda xa, xb: _ntvp(fn, chosen, xa, xb, outputs)),
+        }
+        if method != "auto":
+            return run[method]()
+        # The least predicted time (the cost model of _cost.py); Jacobians only when two chunks
+        # of them fit the budget; a method that meets an op without the derivative rules it
+        # needs gives way to the next cheapest.
+        blocks = {"structured": structured_block, "ntvp": block_size}
+        if 2 * block_size * per_input <= budget:
+            blocks["jacobian"] = block_size
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        while True:
             method = cheapest(probe, x1.shape[0], n2, x2 is None, blocks, outputs)
-            if method == "ntvp":
-                try:
-                    return _tiled(x1, x2, block_size, outputs, lambda x: x,
-                                  lambda xa, xb: _ntvp(fn, chosen, xa, xb, outputs))
-                except _NoDerivative:  # an op without forward-mode or double-backward rules
-                    del blocks["ntvp"]
-                    method = cheapest(probe, x1.shape[0], n2, x2 is None, blocks, outputs)
-        if method == "structured":
-            return _structured_ntk(model, fn, chosen, modules, x1, x2, outputs, structured_block)
-        if method == "jacobian":
-            return _tiled(x1, x2, block_size, outputs, lambda x: _jacobian(fn, chosen, x),
-                          lambda ja, jb: _contract(ja, jb, outputs))
-        return _tiled(x1, x2, block_size, outputs, lambda x: x, lambda xa, xb: _ntvp(fn, chosen, xa, xb, outputs))
+            try:
+                return run[method]()
+            except _NoDerivative:
+                if len(blocks) == 1:
+                    raise
+                del blocks[method]
 
 
 def _tiled(x1, x2, block_size, outputs, side, pair):
