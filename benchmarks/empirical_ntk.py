@@ -9,7 +9,7 @@ with a warm-up run excluded), the ratio of Neural Tangents' best time to widenet
 (method="auto"), the ratio of widenet's own Jacobian contraction to its default, the largest
 relative difference of the kernels, and peak memory (each side in its own process).
 
-Usage: python benchmarks/empirical_ntk.py [--dtype float32] [--repeats 3]
+Usage: python benchmarks/empirical_ntk.py [--dtype float32] [--repeats 3] [--models mlp cnn]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"])
     args = parser.parse_args()
     python = nt_python()
     if python is None:
@@ -76,7 +77,7 @@ def main() -> None:
               + f" {'NT best/wn auto':>16s} {'wn jac/wn auto':>15s} {'max rel diff':>13s} {'wn auto MB':>11s} {'NT MB':>7s}")
     print(header)
     print("-" * len(header))
-    for model_name in ("mlp", "cnn"):
+    for model_name in args.models:
         model, x, layers = build(model_name, getattr(torch, args.dtype))
         for outputs, trace in (("full", []), ("mean", [-1])):
             with tempfile.TemporaryDirectory() as tmp:

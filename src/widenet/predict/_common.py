@@ -61,13 +61,23 @@ def pick(owner: str, name: str, k: Any, get: str) -> Any:
 
 
 def matrix(owner: str, name: str, k: Any, *, rows: Optional[int] = None, cols: Optional[int] = None,
-           device=None) -> torch.Tensor:
-    """A 2-D kernel matrix, shape-checked against the expected numbers of rows and columns."""
+           device=None, outputs: Optional[int] = None) -> torch.Tensor:
+    """A 2-D kernel matrix, shape-checked against the expected numbers of rows and columns
+    (of points). With ``outputs`` (the training kernel was a full-output one), ``k`` must be a
+    full-output kernel ``(N1, N2, outputs, outputs)`` too, and is returned as its
+    ``(N1 outputs, N2 outputs)`` matrix."""
     k = tensor(owner, name, k, device=device)
-    if k.ndim != 2:
+    if outputs is not None:
+        if k.ndim != 4 or k.shape[2:] != (outputs, outputs):
+            raise ShapeError(
+                f"{owner}: the training kernel is a full-output kernel with {outputs} outputs, so {name} must "
+                f"be one too, of shape (N1, N2, {outputs}, {outputs}) (got shape {tuple(k.shape)})"
+            )
+    elif k.ndim != 2:
+        full = " or, where the training kernel is one too, a full-output kernel (N1, N2, O, O)"
         raise ShapeError(
-            f"{owner}: {name} must be a 2-D kernel matrix (N1, N2) (got shape {tuple(k.shape)}); "
-            f"kernels with spatial axes must be pooled or flattened to outputs first"
+            f"{owner}: {name} must be a 2-D kernel matrix (N1, N2){full if k.ndim == 4 else ''} (got shape "
+            f"{tuple(k.shape)}); kernels with spatial axes must be pooled or flattened to outputs first"
         )
     if rows is not None and k.shape[0] != rows:
         raise ShapeError(f"{owner}: {name} must have {rows} rows (got shape {tuple(k.shape)})")
@@ -75,11 +85,27 @@ def matrix(owner: str, name: str, k: Any, *, rows: Optional[int] = None, cols: O
         raise ShapeError(
             f"{owner}: {name} must have one column per training point, {cols} (got shape {tuple(k.shape)})"
         )
-    return k
+    return k if outputs is None else flatten(k)
 
 
-def train_kernel(owner: str, name: str, k: Any) -> torch.Tensor:
-    k = matrix(owner, name, k)
+def flatten(k: torch.Tensor) -> torch.Tensor:
+    """A full-output kernel ``(N1, N2, O, O)`` as the ``(N1 O, N2 O)`` matrix of all
+    (point, output) pairs, each point's outputs adjacent."""
+    n1, n2, o, _ = k.shape
+    return k.permute(0, 2, 1, 3).reshape(n1 * o, n2 * o)
+
+
+def unflatten(c: torch.Tensor, outputs: int) -> torch.Tensor:
+    """The inverse of :func:`flatten`: ``(M1 O, M2 O)`` -> ``(M1, M2, O, O)``."""
+    m1, m2 = c.shape[0] // outputs, c.shape[1] // outputs
+    return c.reshape(m1, outputs, m2, outputs).permute(0, 2, 1, 3)
+
+
+def train_kernel(owner: str, name: str, k: Any, *, full: bool = False) -> torch.Tensor:
+    """The square training kernel. With ``full``, a full-output kernel ``(N, N, O, O)`` is
+    accepted too and returned as its ``(N O, N O)`` matrix (see :func:`train_outputs`)."""
+    outputs = train_outputs(owner, name, k) if full else None
+    k = matrix(owner, name, k, outputs=outputs)
     if k.shape[0] != k.shape[1]:
         raise ShapeError(f"{owner}: {name} must be square (got shape {tuple(k.shape)})")
     if k.shape[0] == 0:
@@ -87,9 +113,32 @@ def train_kernel(owner: str, name: str, k: Any) -> torch.Tensor:
     return k
 
 
-def targets(owner: str, y: Any, n: int, device) -> tuple[torch.Tensor, bool]:
-    """``y_train`` as an ``(n, k)`` tensor, and whether it was 1-D (results keep its form)."""
+def train_outputs(owner: str, name: str, k: Any) -> Optional[int]:
+    """The number of outputs O of a full-output training kernel ``(N, N, O, O)``; None for a
+    kernel matrix ``(N, N)`` that every output column shares."""
+    shape = tuple(getattr(k, "shape", ()))
+    if len(shape) != 4:
+        return None
+    if shape[2] != shape[3]:
+        raise ShapeError(f"{owner}: a full-output {name} must have shape (N, N, O, O) (got {shape})")
+    return int(shape[2])
+
+
+def targets(owner: str, y: Any, n: int, device, outputs: Optional[int] = None) -> tuple[torch.Tensor, bool]:
+    """``y_train`` as an ``(n, k)`` tensor, and whether it was 1-D (results keep its form).
+    With a full-output kernel of ``outputs`` outputs (``n`` counting (point, output) pairs),
+    ``y_train`` is ``(n / outputs, outputs)`` and is returned as one ``(n, 1)`` column."""
     y = tensor(owner, "y_train", y, device=device)
+    if outputs is not None:
+        points = n // outputs
+        if y.ndim == 1 and outputs == 1:
+            y = y[:, None]
+        if y.shape != (points, outputs):
+            raise ShapeError(
+                f"{owner}: with a full-output training kernel ({points} points, {outputs} outputs), y_train "
+                f"must have shape ({points}, {outputs}) (got {tuple(y.shape)})"
+            )
+        return y.reshape(n, 1), False
     if y.ndim not in (1, 2):
         raise ShapeError(f"{owner}: y_train must have shape (N,) or (N, outputs) (got {tuple(y.shape)})")
     if y.shape[0] != n:

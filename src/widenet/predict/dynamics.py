@@ -19,9 +19,11 @@ class MSEPredictor:
 
     def __init__(self, ntk, y_train, learning_rate, diag_reg, absolute, weight_decay, dtype):
         owner = self._owner = "gradient_descent_mse"
-        self._k = C.train_kernel(owner, "ntk_train_train", C.pick(owner, "ntk_train_train", ntk, "ntk"))
+        train = C.pick(owner, "ntk_train_train", ntk, "ntk")
+        self._o = C.train_outputs(owner, "ntk_train_train", train)  # None, or O of a full-output kernel
+        self._k = C.train_kernel(owner, "ntk_train_train", train, full=True)
         self._out_dtype, self._device = self._k.dtype, self._k.device
-        self._y, self._flat = C.targets(owner, y_train, self._k.shape[0], self._device)
+        self._y, self._flat = C.targets(owner, y_train, self._k.shape[0], self._device, self._o)
         self._lr = check_float(owner, "learning_rate", learning_rate, minimum=0.0, exclusive_minimum=True)
         self._reg = C.check_reg(owner, diag_reg)
         self._absolute = absolute
@@ -51,15 +53,16 @@ class MSEPredictor:
                  fx_test_0: Any = 0.0):
         owner = self._owner + " predictor"
         n, outputs = self._y.shape
+        o = self._o or 1  # rows of the flattened kernels per point
         y = self._y.to(self._dtype)
-        f0 = C.initial(owner, "fx_train_0", fx_train_0, self._shape_of(n), self._y).to(self._dtype)
+        f0 = C.initial(owner, "fx_train_0", fx_train_0, self._shape_of(n // o), self._y).to(self._dtype)
         f0 = f0.reshape(n, outputs)
         ktd = None
         if k_test_train is not None:
             ktd = C.matrix(owner, "k_test_train", C.pick(owner, "k_test_train", k_test_train, "ntk"),
-                           cols=n, device=self._device).to(self._dtype)
+                           cols=n // o, device=self._device, outputs=self._o).to(self._dtype)
             m = ktd.shape[0]
-            g0 = C.initial(owner, "fx_test_0", fx_test_0, self._shape_of(m), self._y)
+            g0 = C.initial(owner, "fx_test_0", fx_test_0, self._shape_of(m // o), self._y)
             g0 = g0.to(self._dtype).reshape(m, outputs)
         tt, t_shape = C.times(owner, t, self._dtype, self._device)
         if tt is None:
@@ -72,11 +75,15 @@ class MSEPredictor:
             return train
         return train, self._finish(test + g0, t_shape)
 
-    def _shape_of(self, rows: int) -> tuple:
-        return (rows,) if self._flat else (rows, self._y.shape[1])
+    def _shape_of(self, points: int) -> tuple:
+        if self._o is not None:
+            return (points, self._o)
+        return (points,) if self._flat else (points, self._y.shape[1])
 
     def _finish(self, out: torch.Tensor, t_shape: tuple) -> torch.Tensor:
         out = out.reshape(t_shape + out.shape[1:]).to(self._out_dtype)
+        if self._o is not None:
+            return out.reshape(t_shape + (-1, self._o))
         return out[..., 0] if self._flat else out
 
     def _infinite(self, y, f0, ktd):
@@ -126,8 +133,12 @@ def gradient_descent_mse(ntk_train_train: Any, y_train: Any, learning_rate: floa
     network's outputs at initialization (0 by default: the mean over initializations).
 
     Args:
-        ntk_train_train: ``(N, N)`` NTK on the training inputs (or a Kernel).
-        y_train: ``(N,)`` or ``(N, outputs)`` targets.
+        ntk_train_train: ``(N, N)`` NTK on the training inputs (or a Kernel), shared by
+            every output column; or a full-output NTK ``(N, N, O, O)`` (a finite network's
+            ``empirical.ntk(..., outputs="full")``, whose outputs are coupled): the dynamics
+            then run over all (point, output) pairs, ``k_test_train`` must be ``(M, N, O, O)``
+            and outputs are ``(..., N, O)`` / ``(..., M, O)``.
+        y_train: ``(N,)`` or ``(N, outputs)`` targets (``(N, O)`` with a full-output NTK).
         learning_rate: step size (> 0).
         diag_reg: ridge added to the NTK diagonal, relative to its mean diagonal unless
             ``diag_reg_absolute_scale`` (the dynamics then use ``Theta + ridge``).
@@ -153,10 +164,15 @@ class ODEPredictor:
         if not callable(loss):
             raise C.ParameterError(f"{owner}: loss must be a callable loss(fx, y) -> scalar tensor (got {loss!r})")
         self._loss = loss
-        self._k = C.train_kernel(owner, "ntk_train_train", C.pick(owner, "ntk_train_train", ntk, "ntk"))
+        train = C.pick(owner, "ntk_train_train", ntk, "ntk")
+        self._o = C.train_outputs(owner, "ntk_train_train", train)  # None, or O of a full-output kernel
+        self._k = C.train_kernel(owner, "ntk_train_train", train, full=True)
         self._out_dtype, self._device = self._k.dtype, self._k.device
-        self._y = C.tensor(owner, "y_train", y_train, device=self._device)
-        if self._y.ndim == 0 or self._y.shape[0] != self._k.shape[0]:
+        if self._o is not None:
+            self._y = C.targets(owner, y_train, self._k.shape[0], self._device, self._o)[0].reshape(-1, self._o)
+        else:
+            self._y = C.tensor(owner, "y_train", y_train, device=self._device)
+        if self._y.ndim == 0 or self._y.shape[0] * (self._o or 1) != self._k.shape[0]:
             raise C.ShapeError(
                 f"{owner}: y_train must have one row per training point: kernel is "
                 f"{self._k.shape[0]}x{self._k.shape[0]}, y_train has shape {tuple(self._y.shape)}"
@@ -185,7 +201,8 @@ class ODEPredictor:
 
         owner = self._owner + " predictor"
         dtype = self._dtype
-        n = self._k.shape[0]
+        o = self._o or 1  # rows of the flattened kernels per point
+        n = self._k.shape[0] // o
         tt, t_shape = C.times(owner, t, torch.float64, torch.device("cpu"))
         if tt is None or bool(torch.isinf(tt).any()):
             raise C.ParameterError(
@@ -198,8 +215,8 @@ class ODEPredictor:
         ktd, g0 = None, None
         if k_test_train is not None:
             ktd = C.matrix(owner, "k_test_train", C.pick(owner, "k_test_train", k_test_train, "ntk"),
-                           cols=n, device=self._device).to(dtype)
-            g0 = C.initial(owner, "fx_test_0", fx_test_0, (ktd.shape[0],) + tuple(y.shape[1:]), y)
+                           cols=n, device=self._device, outputs=self._o).to(dtype)
+            g0 = C.initial(owner, "fx_test_0", fx_test_0, (ktd.shape[0] // o,) + tuple(y.shape[1:]), y)
         parts = [f0] + ([] if ktd is None else [g0])
         shapes = [p.shape for p in parts]
         sizes = [p.numel() for p in parts]
@@ -221,7 +238,7 @@ class ODEPredictor:
             return out
 
         def velocity(f_parts):
-            grad = self._grad(f_parts[0], y).reshape(n, -1)
+            grad = self._grad(f_parts[0], y).reshape(k.shape[1], -1)
             out = [-(k @ grad).reshape(shapes[0])]
             if ktd is not None:
                 out.append(-(ktd @ grad).reshape(shapes[1]))
@@ -279,7 +296,9 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
     ``predict(t, k_test_train=None, fx_train_0=0.0, fx_test_0=0.0)`` takes finite times
     (number or array, any order) and returns train outputs, or ``(train, test)`` outputs,
-    with leading axes of ``t``'s shape.
+    with leading axes of ``t``'s shape. A full-output NTK ``(N, N, O, O)`` (outputs coupled)
+    takes targets ``(N, O)`` and test kernels ``(M, N, O, O)``, as in
+    :func:`gradient_descent_mse`.
     """
     owner = "gradient_descent"
     return ODEPredictor(loss, ntk_train_train, y_train, learning_rate, momentum, C.solve_dtype(owner, dtype),
@@ -295,10 +314,11 @@ def max_learning_rate(ntk_train_train: Any, y_train_size: Optional[int] = None, 
 
     (the rate at which ``I - lr Theta / y_train_size`` stops being a contraction; Lee et al.
     2019, and Goh 2017 for momentum). ``y_train_size`` defaults to the number of training
-    points (one output).
+    points (one output). A full-output NTK ``(N, N, O, O)`` is taken as its ``(N O, N O)``
+    matrix, and ``y_train_size`` defaults to ``N O``.
     """
     owner = "max_learning_rate"
-    k = C.train_kernel(owner, "ntk_train_train", C.pick(owner, "ntk_train_train", ntk_train_train, "ntk"))
+    k = C.train_kernel(owner, "ntk_train_train", C.pick(owner, "ntk_train_train", ntk_train_train, "ntk"), full=True)
     size = k.shape[0] if y_train_size is None else check_int(owner, "y_train_size", y_train_size, minimum=1)
     momentum = check_float(owner, "momentum", momentum, minimum=0.0, maximum=1.0)
     eps = check_float(owner, "eps", eps, minimum=0.0)

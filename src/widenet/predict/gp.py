@@ -36,16 +36,17 @@ class GPPredictor:
         self._dtype = dtype
         self._memory = memory
         self._kind = "nngp" if get == "nngp" else "ntk"
-        self._ktt = C.train_kernel(owner, "k_train_train", C.pick(owner, "k_train_train", k_train_train, self._kind))
+        train = C.pick(owner, "k_train_train", k_train_train, self._kind)
+        self._o = C.train_outputs(owner, "k_train_train", train)  # None, or O of a full-output kernel
+        self._ktt = C.train_kernel(owner, "k_train_train", train, full=True)
         self._out_dtype = self._ktt.dtype
         self._device = self._ktt.device
         n = self._ktt.shape[0]
-        self._y, self._flat = C.targets(owner, y_train, n, self._device)
+        self._y, self._flat = C.targets(owner, y_train, n, self._device, self._o)
         self._nngp_train = None
         if get == "ntk" and C.is_kernel(k_train_train):
-            self._nngp_train = C.train_kernel(
-                owner, "k_train_train", C.pick(owner, "k_train_train", k_train_train, "nngp")
-            ).to(dtype)
+            nngp = C.pick(owner, "k_train_train", k_train_train, "nngp")
+            self._nngp_train = C.matrix(owner, "k_train_train.nngp", nngp, outputs=self._o).to(dtype)
             if self._nngp_train.shape != self._ktt.shape:
                 raise C.ShapeError(f"{owner}: the nngp and ntk of k_train_train differ in shape")
         self._reg = C.check_reg(owner, diag_reg)
@@ -73,21 +74,28 @@ class GPPredictor:
 
     def _shape(self, out: torch.Tensor) -> torch.Tensor:
         out = out.to(self._out_dtype)
+        if self._o is not None:
+            return out.reshape(-1, self._o)
         return out[:, 0] if self._flat else out
+
+    def _points(self, flat: torch.Tensor) -> torch.Tensor:
+        """A covariance over (point, output) pairs in the full-output kernels' layout."""
+        return flat if self._o is None else C.unflatten(flat, self._o)
 
     def __call__(self, k_test_train: Any = None, k_test_test: Any = None):
         owner = self._owner + " predictor"
         n = self._ktt.shape[0]
+        o = self._o or 1  # rows of the flattened kernels per point
         if k_test_train is None:
             # Training points: the posterior interpolates (use k_test_train=k_train_train for the
             # regularized train-set posterior).
             mean = self._shape(self._y)
             if k_test_test is None:
                 return mean
-            return Gaussian(mean, torch.zeros((n, n), dtype=self._out_dtype, device=self._device))
+            return Gaussian(mean, self._points(torch.zeros((n, n), dtype=self._out_dtype, device=self._device)))
         ktd = C.matrix(owner, "k_test_train", C.pick(owner, "k_test_train", k_test_train, self._kind),
-                       cols=n, device=self._device)
-        m = ktd.shape[0]
+                       cols=n // o, device=self._device, outputs=self._o)
+        m = ktd.shape[0] // o  # test points
         init_td = None
         if self._get == "ntkgp":
             init_td = ktd  # the NTK-GP: the NTK is the prior covariance too
@@ -98,35 +106,43 @@ class GPPredictor:
                     f"k_train_train and k_test_train: pass Kernel objects (net.kernel(...)), not matrices"
                 )
             init_td = C.matrix(owner, "k_test_train", C.pick(owner, "k_test_train", k_test_train, "nngp"),
-                               rows=m, cols=n, device=self._device)
+                               rows=m, cols=n // o, device=self._device, outputs=self._o)
         ktt = None
         if k_test_test is not None:
             init = "ntk" if self._get == "ntkgp" else "nngp"
             ktt = C.tensor(owner, "k_test_test", C.pick(owner, "k_test_test", k_test_test, init),
                            device=self._device)
-            if ktt.shape not in ((m, m), (m,)):
+            forms = ((m, m), (m,)) if self._o is None else ((m, m, o, o), (m, o, o))
+            if ktt.shape not in forms:
+                what = "variances only" if self._o is None else "each point's output covariance only"
                 raise C.ShapeError(
-                    f"{owner}: k_test_test must be ({m}, {m}) (covariance) or ({m},) (variances only) "
+                    f"{owner}: k_test_test must be {forms[0]} (covariance) or {forms[1]} ({what}) "
                     f"for {m} test points (got {tuple(ktt.shape)})"
                 )
-        budget = None if ktt is None or ktt.ndim == 2 else self._memory
+            if self._o is not None and ktt.ndim == 4:
+                ktt = C.flatten(ktt)
+        per_point = ktt is not None and ktt.ndim == (1 if self._o is None else 3)
+        budget = self._memory if per_point else None
         means, covs = [], []
-        for a, b in _chunks(m, n, 8, budget):
-            td = ktd[a:b].to(self._dtype)
+        for a, b in _chunks(m, n * o, 8, budget):
+            td = ktd[a * o:b * o].to(self._dtype)
             means.append(td @ self.alpha)
-            if ktt is None:
+            if not per_point:
                 continue
-            if ktt.ndim == 1:
-                covs.append(self._variance(td, None if init_td is None else init_td[a:b].to(self._dtype),
-                                           ktt[a:b].to(self._dtype)))
+            init = None if init_td is None else init_td[a * o:b * o].to(self._dtype)
+            if self._o is None:
+                covs.append(self._variance(td, init, ktt[a:b].to(self._dtype)))
+            else:  # the (O, O) diagonal blocks of the chunk's covariance
+                block = self._covariance(td, init, torch.block_diag(*ktt[a:b].to(self._dtype)))
+                covs.append(torch.diagonal(block.reshape(b - a, o, b - a, o), dim1=0, dim2=2).permute(2, 0, 1))
         mean = self._shape(torch.cat(means))
         if ktt is None:
             return mean
-        if ktt.ndim == 2:
-            cov = self._covariance(ktd.to(self._dtype), None if init_td is None else init_td.to(self._dtype),
-                                   ktt.to(self._dtype))
-        else:
+        if per_point:
             cov = torch.cat(covs)
+        else:
+            cov = self._points(self._covariance(ktd.to(self._dtype), None if init_td is None else init_td.to(self._dtype),
+                                                ktt.to(self._dtype)))
         return Gaussian(mean, cov.to(self._out_dtype))
 
     def _covariance(self, td, init_td, tt):
@@ -173,8 +189,13 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
     the matrix the mode needs.
 
     Args:
-        k_train_train: ``(N, N)`` training kernel (or a Kernel).
-        y_train: ``(N,)`` or ``(N, outputs)`` targets; outputs share the kernel.
+        k_train_train: ``(N, N)`` training kernel (or a Kernel), shared by every output
+            column; or a full-output kernel ``(N, N, O, O)`` (``empirical.ntk(...,
+            outputs="full")``) that couples the outputs: the GP is then over all (point,
+            output) pairs, test kernels must be full-output too, means are ``(M, O)``,
+            covariances ``(M, M, O, O)``, and a per-point ``k_test_test`` of shape
+            ``(M, O, O)`` gives each test point's ``(O, O)`` output covariance.
+        y_train: ``(N,)`` or ``(N, outputs)`` targets (``(N, O)`` with a full-output kernel).
         diag_reg: ridge added to the diagonal, relative to the mean diagonal
             (``diag_reg * Tr K / N``) unless ``diag_reg_absolute_scale``. A 0-d tensor is kept,
             so gradients flow through it.
@@ -212,12 +233,15 @@ def marginal_log_likelihood(k_train_train: Any, y_train: Any, diag_reg: Any = 0.
         log p = -1/2 sum_c y_c^T Ky^-1 y_c  -  k/2 log det Ky  -  N k/2 log(2 pi)
 
     Differentiable in the kernel and in ``diag_reg`` (pass 0-d tensors that require grad);
-    this is what :func:`fit_hyperparameters` maximizes. Returns a 0-d tensor in ``dtype``.
+    this is what :func:`fit_hyperparameters` maximizes. A full-output kernel ``(N, N, O, O)``
+    with targets ``(N, O)`` gives the evidence of the joint Gaussian over all ``N O`` outputs.
+    Returns a 0-d tensor in ``dtype``.
     """
     owner = "marginal_log_likelihood"
     dtype = C.solve_dtype(owner, dtype)
-    k = C.train_kernel(owner, "k_train_train", C.pick(owner, "k_train_train", k_train_train, "nngp"))
-    y, _ = C.targets(owner, y_train, k.shape[0], k.device)
+    train = C.pick(owner, "k_train_train", k_train_train, "nngp")
+    k = C.train_kernel(owner, "k_train_train", train, full=True)
+    y, _ = C.targets(owner, y_train, k.shape[0], k.device, C.train_outputs(owner, "k_train_train", train))
     reg = C.check_reg(owner, diag_reg)
     ky = C.regularize(k.to(dtype), reg, diag_reg_absolute_scale)
     chol = C.cholesky(owner, ky, reg)
