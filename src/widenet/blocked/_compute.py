@@ -1,0 +1,208 @@
+"""``blocked.compute``: any kernel function over ``x1 x x2`` in memory-sized tiles, in memory
+or into an on-disk store that survives interruption, on this machine or a Dask cluster."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from .._validate import as_tensor, available_memory, check_int, check_memory
+from ..errors import ParameterError
+from ._store import Store, fingerprint
+from ._tiles import PAIR, Plan, assemble, parts, run_tile, to_numpy
+
+OWNER = "blocked.compute"
+
+
+class _Architecture:
+    """A widenet architecture as a tile function: ``net.kernel`` within a memory budget."""
+
+    def __init__(self, net, memory: int):
+        self.net, self.memory = net, memory
+
+    def __call__(self, x1, x2):
+        return self.net.kernel(x1, x2, memory=self.memory)
+
+
+def _function(fn: Any, key: Optional[str], memory: int):
+    """The tile function and the key the store records for it."""
+    if hasattr(fn, "kernel") and callable(fn.kernel) and hasattr(fn, "module"):
+        return _Architecture(fn, memory), key or f"widenet architecture {fn!r}"
+    if not callable(fn):
+        raise ParameterError(
+            f"{OWNER}: fn must be a widenet architecture or a callable (x1_block, x2_block) -> Kernel or tensor "
+            f"(got {type(fn).__name__})"
+        )
+    if key is None:
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        key = f"callable {getattr(fn, '__module__', '?')}.{name}"
+    return fn, key
+
+
+def _tile_size(plan_n1: int, plan_n2: int, per_pair: int, budget: int, workers: int) -> int:
+    """The largest square tile whose outputs take a quarter of the budget (the rest is the
+    kernel function's working set), cut further so that a cluster has tiles for every worker."""
+    tile = max(1, int(math.sqrt(budget / 4 / max(per_pair, 1))))
+    if workers > 1:
+        # about four tiles per worker, so that the work balances and a lost worker costs little
+        wanted = 4 * workers
+        while tile > 1 and math.ceil(plan_n1 / tile) * math.ceil(plan_n2 / tile) < wanted:
+            tile = max(1, tile // 2)
+    return int(min(tile, max(plan_n1, plan_n2)))
+
+
+def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optional[int] = None,
+            store: Union[str, os.PathLike, None] = None, overwrite: bool = False, client: Any = None,
+            key: Optional[str] = None, progress: Optional[bool] = None):
+    """Computes a kernel over ``x1 x x2`` tile by tile.
+
+    Args:
+        fn: a widenet architecture (its ``kernel(x1, x2)``, within the budget), or any callable
+            ``(x1_block, x2_block) -> widenet.Kernel or tensor`` whose first two axes are the
+            two blocks' inputs (e.g. ``lambda a, b: empirical.ntk(model, a, b)``). It is called
+            with ``x2_block=None`` on the diagonal tiles of a symmetric computation.
+        x1, x2: inputs; ``x2=None`` computes ``x1 x x1`` and only the tiles on or above the
+            diagonal: the others are their mirror images (rows and columns exchanged, and the
+            two position halves of a "full" spatial layout, or the two output axes of a 4-D
+            tensor such as a full-output empirical NTK).
+        memory: bytes (or "2GB") for one tile: its outputs take a quarter, the kernel
+            function the rest. Default: a quarter of the memory available now.
+        tile: inputs per tile side (default: from ``memory``). No divisibility rule: the last
+            tiles are smaller.
+        store: a directory for a zarr store. Every finished tile is written atomically and
+            recorded; calling again with the same store resumes, computing only the tiles not
+            yet done (a run killed at any moment loses at most the tiles in flight). The store
+            records a fingerprint of the computation and refuses a different one.
+        overwrite: discard an existing store at ``store`` instead of resuming it.
+        client: a ``distributed.Client`` (or a scheduler address) to run the tiles as tasks
+            on a Dask cluster. With a store, the workers write their tiles into it (it must be
+            on a file system they share); a worker lost mid-run has its tiles recomputed.
+        key: what identifies ``fn`` in the store's fingerprint. Default: the architecture's
+            description (every layer and hyperparameter), or a callable's qualified name (pass
+            a key that also names the callable's parameters, e.g. its model's checkpoint).
+        progress: show a progress bar with throughput and ETA (default: when the standard
+            error is a terminal).
+
+    Returns:
+        Without a store, what ``fn`` returns for the whole inputs (a Kernel with per-input
+        variances, or a tensor). With a store, the :class:`Store` (``store.load()`` reads
+        it into memory, ``store["ntk"]`` is the zarr array).
+    """
+    x1 = as_tensor(OWNER, "x1", x1)
+    x2 = None if x2 is None else as_tensor(OWNER, "x2", x2, like=x1)
+    if x1.ndim < 1 or x1.shape[0] == 0:
+        raise ParameterError(f"{OWNER}: x1 must hold at least one input (got shape {tuple(x1.shape)})")
+    if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
+        raise ParameterError(
+            f"{OWNER}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})"
+        )
+    budget = check_memory(OWNER, "memory", memory) if memory is not None else available_memory(x1.device) // 4
+    if tile is not None:
+        tile = check_int(OWNER, "tile", tile, minimum=1)
+    if not isinstance(overwrite, bool):
+        raise ParameterError(f"{OWNER}: overwrite must be a bool (got {overwrite!r})")
+    fn, fn_key = _function(fn, key, max(1, budget * 3 // 4))
+    same = x2 is None
+    n1, n2 = x1.shape[0], (x1 if same else x2).shape[0]
+    print_ = fingerprint(fn_key, x1, x2)
+
+    existing = None
+    if store is not None:
+        path = Path(os.fspath(store))
+        if path.exists() and not overwrite:
+            existing = Store.open(path)
+            existing.check(print_)
+            existing.clean()
+
+    if existing is not None:
+        plan, meta = existing.plan, existing.meta
+    else:
+        # One pair through the function: the arrays it gives, their trailing shapes and dtype.
+        arrays, meta = parts(OWNER, fn(x1[:1], None if same else x2[:1]))
+        per_pair = sum(v[0, 0].numel() * v.element_size() for k, v in arrays.items() if k in PAIR)
+        workers = _workers(client)
+        size = tile or _tile_size(n1, n2, per_pair, budget, workers)
+        plan = Plan(n1, n2, min(size, max(n1, n2)), same)
+        shapes = {k: tuple(v.shape[2:] if k in PAIR else v.shape[1:]) for k, v in arrays.items()}
+        dtype = next(iter(arrays.values())).dtype
+        if store is not None:
+            existing = Store.create(path, print_, plan, meta, shapes, np.dtype(str(dtype).replace("torch.", "")))
+
+    todo = plan.tiles()
+    sink = existing
+    if existing is not None:
+        finished = existing.finished()
+        todo = [t for t in todo if t not in finished]
+    else:
+        sink = assemble(plan, meta, shapes, dtype, x1.device)
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    with _Progress(show, plan, todo) as bar:
+        if client is None:
+            for i, j in todo:
+                tile_arrays = run_tile(fn, x1, x2, plan, i, j)
+                if isinstance(sink, Store):
+                    sink.write(i, j, to_numpy(tile_arrays))
+                else:
+                    sink.put(i, j, tile_arrays)
+                bar.advance(i, j)
+        else:
+            from ._dask import run as run_dask
+
+            run_dask(client, fn, x1, x2, plan, todo, None if existing is None else str(existing.path),
+                     sink, bar)
+    if isinstance(sink, Store):
+        return sink
+    return sink.result()
+
+
+def _workers(client: Any) -> int:
+    if client is None:
+        return 1
+    from ._dask import connect
+
+    info = connect(client).scheduler_info()
+    return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+
+
+class _Progress:
+    """A rich progress bar over tiles: kernel entries per second and the time left."""
+
+    def __init__(self, show: bool, plan: Plan, todo):
+        self.show, self.plan = show, plan
+        self.total = sum(plan.pairs(i, j) for i, j in todo)
+        self._bar = None
+
+    def __enter__(self):
+        if self.show and self.total:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("kernel tiles"), BarColumn(), TaskProgressColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), transient=False)
+            self._bar.__enter__()
+            self._task = self._bar.add_task("tiles", total=self.total, rate="")
+            self._start = time.perf_counter()
+            self._done = 0
+        return self
+
+    def advance(self, i: int, j: int) -> None:
+        if self._bar is None:
+            return
+        pairs = self.plan.pairs(i, j)
+        self._done += pairs
+        rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.update(self._task, advance=pairs, rate=f"{rate:,.0f} pairs/s")
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False

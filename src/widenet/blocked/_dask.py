@@ -1,0 +1,81 @@
+"""The Dask backend: tiles as tasks on a ``distributed`` cluster.
+
+The kernel function and the inputs are scattered to every worker once; each tile is one task
+with a deterministic key. With a store, a task writes its tile into the (shared) store and
+marks it done, returning nothing; without one, it returns the tile's arrays to the client.
+A worker that dies mid-run loses only its tasks in flight: the scheduler runs them again on
+another worker (and they overwrite any chunk they had half-written, atomically)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..errors import ParameterError
+from ._tiles import Plan, run_tile, to_numpy
+
+_STORES: Dict[str, Any] = {}
+
+
+def connect(client: Any):
+    """A ``distributed.Client`` from a client or a scheduler address."""
+    from distributed import Client
+
+    if isinstance(client, Client):
+        return client
+    if isinstance(client, str):
+        return Client(client)
+    raise ParameterError(
+        f"blocked.compute: client must be a distributed.Client or a scheduler address such as "
+        f"'tcp://host:8786' (got {type(client).__name__})"
+    )
+
+
+def _threads() -> None:
+    """Torch uses the worker's threads, not every core of the machine (workers share it)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        threads = getattr(worker, "nthreads", None) or getattr(worker.state, "nthreads", 1)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(int(threads))
+    except (ImportError, ValueError, AttributeError):
+        pass
+
+
+def _task(fn, x1, x2, plan: Plan, i: int, j: int, store: Optional[str]):
+    _threads()
+    arrays = to_numpy(run_tile(fn, x1, x2, plan, i, j))
+    if store is None:
+        return i, j, arrays
+    from ._store import Store
+
+    if store not in _STORES:
+        _STORES[store] = Store.open(store)
+    _STORES[store].write(i, j, arrays)
+    return i, j, None
+
+
+def run(client: Any, fn, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: Plan, todo, store: Optional[str],
+        sink, bar) -> None:
+    from distributed import as_completed
+
+    client = connect(client)
+    if not todo:
+        return
+    token = hashlib.sha256(repr((plan, store, id(fn), x1.shape, tuple(todo[:1]))).encode()).hexdigest()[:16]
+    shared = client.scatter([fn, x1, x2], broadcast=True, hash=False)
+    futures = [client.submit(_task, *shared, plan, i, j, store, key=f"widenet-tile-{token}-{i}-{j}", retries=2)
+               for i, j in todo]
+    try:
+        for future in as_completed(futures):
+            i, j, arrays = future.result()
+            if arrays is not None:
+                sink.put(i, j, arrays)
+            bar.advance(i, j)
+    finally:
+        for future in futures:
+            future.release()

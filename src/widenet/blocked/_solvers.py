@@ -1,0 +1,280 @@
+"""Solvers for kernels that do not fit in memory: conjugate gradients over a stored kernel
+streamed row block by row block, and FALKON (Rudi, Carratino and Rosasco 2017, arXiv
+1705.10958): Nystrom-preconditioned conjugate gradients with M centers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .._validate import as_tensor, available_memory, check_float, check_int, check_memory
+from ..errors import NumericalError, ParameterError, ShapeError
+from ..kernel import Kernel
+from ._store import Store
+
+
+@dataclass
+class CGResult:
+    """``solution`` of ``(K + reg I) x = b`` (shape of ``b``), the iterations taken and the
+    final relative residual of each column."""
+
+    solution: torch.Tensor
+    iterations: int
+    residual: torch.Tensor
+
+
+def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float,
+                        maxiter: int, precondition: Optional[Callable] = None, owner: str = "blocked.cg"):
+    """Column-wise (preconditioned) CG on a symmetric positive-definite operator: every column of
+    ``b`` takes its own steps; stops when every relative residual is below ``tol``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
+    rz = (r * z).sum(0)
+    norm_b = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
+    rel = r.norm(dim=0) / norm_b
+    it = 0
+    while it < maxiter and bool((rel > tol).any()):
+        ap = apply(p)
+        curvature = (p * ap).sum(0)
+        if bool((curvature[rel > tol] <= 0).any()):
+            raise NumericalError(
+                f"{owner}: the kernel is not positive definite (conjugate gradients met a direction of "
+                f"curvature {float(curvature.min()):.3g} at iteration {it}); raise diag_reg"
+            )
+        active = (rel > tol).to(b.dtype)
+        alpha = active * rz / torch.where(curvature > 0, curvature, torch.ones_like(curvature))
+        x += alpha * p
+        r -= alpha * ap
+        z = r if precondition is None else precondition(r)
+        rz_new = (r * z).sum(0)
+        beta = rz_new / torch.where(rz != 0, rz, torch.ones_like(rz))
+        p = z + beta * p
+        rz = rz_new
+        rel = r.norm(dim=0) / norm_b
+        it += 1
+    return x, it, rel
+
+
+class _Rows:
+    """A kernel matrix read row block by row block: a tensor, an array, a zarr array or a
+    :class:`Store`'s pair array."""
+
+    def __init__(self, owner: str, kernel: Any, get: str, memory: Optional[int], dtype: torch.dtype):
+        if isinstance(kernel, Store):
+            names = kernel.names
+            name = get if get in names else ("kernel" if "kernel" in names else None)
+            if name is None:
+                raise ParameterError(f"{owner}: the store holds {list(names)}, not {get!r}")
+            source = kernel[name]
+        elif isinstance(kernel, Kernel):
+            source = getattr(kernel, get)
+        else:
+            source = kernel
+        if isinstance(source, np.ndarray):
+            source = torch.from_numpy(source)
+        shape = tuple(source.shape)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ShapeError(f"{owner}: the kernel must be a square (N, N) matrix (got shape {shape})")
+        self.source, self.n, self.dtype = source, shape[0], dtype
+        budget = memory if memory is not None else available_memory(torch.device("cpu")) // 8
+        self.block = max(1, min(self.n, budget // (8 * self.n)))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        block = self.source[start:stop]
+        block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+        if not bool(torch.isfinite(block).all()):
+            raise NumericalError(f"blocked.cg: rows {start}:{stop} of the kernel hold NaN or Inf (an unfinished store?)")
+        return block.to(self.dtype)
+
+    def diagonal(self) -> torch.Tensor:
+        out = torch.empty(self.n, dtype=self.dtype)
+        for start in range(0, self.n, self.block):
+            stop = min(self.n, start + self.block)
+            out[start:stop] = torch.diagonal(self.rows(start, stop)[:, start:stop])
+        return out
+
+    def matmul(self, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(v)
+        for start in range(0, self.n, self.block):
+            stop = min(self.n, start + self.block)
+            out[start:stop] = self.rows(start, stop) @ v
+        return out
+
+
+def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg_absolute_scale: bool = False,
+       tol: float = 1e-10, maxiter: Optional[int] = None, memory: Any = None,
+       dtype: torch.dtype = torch.float64) -> CGResult:
+    """Solves ``(K + reg I) x = y`` by conjugate gradients, reading ``K`` row block by row block
+    (a :class:`Store` on disk, a zarr or numpy array, a tensor or a Kernel), so that only
+    ``memory`` bytes of it are in memory at once.
+
+    ``reg = diag_reg * Tr K / N`` (relative to the mean diagonal, as the predict functions)
+    unless ``diag_reg_absolute_scale``. ``y`` is ``(N,)`` or ``(N, k)``; each column is solved
+    to a relative residual ``tol``. Returns a :class:`CGResult`; ``K_test_train @ solution``
+    is then the posterior mean (``gp_inference``) or the converged NTK prediction.
+    """
+    owner = "blocked.cg"
+    if get not in ("nngp", "ntk"):
+        raise ParameterError(f"{owner}: get must be 'nngp' or 'ntk' (got {get!r})")
+    budget = None if memory is None else check_memory(owner, "memory", memory)
+    op = _Rows(owner, kernel, get, budget, dtype)
+    y = as_tensor(owner, "y", y).to(dtype)
+    flat = y.ndim == 1
+    y = y[:, None] if flat else y
+    if y.shape[0] != op.n:
+        raise ShapeError(f"{owner}: y must have one row per kernel row: kernel {op.n}x{op.n}, y {tuple(y.shape)}")
+    diag_reg = check_float(owner, "diag_reg", diag_reg, minimum=0.0)
+    tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
+    maxiter = 10 * op.n if maxiter is None else check_int(owner, "maxiter", maxiter, minimum=1)
+    reg = diag_reg if diag_reg_absolute_scale else diag_reg * float(op.diagonal().mean())
+    x, it, rel = conjugate_gradients(lambda v: op.matmul(v) + reg * v, y, tol=tol, maxiter=maxiter, owner=owner)
+    return CGResult(x[:, 0] if flat else x, it, rel)
+
+
+class FalkonPredictor:
+    """The model fitted by :func:`falkon`: ``predictor(x_test)`` gives the predictions
+    ``k(x_test, centers) @ alpha``; ``centers``, ``alpha``, ``iterations`` and ``residual``
+    describe the fit."""
+
+    def __init__(self, fn, get, centers, alpha, flat, iterations, residual, memory, out_dtype):
+        self._fn, self._get, self._memory, self._flat = fn, get, memory, flat
+        self.centers, self.alpha = centers, alpha
+        self.iterations, self.residual = iterations, residual
+        self._out_dtype = out_dtype
+
+    def __call__(self, x_test: Any) -> torch.Tensor:
+        from ._compute import compute
+
+        x_test = as_tensor("falkon predictor", "x_test", x_test, like=self.centers)
+        k = _pick(compute(self._fn, x_test, self.centers, memory=self._memory, progress=False), self._get)
+        out = (k.to(self.alpha.dtype) @ self.alpha).to(self._out_dtype)
+        return out[:, 0] if self._flat else out
+
+
+def _pick(k: Any, get: str) -> torch.Tensor:
+    if isinstance(k, Kernel):
+        value = getattr(k, get)
+        if value is None:
+            raise ParameterError(f"blocked.falkon: the kernel function gives no {get!r}")
+        return value
+    return k
+
+
+def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: str = "ntk",
+           seed: int = 0, tol: float = 1e-8, maxiter: int = 100, memory: Any = None, client: Any = None,
+           store: Any = None, dtype: torch.dtype = torch.float64) -> FalkonPredictor:
+    """Kernel ridge regression on many points by FALKON (Rudi, Carratino and Rosasco 2017).
+
+    Minimizes ``||K_nM a - y||^2 / n + diag_reg * a^T K_MM a`` over combinations of ``M``
+    centers drawn uniformly from ``x`` (seeded), i.e. solves
+    ``(K_nM^T K_nM + diag_reg n K_MM) a = K_nM^T y`` by conjugate gradients preconditioned with
+    the Nystrom approximation ``B = T^-1 A^-1 / sqrt(n)`` (``T = chol(K_MM)``,
+    ``A = chol(T T^T / M + diag_reg I)``), which makes a few tens of iterations enough. With
+    ``M = n`` it is exact kernel ridge regression with ridge ``diag_reg * n``.
+
+    ``K_nM`` is computed once by :func:`compute` (tiles within ``memory``; on a Dask cluster
+    with ``client``; into a resumable store with ``store``) and streamed by row blocks in
+    every iteration; ``K_MM`` (``M x M``) is held in memory.
+
+    Args:
+        fn: a widenet architecture or a kernel function (see :func:`compute`).
+        x, y: training inputs ``(n, ...)`` and targets ``(n,)`` or ``(n, k)``.
+        n_centers: M (at most n).
+        diag_reg: the ridge (absolute, in the normalization above).
+        get: which kernel of a Kernel-valued function: "ntk" (the converged infinitely wide
+            network trained by gradient descent) or "nngp" (the Bayesian posterior mean).
+    """
+    from ._compute import compute
+
+    owner = "blocked.falkon"
+    x = as_tensor(owner, "x", x)
+    n = x.shape[0]
+    y = as_tensor(owner, "y", y).to(dtype)
+    flat = y.ndim == 1
+    y = y[:, None] if flat else y
+    if y.shape[0] != n:
+        raise ShapeError(f"{owner}: y must have one row per input: x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if get not in ("nngp", "ntk"):
+        raise ParameterError(f"{owner}: get must be 'nngp' or 'ntk' (got {get!r})")
+    m = check_int(owner, "n_centers", n_centers, minimum=1)
+    if m > n:
+        raise ParameterError(f"{owner}: n_centers must be at most the number of inputs {n} (got {m})")
+    lam = check_float(owner, "diag_reg", diag_reg, minimum=0.0, exclusive_minimum=True)
+    tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
+    maxiter = check_int(owner, "maxiter", maxiter, minimum=1)
+    budget = None if memory is None else check_memory(owner, "memory", memory)
+
+    g = torch.Generator().manual_seed(int(seed))
+    centers = x[torch.randperm(n, generator=g)[:m].to(x.device)]
+    kmm = _pick(compute(fn, centers, memory=budget, client=client, progress=False), get).to(dtype)
+    knm = compute(fn, x, centers, memory=budget, client=client, store=store)
+    rows = _RectRows(knm if isinstance(knm, Store) else _pick(knm, get), get, budget, dtype)
+
+    # T^T T = K_MM (a jitter of M eps keeps it factorizable), A^T A = T T^T / M + lam I.
+    eye = torch.eye(m, dtype=dtype)
+    jitter = m * torch.finfo(dtype).eps * float(kmm.diagonal().mean())
+    t_upper = _cholesky_upper(owner, kmm + jitter * eye, "K_MM")
+    a_upper = _cholesky_upper(owner, t_upper @ t_upper.T / m + lam * eye, "the preconditioner")
+
+    def b_apply(v):  # B v = T^-1 A^-1 v / sqrt(n)
+        v = torch.linalg.solve_triangular(a_upper, v, upper=True)
+        return torch.linalg.solve_triangular(t_upper, v, upper=True) / math.sqrt(n)
+
+    def bt_apply(v):  # B^T v = A^-T T^-T v / sqrt(n)
+        v = torch.linalg.solve_triangular(t_upper.T, v, upper=False)
+        return torch.linalg.solve_triangular(a_upper.T, v, upper=False) / math.sqrt(n)
+
+    def h_apply(v):  # (K_nM^T K_nM + lam n K_MM) v, streaming K_nM
+        return rows.gram(v) + lam * n * (kmm @ v)
+
+    rhs = bt_apply(rows.transpose_matmul(y))
+    beta, it, rel = conjugate_gradients(lambda v: bt_apply(h_apply(b_apply(v))), rhs, tol=tol, maxiter=maxiter,
+                                        owner=owner)
+    alpha = b_apply(beta)
+    return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
+
+
+def _cholesky_upper(owner, k, what):
+    chol, info = torch.linalg.cholesky_ex(k)
+    if int(info) != 0:
+        raise NumericalError(f"{owner}: {what} is not numerically positive definite (Cholesky failed at column "
+                             f"{int(info)}); raise diag_reg or use fewer, more distinct centers")
+    return chol.T
+
+
+class _RectRows:
+    """``K_nM`` (n x M) held in memory or in a store, used as ``K^T (K v)`` and ``K^T y``."""
+
+    def __init__(self, source, get, memory, dtype):
+        if isinstance(source, Store):
+            names = source.names
+            source = source[get if get in names else "kernel"]
+        self.source, self.dtype = source, dtype
+        self.n, self.m = source.shape[:2]
+        budget = memory if memory is not None else available_memory(torch.device("cpu")) // 8
+        self.block = max(1, min(self.n, budget // (8 * self.m * 2)))
+
+    def _blocks(self):
+        for start in range(0, self.n, self.block):
+            stop = min(self.n, start + self.block)
+            block = self.source[start:stop]
+            block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+            yield start, stop, block.to(self.dtype)
+
+    def gram(self, v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        for _, _, block in self._blocks():
+            out += block.T @ (block @ v)
+        return out
+
+    def transpose_matmul(self, y: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((self.m, y.shape[1]), dtype=self.dtype)
+        for start, stop, block in self._blocks():
+            out += block.T @ y[start:stop]
+        return out
