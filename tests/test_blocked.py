@@ -58,6 +58,9 @@ def test_tiles_equal_the_direct_kernel(tile):
     net = _net()
     _same(blocked.compute(net, x1, tile=tile), net.kernel(x1), exact=tile == 23)
     _same(blocked.compute(net, x1, x2, tile=tile), net.kernel(x1, x2), exact=tile == 23)
+    _same(blocked.compute(net, x1, tile=tile, get="ntk"), net.ntk(x1), exact=tile == 23)
+    _same(blocked.compute(lambda a, b: net.kernel(a, b), x1, x2, tile=tile, get="nngp"), net.nngp(x1, x2),
+          exact=tile == 23)
 
 
 def test_tiles_of_spatial_layouts_and_of_full_output_empirical_ntks():
@@ -164,6 +167,13 @@ def test_sigkill_loses_only_tiles_in_flight_and_resume_finishes_identically(tmp_
     assert not list(path.rglob("*.partial"))
     _same(resumed.load(), blocked.compute(net, x, tile=3))
     _same(resumed.load(), net.kernel(x), exact=False)
+
+
+def test_progress_bar_reports_pairs_per_second(capsys):
+    x = torch.randn(9, 3, dtype=D)
+    blocked.compute(_net(), x, tile=2, progress=True)
+    err = capsys.readouterr().err
+    assert "kernel tiles" in err and "pairs/s" in err and "100%" in err
 
 
 def test_bad_arguments_are_refused_before_work(tmp_path):

@@ -15,6 +15,7 @@ import torch
 
 from .._validate import as_tensor, available_memory, check_int, check_memory
 from ..errors import ParameterError
+from ..kernel import Kernel
 from ._store import Store, fingerprint
 from ._tiles import PAIR, Plan, assemble, parts, run_tile, to_numpy
 
@@ -22,19 +23,38 @@ OWNER = "blocked.compute"
 
 
 class _Architecture:
-    """A widenet architecture as a tile function: ``net.kernel`` within a memory budget."""
+    """A widenet architecture as a tile function within a memory budget: ``net.kernel``, or
+    only ``net.ntk`` / ``net.nngp``."""
 
-    def __init__(self, net, memory: int):
-        self.net, self.memory = net, memory
+    def __init__(self, net, memory: int, get: Optional[str]):
+        self.net, self.memory, self.get = net, memory, get
 
     def __call__(self, x1, x2):
-        return self.net.kernel(x1, x2, memory=self.memory)
+        method = self.net.kernel if self.get is None else getattr(self.net, self.get)
+        return method(x1, x2, memory=self.memory)
 
 
-def _function(fn: Any, key: Optional[str], memory: int):
+class _Pick:
+    """One matrix of a Kernel-valued function."""
+
+    def __init__(self, fn, get: str):
+        self.fn, self.get = fn, get
+
+    def __call__(self, x1, x2):
+        out = self.fn(x1, x2)
+        if isinstance(out, Kernel):
+            value = getattr(out, self.get)
+            if value is None:
+                raise ParameterError(f"{OWNER}: get={self.get!r}, but the kernel function gives no {self.get}")
+            return value
+        return out
+
+
+def _function(fn: Any, key: Optional[str], memory: int, get: Optional[str] = None):
     """The tile function and the key the store records for it."""
+    suffix = "" if get is None else f" ({get} only)"
     if hasattr(fn, "kernel") and callable(fn.kernel) and hasattr(fn, "module"):
-        return _Architecture(fn, memory), key or f"widenet architecture {fn!r}"
+        return _Architecture(fn, memory, get), (key or f"widenet architecture {fn!r}") + suffix
     if not callable(fn):
         raise ParameterError(
             f"{OWNER}: fn must be a widenet architecture or a callable (x1_block, x2_block) -> Kernel or tensor "
@@ -43,7 +63,7 @@ def _function(fn: Any, key: Optional[str], memory: int):
     if key is None:
         name = getattr(fn, "__qualname__", type(fn).__qualname__)
         key = f"callable {getattr(fn, '__module__', '?')}.{name}"
-    return fn, key
+    return (fn if get is None else _Pick(fn, get)), key + suffix
 
 
 def _tile_size(plan_n1: int, plan_n2: int, per_pair: int, budget: int, workers: int) -> int:
@@ -60,7 +80,7 @@ def _tile_size(plan_n1: int, plan_n2: int, per_pair: int, budget: int, workers: 
 
 def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optional[int] = None,
             store: Union[str, os.PathLike, None] = None, overwrite: bool = False, client: Any = None,
-            key: Optional[str] = None, progress: Optional[bool] = None):
+            key: Optional[str] = None, get: Optional[str] = None, progress: Optional[bool] = None):
     """Computes a kernel over ``x1 x x2`` tile by tile.
 
     Args:
@@ -87,6 +107,8 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         key: what identifies ``fn`` in the store's fingerprint. Default: the architecture's
             description (every layer and hyperparameter), or a callable's qualified name (pass
             a key that also names the callable's parameters, e.g. its model's checkpoint).
+        get: "nngp" or "ntk" to compute and keep only that kernel, as a tensor (an
+            architecture then computes only it: less memory and, for the NNGP, less work).
         progress: show a progress bar with throughput and ETA (default: when the standard
             error is a terminal).
 
@@ -108,7 +130,9 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         tile = check_int(OWNER, "tile", tile, minimum=1)
     if not isinstance(overwrite, bool):
         raise ParameterError(f"{OWNER}: overwrite must be a bool (got {overwrite!r})")
-    fn, fn_key = _function(fn, key, max(1, budget * 3 // 4))
+    if get is not None and get not in ("nngp", "ntk"):
+        raise ParameterError(f"{OWNER}: get must be None, 'nngp' or 'ntk' (got {get!r})")
+    fn, fn_key = _function(fn, key, max(1, budget * 3 // 4), get)
     same = x2 is None
     n1, n2 = x1.shape[0], (x1 if same else x2).shape[0]
     print_ = fingerprint(fn_key, x1, x2)
@@ -182,12 +206,13 @@ class _Progress:
 
     def __enter__(self):
         if self.show and self.total:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
             self._bar = Progress(TextColumn("kernel tiles"), BarColumn(), TaskProgressColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), transient=False)
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("tiles", total=self.total, rate="")
             self._start = time.perf_counter()

@@ -152,18 +152,9 @@ class FalkonPredictor:
         from ._compute import compute
 
         x_test = as_tensor("falkon predictor", "x_test", x_test, like=self.centers)
-        k = _pick(compute(self._fn, x_test, self.centers, memory=self._memory, progress=False), self._get)
+        k = compute(self._fn, x_test, self.centers, memory=self._memory, get=self._get, progress=False)
         out = (k.to(self.alpha.dtype) @ self.alpha).to(self._out_dtype)
         return out[:, 0] if self._flat else out
-
-
-def _pick(k: Any, get: str) -> torch.Tensor:
-    if isinstance(k, Kernel):
-        value = getattr(k, get)
-        if value is None:
-            raise ParameterError(f"blocked.falkon: the kernel function gives no {get!r}")
-        return value
-    return k
 
 
 def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: str = "ntk",
@@ -212,9 +203,9 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
 
     g = torch.Generator().manual_seed(int(seed))
     centers = x[torch.randperm(n, generator=g)[:m].to(x.device)]
-    kmm = _pick(compute(fn, centers, memory=budget, client=client, progress=False), get).to(dtype)
-    knm = compute(fn, x, centers, memory=budget, client=client, store=store)
-    rows = _RectRows(knm if isinstance(knm, Store) else _pick(knm, get), get, budget, dtype)
+    kmm = compute(fn, centers, memory=budget, client=client, get=get, progress=False).to(dtype)
+    knm = compute(fn, x, centers, memory=budget, client=client, store=store, get=get)
+    rows = _RectRows(knm, get, budget, dtype)
 
     # T^T T = K_MM (a jitter of M eps keeps it factorizable), A^T A = T T^T / M + lam I.
     eye = torch.eye(m, dtype=dtype)
@@ -253,8 +244,7 @@ class _RectRows:
 
     def __init__(self, source, get, memory, dtype):
         if isinstance(source, Store):
-            names = source.names
-            source = source[get if get in names else "kernel"]
+            source = source["kernel"]
         self.source, self.dtype = source, dtype
         self.n, self.m = source.shape[:2]
         budget = memory if memory is not None else available_memory(torch.device("cpu")) // 8
