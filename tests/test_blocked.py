@@ -220,7 +220,8 @@ def test_dask_cluster_gives_the_local_result_even_when_a_worker_is_killed(tmp_pa
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         _same(blocked.compute(net, x, tile=4, client=client), local)  # tiles come back through futures
-        _same(blocked.compute(net, x, x2, tile=4, client=client), blocked.compute(net, x, x2, tile=4))
+        _same(blocked.compute(net, x, x2, tile=4, client=cluster.scheduler_address),  # a scheduler address
+              blocked.compute(net, x, x2, tile=4))
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]
         path = tmp_path / "store"

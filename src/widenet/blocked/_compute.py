@@ -133,6 +133,15 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
     if get is not None and get not in ("nngp", "ntk"):
         raise ParameterError(f"{OWNER}: get must be None, 'nngp' or 'ntk' (got {get!r})")
     fn, fn_key = _function(fn, key, max(1, budget * 3 // 4), get)
+    if client is None:
+        return _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, None, progress)
+    from ._dask import connected
+
+    with connected(client) as opened:
+        return _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, opened, progress)
+
+
+def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
     same = x2 is None
     n1, n2 = x1.shape[0], (x1 if same else x2).shape[0]
     print_ = fingerprint(fn_key, x1, x2)
@@ -151,7 +160,11 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         # One pair through the function: the arrays it gives, their trailing shapes and dtype.
         arrays, meta = parts(OWNER, fn(x1[:1], None if same else x2[:1]))
         per_pair = sum(v[0, 0].numel() * v.element_size() for k, v in arrays.items() if k in PAIR)
-        workers = _workers(client)
+        workers = 1
+        if client is not None:
+            from ._dask import workers as count
+
+            workers = count(client)
         size = tile or _tile_size(n1, n2, per_pair, budget, workers)
         plan = Plan(n1, n2, min(size, max(n1, n2)), same)
         shapes = {k: tuple(v.shape[2:] if k in PAIR else v.shape[1:]) for k, v in arrays.items()}
@@ -185,15 +198,6 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
     if isinstance(sink, Store):
         return sink
     return sink.result()
-
-
-def _workers(client: Any) -> int:
-    if client is None:
-        return 1
-    from ._dask import connect
-
-    info = connect(client).scheduler_info()
-    return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
 
 
 class _Progress:

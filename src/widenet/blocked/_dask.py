@@ -8,6 +8,7 @@ another worker (and they overwrite any chunk they had half-written, atomically).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Dict, Optional
 
@@ -19,18 +20,28 @@ from ._tiles import Plan, run_tile, to_numpy
 _STORES: Dict[str, Any] = {}
 
 
-def connect(client: Any):
-    """A ``distributed.Client`` from a client or a scheduler address."""
+@contextlib.contextmanager
+def connected(client: Any):
+    """A ``distributed.Client`` from a client (used as it is) or a scheduler address (a client
+    opened for the call and closed after it)."""
     from distributed import Client
 
     if isinstance(client, Client):
-        return client
-    if isinstance(client, str):
-        return Client(client)
-    raise ParameterError(
-        f"blocked.compute: client must be a distributed.Client or a scheduler address such as "
-        f"'tcp://host:8786' (got {type(client).__name__})"
-    )
+        yield client
+    elif isinstance(client, str):
+        with Client(client) as opened:
+            yield opened
+    else:
+        raise ParameterError(
+            f"blocked.compute: client must be a distributed.Client or a scheduler address such as "
+            f"'tcp://host:8786' (got {type(client).__name__})"
+        )
+
+
+def workers(client) -> int:
+    """Threads across the cluster's workers."""
+    info = client.scheduler_info()
+    return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
 
 
 _PREPARED = False
@@ -89,7 +100,6 @@ def run(client: Any, fn, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: Pla
         sink, bar) -> None:
     from distributed import as_completed
 
-    client = connect(client)
     if not todo:
         return
     token = hashlib.sha256(repr((plan, store, id(fn), x1.shape, tuple(todo[:1]))).encode()).hexdigest()[:16]
