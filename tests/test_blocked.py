@@ -308,3 +308,24 @@ def test_falkon_with_all_centers_is_exact_krr_and_with_half_is_within_one_percen
     assert abs(error(fit(xt)) - error(exact)) <= 0.01
     with pytest.raises(ParameterError, match="n_centers must be at most"):
         blocked.falkon(net, x, y, n_centers=601)
+
+
+def test_gp_inference_by_cg_over_a_store_matches_cholesky(tmp_path):
+    from widenet import predict as P
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(40, 5, generator=g, dtype=D)
+    xt = torch.randn(7, 5, generator=g, dtype=D)
+    y = torch.randn(40, 2, generator=g, dtype=D)
+    net = _net()
+    store = blocked.compute(net, x, tile=9, store=tmp_path / "k")
+    k, kt, ks = net.kernel(x), net.kernel(xt, x), net.kernel(xt)
+    exact = P.gp_inference(k.nngp, y, 1e-3)(kt.nngp, ks.nngp)
+    for train in (store, k.nngp):
+        out = P.gp_inference(train, y, 1e-3, solver="cg", tol=1e-12, memory=8 * 40 * 5)(kt.nngp, ks.nngp)
+        torch.testing.assert_close(out.mean, exact.mean, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(out.covariance, exact.covariance, rtol=1e-7, atol=1e-9)
+    ntk = P.gp_inference(store, y, 1e-3, get="ntk", solver="cg", tol=1e-12)(kt.ntk)
+    torch.testing.assert_close(ntk, P.gp_inference(k.ntk, y, 1e-3, get="ntk")(kt.ntk), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ParameterError, match="solver='cg'"):
+        P.gp_inference(store, y)

@@ -90,3 +90,34 @@ def test_estimator_errors():
         NTKClassifier(diag_reg=-1.0).fit(np.eye(3), [0, 1, 0])
     with pytest.raises(ValueError, match="NaN"):
         NNGPRegressor().fit(np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2))
+
+
+def test_falkon_solver_matches_direct_means_and_is_chosen_when_kernels_exceed_memory():
+    from sklearn.datasets import load_digits
+
+    from widenet.errors import ParameterError
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / (X.std(0) + 1)
+    Xtr, ytr, Xte, yte = X[:300], y[:300], X[300:500], y[300:500]
+    # All centers: FALKON is exact kernel ridge regression, so it equals the direct solve.
+    direct = NTKRegressor(diag_reg=1e-3, solver="direct").fit(Xtr, ytr.astype(float))
+    falkon = NTKRegressor(diag_reg=1e-3, solver="falkon", n_centers=300).fit(Xtr, ytr.astype(float))
+    assert falkon.solver_ == "falkon"
+    np.testing.assert_allclose(falkon.predict(Xte), direct.predict(Xte), rtol=1e-5, atol=1e-6)
+    nngp = NNGPRegressor(diag_reg=1e-3, solver="falkon", n_centers=300).fit(Xtr, ytr.astype(float))
+    np.testing.assert_allclose(nngp.predict(Xte), NNGPRegressor(diag_reg=1e-3).fit(Xtr, ytr.astype(float)).predict(Xte),
+                               rtol=1e-5, atol=1e-6)
+    # "auto" with a budget smaller than the two 300 x 300 kernels takes FALKON with as many
+    # centers as half the budget holds (here 150), and still classifies like the direct model.
+    clf = NTKClassifier(diag_reg=1e-3, memory=2 * 8 * 300 * 150).fit(Xtr, ytr)
+    assert clf.solver_ == "falkon" and len(clf.falkon_.centers) == 150
+    exact = NTKClassifier(diag_reg=1e-3).fit(Xtr, ytr)
+    assert exact.solver_ == "direct"
+    assert abs(clf.score(Xte, yte) - exact.score(Xte, yte)) <= 0.03
+    with pytest.raises(ParameterError, match="need solver='direct'"):
+        clf.predict_proba(Xte)
+    with pytest.raises(ParameterError, match="t=None"):
+        NTKRegressor(t=10.0, solver="falkon").fit(Xtr, ytr.astype(float))
+    with pytest.raises(ParameterError, match="solver must be"):
+        NTKRegressor(solver="cg").fit(Xtr, ytr.astype(float))

@@ -61,6 +61,11 @@ class _KernelModel(BaseEstimator):
         reg = self.diag_reg
         if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not np.isfinite(reg) or reg < 0:
             raise ParameterError(f"{name}: diag_reg must be a finite float >= 0 (got {reg!r})")
+        if self.solver not in ("auto", "direct", "falkon"):
+            raise ParameterError(f"{name}: solver must be 'auto', 'direct' or 'falkon' (got {self.solver!r})")
+        m = self.n_centers
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
+            raise ParameterError(f"{name}: n_centers must be None or an int >= 1 (got {m!r})")
 
     def _architecture(self) -> Layer:
         return default_architecture() if self.architecture is None else self.architecture
@@ -69,9 +74,28 @@ class _KernelModel(BaseEstimator):
         """Training time for the NTK estimators (their ``t``); None (infinity) for the NNGP."""
         return getattr(self, "t", None)
 
+    def _solver(self, n: int) -> str:
+        """"direct" (the N x N kernels in memory, exact, any time t, with variances) or
+        "falkon" (Nystrom-preconditioned CG: converged means only); "auto" takes FALKON when
+        the two N x N training kernels would not fit the memory budget."""
+        if self.solver != "auto":
+            return self.solver
+        return "falkon" if 2 * 8 * n * n > self._budget() else "direct"
+
+    def _budget(self) -> int:
+        from ._validate import available_memory, check_memory
+
+        if self.memory is not None:
+            return check_memory(type(self).__name__, "memory", self.memory)
+        return available_memory(torch.device("cpu")) // 4
+
     def _fit_targets(self, X, Y) -> "_KernelModel":
         self._check_params()
         x = torch.tensor(np.asarray(X, dtype=np.float64))
+        self.solver_ = self._solver(len(x))
+        if self.solver_ == "falkon":
+            return self._fit_falkon(x, Y)
+        self.falkon_ = None
         kernel_fn = _KernelFn(self._architecture(), self.memory)
         lr = getattr(self, "learning_rate", 1.0)
         self.predictor_ = gradient_descent_mse_ensemble(kernel_fn, x, torch.from_numpy(Y), learning_rate=lr,
@@ -83,8 +107,34 @@ class _KernelModel(BaseEstimator):
         self.output_scale_ = float((alpha * torch.from_numpy(Y)).sum()) / Y.size
         return self
 
+    def _fit_falkon(self, x, Y) -> "_KernelModel":
+        from .blocked import falkon
+
+        name = type(self).__name__
+        if self._time() is not None:
+            raise ParameterError(
+                f"{name}: solver='falkon' gives the converged network (t=None) only (got t={self._time()!r}); "
+                f"use solver='direct' for finite training times"
+            )
+        n = len(x)
+        # As many centers as half the budget holds of K_nM (float64), unless given.
+        m = self.n_centers or max(1, min(n, self._budget() // (2 * 8 * n)))
+        self.falkon_ = falkon(self._architecture(), x, torch.from_numpy(Y), n_centers=min(m, n),
+                              diag_reg=max(float(self.diag_reg), 1e-12), get=self._get, relative=True,
+                              memory=self.memory)
+        self.predictor_ = None
+        self.output_scale_ = None
+        return self
+
     def _gaussian(self, X, compute_cov):
         x = torch.tensor(np.asarray(X, dtype=np.float64))
+        if self.falkon_ is not None:
+            if compute_cov is not False:
+                raise ParameterError(
+                    f"{type(self).__name__}: predictive variances (return_std, return_cov, predict_proba, and "
+                    f"decision_function with two classes) need solver='direct'; this model was fitted with FALKON"
+                )
+            return self.falkon_(x).numpy(), None
         out = self.predictor_(self._time(), x, get=self._get, compute_cov=compute_cov)
         if compute_cov is False:
             return out.numpy(), None
@@ -146,17 +196,27 @@ class NNGPRegressor(_Regressor):
         architecture: a widenet architecture (None: :func:`default_architecture`).
         diag_reg: observation noise as a ridge relative to the kernel's mean diagonal.
         normalize_y: center and scale the targets before fitting (the prior has mean zero).
-        memory: working-memory budget of each kernel computation (bytes or "2GB").
+        memory: working-memory budget of each kernel computation (bytes or "2GB"); with
+            ``solver="auto"`` also what decides between the solvers.
+        solver: "direct" (the N x N training kernels in memory: exact, any training time, with
+            predictive variances), "falkon" (Nystrom-preconditioned conjugate gradients over
+            ``n_centers`` centers, :func:`widenet.blocked.falkon`: for N whose kernels do not
+            fit in memory; converged means only) or "auto": FALKON when the two N x N training
+            kernels exceed ``memory`` (default a quarter of the available RAM).
+        n_centers: FALKON's number of centers (default: as many as half of ``memory`` holds
+            of the N x M kernel).
     """
 
     _get = "nngp"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, normalize_y: bool = False,
-                 memory: Any = None):
+                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.normalize_y = normalize_y
         self.memory = memory
+        self.solver = solver
+        self.n_centers = n_centers
 
 
 class NTKRegressor(_Regressor):
@@ -165,7 +225,8 @@ class NTKRegressor(_Regressor):
     to convergence, i.e. NTK kernel regression).
 
     Args:
-        architecture, diag_reg, normalize_y, memory: as :class:`NNGPRegressor`.
+        architecture, diag_reg, normalize_y, memory, solver, n_centers: as :class:`NNGPRegressor`
+            (FALKON needs ``t=None``).
         t: training time in steps, or None for infinity.
         learning_rate: step size (time is ``learning_rate * t``).
     """
@@ -173,13 +234,16 @@ class NTKRegressor(_Regressor):
     _get = "ntk"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, t: Optional[float] = None,
-                 learning_rate: float = 1.0, normalize_y: bool = False, memory: Any = None):
+                 learning_rate: float = 1.0, normalize_y: bool = False, memory: Any = None, solver: str = "auto",
+                 n_centers: Optional[int] = None):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
         self.learning_rate = learning_rate
         self.normalize_y = normalize_y
         self.memory = memory
+        self.solver = solver
+        self.n_centers = n_centers
 
 
 def _argmax_probabilities(mean: np.ndarray, var: np.ndarray, degree: int = 64) -> np.ndarray:
@@ -260,7 +324,8 @@ class NNGPClassifier(_Classifier):
     """Classification by NNGP regression on centered one-hot targets (Lee et al. 2018).
 
     Args:
-        architecture, diag_reg, memory: as :class:`NNGPRegressor`.
+        architecture, diag_reg, memory, solver, n_centers: as :class:`NNGPRegressor` (FALKON
+            gives ``predict`` and the decision function of several classes, not probabilities).
         calibrate: scale the predictive variances by the maximum-likelihood output scale of
             the NNGP prior, ``sum_c y_c^T K^-1 y_c / (N C)`` (closed form; means and ``predict``
             are unchanged). Without it the prior's unit scale usually gives overconfident
@@ -270,11 +335,13 @@ class NNGPClassifier(_Classifier):
     _get = "nngp"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, calibrate: bool = True,
-                 memory: Any = None):
+                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.calibrate = calibrate
         self.memory = memory
+        self.solver = solver
+        self.n_centers = n_centers
 
 
 class NTKClassifier(_Classifier):
@@ -282,17 +349,21 @@ class NTKClassifier(_Classifier):
     the MSE for time ``t`` (None: convergence); probabilities from the ensemble's Gaussian.
 
     Args:
-        architecture, diag_reg, t, learning_rate, memory: as :class:`NTKRegressor`.
+        architecture, diag_reg, t, learning_rate, memory, solver, n_centers: as
+            :class:`NTKRegressor` and :class:`NNGPClassifier`.
         calibrate: as :class:`NNGPClassifier`.
     """
 
     _get = "ntk"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, t: Optional[float] = None,
-                 learning_rate: float = 1.0, calibrate: bool = True, memory: Any = None):
+                 learning_rate: float = 1.0, calibrate: bool = True, memory: Any = None, solver: str = "auto",
+                 n_centers: Optional[int] = None):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
         self.learning_rate = learning_rate
         self.calibrate = calibrate
         self.memory = memory
+        self.solver = solver
+        self.n_centers = n_centers

@@ -159,7 +159,7 @@ class FalkonPredictor:
 
 def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: str = "ntk",
            seed: int = 0, tol: float = 1e-8, maxiter: int = 100, memory: Any = None, client: Any = None,
-           store: Any = None, dtype: torch.dtype = torch.float64) -> FalkonPredictor:
+           store: Any = None, relative: bool = False, dtype: torch.dtype = torch.float64) -> FalkonPredictor:
     """Kernel ridge regression on many points by FALKON (Rudi, Carratino and Rosasco 2017).
 
     Minimizes ``||K_nM a - y||^2 / n + diag_reg * a^T K_MM a`` over combinations of ``M``
@@ -180,6 +180,8 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
         diag_reg: the ridge (absolute, in the normalization above).
         get: which kernel of a Kernel-valued function: "ntk" (the converged infinitely wide
             network trained by gradient descent) or "nngp" (the Bayesian posterior mean).
+        relative: ``diag_reg`` relative to the kernel's mean diagonal, as in ``predict``: the
+            ridge ``diag_reg * n`` becomes ``diag_reg * mean diag(K)`` (estimated on the centers).
     """
     from ._compute import compute
 
@@ -201,9 +203,14 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
     maxiter = check_int(owner, "maxiter", maxiter, minimum=1)
     budget = None if memory is None else check_memory(owner, "memory", memory)
 
+    if not isinstance(relative, bool):
+        raise ParameterError(f"{owner}: relative must be a bool (got {relative!r})")
+
     g = torch.Generator().manual_seed(int(seed))
     centers = x[torch.randperm(n, generator=g)[:m].to(x.device)]
     kmm = compute(fn, centers, memory=budget, client=client, get=get, progress=False).to(dtype)
+    if relative:
+        lam = lam * float(kmm.diagonal().mean()) / n
     knm = compute(fn, x, centers, memory=budget, client=client, store=store, get=get)
     rows = _RectRows(knm, get, budget, dtype)
 

@@ -30,18 +30,28 @@ def _chunks(m: int, n: int, itemsize: int, budget: Optional[int]):
 class GPPredictor:
     """The function returned by :func:`gp_inference` (factorization cached on first use)."""
 
-    def __init__(self, owner, k_train_train, y_train, diag_reg, absolute, get, dtype, memory):
+    def __init__(self, owner, k_train_train, y_train, diag_reg, absolute, get, dtype, memory, solver="cholesky",
+                 tol=1e-10):
         self._owner = owner
         self._get = get
         self._dtype = dtype
         self._memory = memory
+        self._solver, self._tol = solver, tol
         self._kind = "nngp" if get == "nngp" else "ntk"
-        train = C.pick(owner, "k_train_train", k_train_train, self._kind)
-        self._o = C.train_outputs(owner, "k_train_train", train)  # None, or O of a full-output kernel
-        self._ktt = C.train_kernel(owner, "k_train_train", train, full=True)
-        self._out_dtype = self._ktt.dtype
-        self._device = self._ktt.device
-        n = self._ktt.shape[0]
+        if _is_store(k_train_train):
+            if solver != "cg":
+                raise C.ParameterError(f"{owner}: a kernel store is solved by conjugate gradients: pass solver='cg'")
+            # Streamed from disk by blocked.cg; never loaded whole.
+            self._o, self._ktt = None, k_train_train
+            self._out_dtype, self._device = torch.float64, torch.device("cpu")
+            n = k_train_train.plan.n1
+        else:
+            train = C.pick(owner, "k_train_train", k_train_train, self._kind)
+            self._o = C.train_outputs(owner, "k_train_train", train)  # None, or O of a full-output kernel
+            self._ktt = C.train_kernel(owner, "k_train_train", train, full=True)
+            self._out_dtype = self._ktt.dtype
+            self._device = self._ktt.device
+            n = self._ktt.shape[0]
         self._y, self._flat = C.targets(owner, y_train, n, self._device, self._o)
         self._nngp_train = None
         if get == "ntk" and C.is_kernel(k_train_train):
@@ -63,7 +73,20 @@ class GPPredictor:
         return self._chol
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
-        """``(K + reg)^{-1} b`` with the cached factor."""
+        """``(K + reg)^{-1} b``: with the cached Cholesky factor, or by conjugate gradients
+        (``solver="cg"``, each column to a relative residual ``tol``)."""
+        if self._solver == "cg":
+            from ..blocked import cg
+
+            reg = float(self._reg.detach()) if isinstance(self._reg, torch.Tensor) else self._reg
+            out = cg(self._ktt, b.to(self._dtype), reg, get=self._kind, diag_reg_absolute_scale=self._absolute,
+                     tol=self._tol, memory=self._memory, dtype=self._dtype)
+            if bool((out.residual > self._tol).any()):
+                raise C.NumericalError(
+                    f"{self._owner}: conjugate gradients stopped at relative residual {float(out.residual.max()):.2g} "
+                    f"after {out.iterations} iterations (tol {self._tol:g}); raise diag_reg or use solver='cholesky'"
+                )
+            return out.solution.to(b.device)
         return torch.cholesky_solve(b.to(self._dtype), self.cholesky)
 
     @property
@@ -84,7 +107,7 @@ class GPPredictor:
 
     def __call__(self, k_test_train: Any = None, k_test_test: Any = None):
         owner = self._owner + " predictor"
-        n = self._ktt.shape[0]
+        n = self._y.shape[0]
         o = self._o or 1  # rows of the flattened kernels per point
         if k_test_train is None:
             # Training points: the posterior interpolates (use k_test_train=k_train_train for the
@@ -165,7 +188,8 @@ class GPPredictor:
 
 def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
                  diag_reg_absolute_scale: bool = False, get: str = "nngp",
-                 dtype: torch.dtype = torch.float64, memory: Any = None) -> GPPredictor:
+                 dtype: torch.dtype = torch.float64, memory: Any = None, solver: str = "cholesky",
+                 tol: float = 1e-10) -> GPPredictor:
     """Posterior of a Gaussian process with an NNGP or NTK kernel, as a reusable predictor.
 
     ``predict = gp_inference(k_train_train, y_train)``, then ``predict(k_test_train)`` gives
@@ -202,7 +226,13 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
         get: "nngp", "ntk" or "ntkgp".
         dtype: precision of the solves (float64 by default); results come back in the dtype
             of ``k_train_train``.
-        memory: bytes (or "512MB") for the chunked variance computation.
+        memory: bytes (or "512MB") for the chunked variance computation (and, with
+            ``solver="cg"``, for the kernel rows read at once).
+        solver: "cholesky" (factor once, exact) or "cg": conjugate gradients
+            (:func:`widenet.blocked.cg`), which also takes ``k_train_train`` as a
+            :class:`widenet.blocked.Store` and streams it from disk, so the training kernel
+            never has to fit in memory.
+        tol: relative residual of each CG solve.
 
     Raises:
         NumericalError: the regularized kernel is not positive definite in ``dtype``; the
@@ -218,8 +248,17 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
         budget = check_memory(owner, "memory", memory)
     if not isinstance(diag_reg_absolute_scale, bool):
         raise C.ParameterError(f"{owner}: diag_reg_absolute_scale must be a bool (got {diag_reg_absolute_scale!r})")
+    solver = C.check_choice(owner, "solver", solver, ("cholesky", "cg"))
+    from .._validate import check_float
+
+    tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
     return GPPredictor(owner, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, get, dtype,
-                       budget if budget is not None else 2**28)
+                       budget if budget is not None else 2**28, solver, tol)
+
+
+def _is_store(k: Any) -> bool:
+    """A :class:`widenet.blocked.Store` (checked by name, so predict needs no import of it)."""
+    return type(k).__name__ == "Store" and hasattr(k, "plan") and hasattr(k, "names")
 
 
 def marginal_log_likelihood(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
