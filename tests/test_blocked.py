@@ -328,4 +328,7 @@ def test_gp_inference_by_cg_over_a_store_matches_cholesky(tmp_path):
     ntk = P.gp_inference(store, y, 1e-3, get="ntk", solver="cg", tol=1e-12)(kt.ntk)
     torch.testing.assert_close(ntk, P.gp_inference(k.ntk, y, 1e-3, get="ntk")(kt.ntk), rtol=1e-8, atol=1e-10)
     with pytest.raises(ParameterError, match="solver='cg'"):
-        P.gp_inference(store, y)
+        P.gp_inference(store, y, solver="cholesky")
+    # "auto" (the default): CG for a store, Cholesky for a kernel in memory.
+    torch.testing.assert_close(P.gp_inference(store, y, 1e-3)(kt.nngp), exact.mean, rtol=1e-8, atol=1e-10)
+    assert P.gp_inference(k.nngp, y, 1e-3)._solver == "cholesky"

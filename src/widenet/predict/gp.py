@@ -188,7 +188,7 @@ class GPPredictor:
 
 def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
                  diag_reg_absolute_scale: bool = False, get: str = "nngp",
-                 dtype: torch.dtype = torch.float64, memory: Any = None, solver: str = "cholesky",
+                 dtype: torch.dtype = torch.float64, memory: Any = None, solver: str = "auto",
                  tol: float = 1e-10) -> GPPredictor:
     """Posterior of a Gaussian process with an NNGP or NTK kernel, as a reusable predictor.
 
@@ -228,10 +228,11 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
             of ``k_train_train``.
         memory: bytes (or "512MB") for the chunked variance computation (and, with
             ``solver="cg"``, for the kernel rows read at once).
-        solver: "cholesky" (factor once, exact) or "cg": conjugate gradients
+        solver: "cholesky" (factor once, exact), "cg": conjugate gradients
             (:func:`widenet.blocked.cg`), which also takes ``k_train_train`` as a
             :class:`widenet.blocked.Store` and streams it from disk, so the training kernel
-            never has to fit in memory.
+            never has to fit in memory; or "auto": CG for a store, Cholesky for a kernel in
+            memory.
         tol: relative residual of each CG solve.
 
     Raises:
@@ -248,7 +249,9 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
         budget = check_memory(owner, "memory", memory)
     if not isinstance(diag_reg_absolute_scale, bool):
         raise C.ParameterError(f"{owner}: diag_reg_absolute_scale must be a bool (got {diag_reg_absolute_scale!r})")
-    solver = C.check_choice(owner, "solver", solver, ("cholesky", "cg"))
+    solver = C.check_choice(owner, "solver", solver, ("auto", "cholesky", "cg"))
+    if solver == "auto":
+        solver = "cg" if _is_store(k_train_train) else "cholesky"
     from .._validate import check_float
 
     tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
