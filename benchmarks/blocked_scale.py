@@ -20,7 +20,6 @@ Usage: python benchmarks/blocked_scale.py [--parts tiled dask falkon] [--n-train
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys

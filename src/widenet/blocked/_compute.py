@@ -8,16 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
-import torch
 
 from .._validate import as_tensor, available_memory, check_int, check_memory
 from ..errors import ParameterError
 from ..kernel import Kernel
 from ._store import Store, fingerprint
-from ._tiles import PAIR, Plan, assemble, parts, run_tile, to_numpy
+from ._tiles import PAIR, Assembly, Plan, parts, run_tile, to_numpy
 
 OWNER = "blocked.compute"
 
@@ -178,7 +177,7 @@ def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
         finished = existing.finished()
         todo = [t for t in todo if t not in finished]
     else:
-        sink = assemble(plan, meta, shapes, dtype, x1.device)
+        sink = Assembly(plan, meta, shapes, dtype, x1.device)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with _Progress(show, plan, todo) as bar:

@@ -19,10 +19,9 @@ inputs, their dtype and shapes); opening a store for a different computation is 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -160,10 +159,6 @@ class Store:
             raise KeyError(f"the store holds {list(self.names)}, not {name!r}")
         return self._group[name]
 
-    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of a pair array, read from disk."""
-        return self[name][start:stop]
-
     def load(self, device: Any = None):
         """The whole result in memory: a :class:`widenet.Kernel` or a tensor, as the kernel
         function returned. Refused while tiles are missing."""
@@ -189,7 +184,3 @@ def open_store(path: Any) -> Store:
     if not path.exists():
         raise ParameterError(f"blocked.open_store: no store at {path}")
     return Store.open(path, mode="r")
-
-
-def describe(print_: Dict[str, Any]) -> str:
-    return json.dumps(print_, sort_keys=True)

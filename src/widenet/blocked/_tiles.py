@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -118,11 +118,6 @@ def to_numpy(arrays: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in arrays.items()}
 
 
-def assemble(plan: Plan, meta: Dict[str, Any], shapes: Dict[str, tuple], dtype: torch.dtype,
-             device: torch.device) -> "Assembly":
-    return Assembly(plan, meta, shapes, dtype, device)
-
-
 class Assembly:
     """The in-memory result, filled tile by tile."""
 
@@ -162,8 +157,3 @@ def build(arrays: Dict[str, torch.Tensor], meta: Dict[str, Any]):
         return arrays["kernel"]
     return Kernel(arrays["nngp"], arrays.get("ntk"), arrays["var1"], arrays.get("var2"),
                   is_gaussian=meta["is_gaussian"], width=meta["width"], layout=meta["layout"])
-
-
-def iter_slices(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
