@@ -304,6 +304,9 @@ def test_falkon_with_all_centers_is_exact_krr_and_with_half_is_within_one_percen
         assert fit.iterations <= 40  # the Nystrom preconditioner: tens of iterations, not hundreds
         gaps.append(mse(fit(xt)) - mse(exact))
     assert gaps[0] > gaps[1] > gaps[2] > 0
+    # Kernel blocks computed on the fly in every iteration (nothing kept) give the same model.
+    fly = blocked.falkon(net, x, y, n_centers=300, diag_reg=lam, seed=1, cache=False, memory=8 * 300 * 100)
+    torch.testing.assert_close(fly(xt), fit(xt), rtol=1e-6, atol=1e-8)
     assert abs(error(fit(xt)) - error(exact)) <= 0.01
     with pytest.raises(ParameterError, match="n_centers must be at most"):
         blocked.falkon(net, x, y, n_centers=601)

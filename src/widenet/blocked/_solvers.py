@@ -159,7 +159,8 @@ class FalkonPredictor:
 
 def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: str = "ntk",
            seed: int = 0, tol: float = 1e-8, maxiter: int = 100, memory: Any = None, client: Any = None,
-           store: Any = None, relative: bool = False, dtype: torch.dtype = torch.float64) -> FalkonPredictor:
+           store: Any = None, relative: bool = False, cache: bool = True,
+           dtype: torch.dtype = torch.float64) -> FalkonPredictor:
     """Kernel ridge regression on many points by FALKON (Rudi, Carratino and Rosasco 2017).
 
     Minimizes ``||K_nM a - y||^2 / n + diag_reg * a^T K_MM a`` over combinations of ``M``
@@ -171,7 +172,9 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
 
     ``K_nM`` is computed once by :func:`compute` (tiles within ``memory``; on a Dask cluster
     with ``client``; into a resumable store with ``store``) and streamed by row blocks in
-    every iteration; ``K_MM`` (``M x M``) is held in memory.
+    every iteration; or, with ``cache=False``, its row blocks are computed on the fly in every
+    iteration and never kept (memory of one block, at the price of one kernel evaluation of
+    ``n x M`` per iteration). ``K_MM`` (``M x M``) is held in memory.
 
     Args:
         fn: a widenet architecture or a kernel function (see :func:`compute`).
@@ -211,8 +214,13 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
     kmm = compute(fn, centers, memory=budget, client=client, get=get, progress=False).to(dtype)
     if relative:
         lam = lam * float(kmm.diagonal().mean()) / n
-    knm = compute(fn, x, centers, memory=budget, client=client, store=store, get=get)
-    rows = _RectRows(knm, get, budget, dtype)
+    if not isinstance(cache, bool):
+        raise ParameterError(f"{owner}: cache must be a bool (got {cache!r})")
+    if cache:
+        rows = _RectRows(compute(fn, x, centers, memory=budget, client=client, store=store, get=get), get,
+                         budget, dtype)
+    else:
+        rows = _RectRows(_OnTheFly(fn, x, centers, get, budget), get, budget, dtype)
 
     # T^T T = K_MM (a jitter of M eps keeps it factorizable), A^T A = T T^T / M + lam I.
     eye = torch.eye(m, dtype=dtype)
@@ -246,8 +254,22 @@ def _cholesky_upper(owner, k, what):
     return chol.T
 
 
+class _OnTheFly:
+    """Row blocks of ``K(x, centers)`` computed when read (``FALKON(cache=False)``)."""
+
+    def __init__(self, fn, x, centers, get, memory):
+        self.fn, self.x, self.centers, self.get, self.memory = fn, x, centers, get, memory
+        self.shape = (x.shape[0], centers.shape[0])
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from ._compute import compute
+
+        return compute(self.fn, self.x[rows], self.centers, memory=self.memory, get=self.get, progress=False)
+
+
 class _RectRows:
-    """``K_nM`` (n x M) held in memory or in a store, used as ``K^T (K v)`` and ``K^T y``."""
+    """``K_nM`` (n x M) held in memory, in a store or computed on the fly, used as
+    ``K^T (K v)`` and ``K^T y``."""
 
     def __init__(self, source, get, memory, dtype):
         if isinstance(source, Store):
