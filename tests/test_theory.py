@@ -131,3 +131,31 @@ def test_bad_arguments():
         theory.fixed_point_q(wn.Relu(), 0.0, 0.1)
     with pytest.raises(ParameterError, match="bias_var must hold finite variances"):
         theory.fixed_point_q(wn.Relu(), 1.0, float("nan"))
+
+
+def test_depth_profile_of_deep_tanh_networks_follows_the_mean_field_depth_scale():
+    """The NNGP correlations of a depth-L widenet architecture converge at the rate xi_c of
+    signal_propagation; in the ordered phase the NTK's condition number blows up with depth
+    (untrainable), in the chaotic one it stays of order one (Xiao et al. 2020)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 8, generator=g, dtype=D)
+
+    def profile(weight_var, bias_var):
+        dense = wn.Dense(1, math.sqrt(weight_var), math.sqrt(bias_var))
+        return theory.depth_profile(wn.Serial(wn.Tanh(), dense), x, 39, stem=dense)
+
+    ordered = profile(1.0, 0.05)
+    assert ordered.depth_scale == pytest.approx(float(theory.signal_propagation(wn.Tanh(), 1.0, 0.05).xi_c), rel=0.02)
+    assert ordered.ntk_condition[39] > 1e3 * ordered.ntk_condition[5] and ordered.mean_correlation[39] > 0.999
+    chaotic = profile(2.5, 0.05)
+    assert chaotic.depth_scale == pytest.approx(float(theory.signal_propagation(wn.Tanh(), 2.5, 0.05).xi_c), rel=0.2)
+    assert chaotic.ntk_condition[39] < 10
+    # The carried kernels are those of the whole network built at that depth (to the rounding
+    # of quadrature sums taken over other tile shapes).
+    dense = wn.Dense(1, 1.0, math.sqrt(0.05))
+    direct = wn.Serial(dense, *[layer for _ in range(7) for layer in (wn.Tanh(), dense)]).kernel(x).nngp
+    s = direct.diagonal().sqrt()
+    assert float((direct / (s[:, None] * s)).fill_diagonal_(0).sum() / (12 * 11)) == pytest.approx(
+        ordered.mean_correlation[7], rel=1e-8)
+    with pytest.raises(ParameterError, match="depth"):
+        theory.depth_profile(wn.Tanh(), x, 0)

@@ -3,11 +3,12 @@
 Signal propagation (Poole et al. 2016; Schoenholz et al. 2017): :func:`length_map`,
 :func:`correlation_map`, their fixed points :func:`fixed_point_q` and :func:`fixed_point_c`,
 :func:`signal_propagation` (``chi1``, depth scales ``xi_q``, ``xi_c``), :func:`critical_line`
-and :func:`phase_diagram`, for any widenet nonlinearity.
+and :func:`phase_diagram`, for any widenet nonlinearity; :func:`depth_profile` for any deep
+widenet architecture (how its NNGP and NTK degenerate with depth, Xiao et al. 2020).
 """
 
-from ._signal import (PhaseDiagram, SignalPropagation, correlation_map, critical_line, dual, fixed_point_c,
-                      fixed_point_q, length_map, phase_diagram, signal_propagation)
+from ._signal import (DepthProfile, PhaseDiagram, SignalPropagation, correlation_map, critical_line, depth_profile,
+                      dual, fixed_point_c, fixed_point_q, length_map, phase_diagram, signal_propagation)
 
 __all__ = ["dual", "length_map", "correlation_map", "fixed_point_q", "fixed_point_c", "signal_propagation",
-           "SignalPropagation", "critical_line", "phase_diagram", "PhaseDiagram"]
+           "SignalPropagation", "critical_line", "phase_diagram", "PhaseDiagram", "depth_profile", "DepthProfile"]

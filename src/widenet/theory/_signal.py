@@ -287,3 +287,93 @@ def phase_diagram(phi: Any, weight_vars: Any, bias_vars: Any) -> PhaseDiagram:
     result = signal_propagation(phi, wv[None, :], bv[:, None])
     critical = critical_line(phi, bv, bracket=(float(wv.min()) / 2, float(wv.max()) * 2)).numpy()
     return PhaseDiagram(wv, bv, result, critical, repr(phi))
+
+
+@dataclass(frozen=True)
+class DepthProfile:
+    """How the NNGP and NTK of a network on a set of inputs evolve with depth (Xiao et al.
+    2020, arXiv 1912.13053): per depth, the kernels' condition numbers (trainability: the NTK's
+    sets how fast gradient descent converges), the mean off-diagonal NNGP correlation, and the
+    largest change of the NNGP correlation matrix from the previous depth, whose exponential
+    decay rate is the network's correlation depth scale (:attr:`depth_scale`)."""
+
+    depths: np.ndarray
+    nngp_condition: np.ndarray
+    ntk_condition: np.ndarray
+    mean_correlation: np.ndarray
+    correlation_change: np.ndarray
+
+    @property
+    def depth_scale(self) -> float:
+        """``xi`` from a log-linear fit ``correlation_change ~ exp(-depth / xi)`` over the
+        second half of the depths (where the decay is asymptotic); inf if it does not decay."""
+        d, change = self.depths[1:], self.correlation_change[1:]
+        keep = (d >= d[len(d) // 2]) & (change > 0) & np.isfinite(change)
+        if keep.sum() < 2:
+            return float("nan")
+        slope = np.polyfit(d[keep], np.log(change[keep]), 1)[0]
+        return float("inf") if slope >= 0 else float(-1 / slope)
+
+    def plot(self, axes: Optional[Any] = None):
+        """Condition numbers and correlation changes against depth (log scales)."""
+        import matplotlib.pyplot as plt
+
+        if axes is None:
+            _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        axes[0].semilogy(self.depths, self.nngp_condition, label="NNGP")
+        axes[0].semilogy(self.depths, self.ntk_condition, label="NTK")
+        axes[0].set_xlabel("depth")
+        axes[0].set_ylabel("condition number")
+        axes[0].legend()
+        axes[1].semilogy(self.depths[1:], self.correlation_change[1:])
+        axes[1].set_xlabel("depth")
+        axes[1].set_ylabel("max change of NNGP correlations")
+        axes[1].set_title(f"depth scale {self.depth_scale:.3g} layers")
+        return axes[0].figure
+
+
+def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthProfile:
+    """:class:`DepthProfile` of ``stem`` followed by ``d`` copies of ``block`` for
+    ``d = 0 .. depth``, on the inputs ``x`` (all pairs at once, so keep ``x`` to a few hundred
+    points). The kernels are carried from one depth to the next (each block applied once), so
+    the whole profile costs one depth-``depth`` kernel. For example, a deep tanh network:
+    ``depth_profile(wn.Serial(wn.Tanh(), wn.Dense(1, 1.2, 0.2)), x, 50, stem=wn.Dense(1, 1.2, 0.2))``.
+    The network's outputs must have no spatial axes (pool or flatten them in ``stem``/``block``
+    otherwise)."""
+    from .._validate import as_tensor, check_int
+    from ..layers._base import Layer, _input_work, _run_single
+
+    owner = "theory.depth_profile"
+    for name, layer in (("block", block), ("stem", stem)):
+        if layer is not None and not isinstance(layer, Layer):
+            raise ParameterError(f"{owner}: {name} must be a widenet layer (got {type(layer).__name__})")
+    if block is None:
+        raise ParameterError(f"{owner}: block must be a widenet layer (got None)")
+    depth = check_int(owner, "depth", depth, minimum=1)
+    x = as_tensor(owner, "x", x)
+    work = _input_work(x, x, same=True, full=False, tile=True, diagonal=0)
+    work.ntk = torch.zeros_like(work.nngp)
+    if stem is not None:
+        work = _run_single(stem, work)
+    cond_k, cond_t, mean_c, change = [], [], [], []
+    previous = None
+    off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    for d in range(depth + 1):
+        if d:
+            work = _run_single(block, work)
+        nngp, ntk = work.nngp.to(D), work.ntk.to(D)
+        if nngp.ndim != 2:
+            raise ParameterError(
+                f"{owner}: the network's kernel must be (N, N) at every depth (got {tuple(nngp.shape)}): pool or "
+                f"flatten spatial axes inside stem and block"
+            )
+        nngp, ntk = 0.5 * (nngp + nngp.T), 0.5 * (ntk + ntk.T)
+        for matrix, out in ((nngp, cond_k), (ntk, cond_t)):
+            ev = torch.linalg.eigvalsh(matrix)
+            out.append(float(ev[-1] / ev[0]) if float(ev[0]) > 0 else float("inf"))
+        s = nngp.diagonal().clamp_min(1e-300).sqrt()
+        corr = nngp / (s[:, None] * s[None, :])
+        mean_c.append(float(corr[off].mean()))
+        change.append(float("nan") if previous is None else float((corr - previous).abs().max()))
+        previous = corr
+    return DepthProfile(np.arange(depth + 1), np.array(cond_k), np.array(cond_t), np.array(mean_c), np.array(change))
