@@ -204,9 +204,8 @@ def signal_propagation(phi: Any, weight_var: Any, bias_var: Any) -> SignalPropag
     chi_c = w * tdot
     nan = torch.full_like(q, float("nan"))
     chi1, chi_q, chi_c = (torch.where(finite, v, nan) for v in (chi1, chi_q, chi_c))
-    with np.errstate(divide="ignore"):
-        xi_q = -1 / torch.log(chi_q)
-        xi_c = -1 / torch.log(chi_c)
+    xi_q = -1 / torch.log(chi_q)  # inf where a slope is exactly 1 (critical)
+    xi_c = -1 / torch.log(chi_c)
     return SignalPropagation(w, b, q, c, chi1, chi_c, chi_q, xi_q, xi_c)
 
 
