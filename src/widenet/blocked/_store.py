@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError, WidenetError
-from ._tiles import PAIR, Plan, build, mirror
+from ._tiles import PAIR, Plan, build, placements
 
 FORMAT = 1
 
@@ -125,19 +125,8 @@ class Store:
 
     def write(self, i: int, j: int, tile: Dict[str, Any]) -> None:
         """Writes one tile's chunks (and its mirror's), then marks it done."""
-        plan = self.plan
-        rows, cols = plan.rows(i), plan.cols(j)
-        for name, value in tile.items():
-            value = np.asarray(value)
-            array = self._group[name]
-            if name in PAIR:
-                array[rows, cols] = value
-                if plan.same and i != j:
-                    array[cols, rows] = mirror(name, torch.from_numpy(value), self.meta).numpy()
-            elif name == "var1":
-                array[rows] = value
-            else:
-                array[cols] = value
+        for name, index, value in placements(self.plan, self.meta, i, j, tile):
+            self._group[name][index] = np.ascontiguousarray(value.numpy())
         self._group["done"][i, j] = 1
 
     def clean(self) -> None:

@@ -114,6 +114,20 @@ def run_tile(fn: Callable, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: P
     return keep
 
 
+def placements(plan: Plan, meta: Dict[str, Any], i: int, j: int, tile: Dict[str, Any]):
+    """Where a tile's arrays go in the whole result: ``(name, index, tensor)`` for its block,
+    the mirrored block of a symmetric computation, and the per-input arrays it owns."""
+    rows, cols = plan.rows(i), plan.cols(j)
+    for name, value in tile.items():
+        value = torch.as_tensor(value)
+        if name in PAIR:
+            yield name, (rows, cols), value
+            if plan.same and i != j:
+                yield name, (cols, rows), mirror(name, value, meta)
+        else:
+            yield name, rows if name == "var1" else cols, value
+
+
 def to_numpy(arrays: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in arrays.items()}
 
@@ -133,19 +147,8 @@ class Assembly:
                 self.arrays[name] = torch.empty((plan.n2,) + extra, dtype=dtype, device=device)
 
     def put(self, i: int, j: int, tile: Dict[str, Any]) -> None:
-        plan = self.plan
-        rows, cols = plan.rows(i), plan.cols(j)
-        for name, value in tile.items():
-            value = torch.as_tensor(value)
-            target = self.arrays[name]
-            if name in PAIR:
-                target[rows, cols] = value
-                if plan.same and i != j:
-                    target[cols, rows] = mirror(name, value, self.meta)
-            elif name == "var1":
-                target[rows] = value
-            else:
-                target[cols] = value
+        for name, index, value in placements(self.plan, self.meta, i, j, tile):
+            self.arrays[name][index] = value
 
     def result(self):
         return build(self.arrays, self.meta)
