@@ -269,29 +269,41 @@ def _pool_terms(lam: np.ndarray, n: float, ridge: float, replace: bool, p: int):
     b, probs = _pool_measure(n, p, replace)
     mass = float(probs[b > 0].sum())
 
-    def solve_t(u):  # S_B(-u) = t (1 - u) / u, with t > 0 solving sum p t b / (1 + t b) = u
-        f = lambda lt: float(np.sum(probs * b / (np.exp(-lt) + b))) - u  # noqa: E731
-        return math.exp(brentq(f, -300.0, 300.0, xtol=1e-15, rtol=1e-15, maxiter=500))
+    def solve_t(u, v):  # t > 0 with sum p t b / (1 + t b) = u (v = 1 - u, kept exact), for S_B(-u) = t v / u
+        if u <= 0.5:
+            f = lambda lt: float(np.sum(probs * b / (np.exp(-lt) + b))) - u  # noqa: E731
+        else:
+            f = lambda lt: v - float(np.sum(probs * np.exp(-lt) / (np.exp(-lt) + b)))  # noqa: E731
+        return math.exp(brentq(f, -700.0, 700.0, xtol=1e-15, rtol=1e-15, maxiter=500))
 
-    df = lambda lk: float(np.sum(lam / (lam + math.exp(lk)))) / p  # noqa: E731
+    extra = (p - lam.size) / p  # modes beyond the given eigenvalues: zero eigenvalues
+
+    def df(lk):  # (u, 1 - u), u = tr Lambda (Lambda + kappa)^-1 / P
+        kappa = math.exp(lk)
+        return float(np.sum(lam / (lam + kappa))) / p, float(np.sum(kappa / (lam + kappa))) / p + extra
+
+    cap = mass * (1 - 1e-10)  # df must stay below the sample's rank fraction
     lo = math.log(max(float(lam.max()), 1e-300)) - 700.0
-    if df(lo) >= mass:  # kappa must keep df below the sample's rank fraction
-        lo = brentq(lambda lk: df(lk) - mass, lo, math.log(float(lam.sum()) + 1.0) + 5.0, xtol=1e-15,
-                    rtol=1e-15) + 1e-9
+    if df(lo)[0] >= cap:
+        lo = brentq(lambda lk: df(lk)[0] - cap, lo, math.log(float(lam.sum()) + 1.0) + 5.0, xtol=1e-15, rtol=1e-15)
 
     def g(lk):
-        u = df(lk)
-        return lk - math.log(ridge) - math.log(solve_t(u) * (1.0 - u) / u)
+        u, v = df(lk)
+        if u <= 0:  # kappa so large that no eigenvalue counts: past the root
+            return 1e300
+        if u >= mass * (1 - 1e-12):  # only reached if the root lies below the bracket's edge
+            return -1e300
+        return lk - math.log(ridge) - math.log(solve_t(u, v) * v / u)
 
     hi = math.log(float(lam.sum()) + ridge) + 1.0
     while g(hi) <= 0:
         hi += 5.0
     kappa = math.exp(brentq(g, lo, hi, xtol=1e-14, rtol=1e-15, maxiter=500))
-    u = df(math.log(kappa))
-    t = solve_t(u)
+    u, v = df(math.log(kappa))
+    t = solve_t(u, v)
     f_t = float(np.sum(probs * b / (1 + t * b) ** 2))  # d/dt of sum p t b / (1 + t b)
     f_r = float(np.sum(probs * t / (1 + t * b) ** 2))  # d/d(shift) of the same
-    dlogs_du = 1 / (t * f_t) - 1 / (1 - u) - 1 / u
+    dlogs_du = 1 / (t * f_t) - 1 / v - 1 / u
     ddf = -float(np.sum(lam / (lam + kappa) ** 2)) / p
     g_k = 1 / kappa - dlogs_du * ddf
     g_r = (f_r / f_t) / t  # d log S / d shift at fixed u is (dt/d shift) / t = -(f_r / f_t) / t
