@@ -163,6 +163,7 @@ class Layer:
         generator: Optional[torch.Generator] = None,
         dtype: Optional[torch.dtype] = None,
         device: Union[str, torch.device, None] = None,
+        init: str = "gaussian",
     ) -> nn.Module:
         """The finite-width ``torch.nn.Module`` whose random initialization has this limit.
 
@@ -175,6 +176,15 @@ class Layer:
                 ``torch.manual_seed`` makes it reproducible too.
             generator: a ``torch.Generator`` from which the network seed is drawn.
             dtype, device: of the parameters (default: torch's default dtype, CPU).
+            init: how Dense and Conv weights are drawn: ``"gaussian"`` (i.i.d., whose
+                infinite-width limit is this layer's kernel), ``"orthogonal"`` (scaled Haar
+                orthogonal matrices with the same entry variance, Saxe et al. 2014; a Conv's
+                ``(out, in * taps)`` matrix) or ``"delta_orthogonal"`` (as "orthogonal" for
+                Dense; a Conv is zero except for an orthogonal centre tap, Xiao et al. 2018).
+                Biases stay Gaussian; attention projections stay Gaussian. Orthogonal Dense
+                layers have the same NNGP limit as Gaussian ones; a delta-orthogonal Conv acts
+                like a 1x1 convolution at initialization, so its limit is not ``Conv``'s
+                kernel. Used for dynamical isometry (``theory.jacobian_spectrum``).
         """
         if seed is not None and generator is not None:
             from ..errors import ParameterError
@@ -201,7 +211,11 @@ class Layer:
         seeds = (derive_seed(seed, i) for i in counter)
         # ``ndim``: spatial dimensions of the current layer's input, when known (layers that
         # remove spatial axes set it to 0 for the layers built after them).
-        factory = {"dtype": dtype, "device": device, "ndim": ndim}
+        from .._validate import check_choice
+        from ._modules import INITS
+
+        factory = {"dtype": dtype, "device": device, "ndim": ndim,
+                   "init": check_choice(f"{self._name}.module", "init", init, INITS)}
         module, _ = self._build(spec, seeds, factory)
         return module
 

@@ -31,12 +31,53 @@ def _standard_normal(shape: Sequence[int], generator: torch.Generator) -> torch.
     return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 
+INITS = ("gaussian", "orthogonal", "delta_orthogonal")
+
+
+def _orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A Haar-random (rows, cols) partial isometry: orthonormal rows or columns, whichever
+    are fewer (QR of a Gaussian matrix with the signs of R's diagonal fixed)."""
+    big, small = max(rows, cols), min(rows, cols)
+    q, r = torch.linalg.qr(_standard_normal((big, small), generator))
+    q = q * torch.sign(torch.diagonal(r))
+    return q if rows >= cols else q.T
+
+
+def _draw_weight(module: nn.Module, fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    """The weight in the "ntk" parameterization's units (multiplied by W_std / sqrt(fan_in) in
+    the forward pass). "gaussian": N(0, 1) entries. "orthogonal": the (out, fan_in) matrix is
+    sqrt(max(out, fan_in)) times a Haar partial isometry, so the effective weight has the
+    Gaussian's entry variance W_std^2 / fan_in and singular values all equal (W_std when
+    out <= fan_in; Saxe et al. 2014). "delta_orthogonal" (convolutions; Xiao et al. 2018):
+    zero except at the kernel's centre, an orthogonal (out, in) matrix scaled the same way
+    against the centre's fan-in ``in``, so every position's channels map isometrically."""
+    shape = tuple(module.weight.shape)
+    init = getattr(module, "init", "gaussian")
+    if init == "gaussian":
+        return _standard_normal(shape, generator)
+    out = shape[0]
+    if init == "orthogonal" or len(shape) == 2:
+        q = _orthogonal(out, fan_in, generator)
+        return (math.sqrt(max(out, fan_in)) * q).reshape(shape)
+    in_channels, taps = shape[1], math.prod(shape[2:])
+    if any(k % 2 == 0 for k in shape[2:]):
+        from ..errors import ParameterError
+
+        raise ParameterError(f"ConvModule: init='delta_orthogonal' needs odd kernel sizes, with a centre tap "
+                             f"(got kernel_size {shape[2:]})")
+    weight = torch.zeros(shape, dtype=torch.float64)
+    centre = (slice(None), slice(None)) + tuple(k // 2 for k in shape[2:])
+    # Effective centre weight W_std sqrt(max(out, in) / in) Q, in units of W_std / sqrt(in * taps).
+    weight[centre] = math.sqrt(taps * max(out, in_channels)) * _orthogonal(out, in_channels, generator)
+    return weight
+
+
 def _draw_affine(module: nn.Module, fan_in: int) -> None:
-    """Draws ``module.weight`` and ``module.bias`` from ``module.seed``: N(0, 1) for the "ntk"
-    parameterization (scaled in the forward pass), N(0, W_std^2 / fan_in) and N(0, b_std^2)
-    for "standard"."""
+    """Draws ``module.weight`` (see :func:`_draw_weight`) and ``module.bias`` (N(0, 1)) from
+    ``module.seed`` in the "ntk" parameterization's units; "standard" scales them by
+    ``W_std / sqrt(fan_in)`` and ``b_std`` here instead of in the forward pass."""
     generator = torch.Generator().manual_seed(module.seed)
-    weight = _standard_normal(module.weight.shape, generator)
+    weight = _draw_weight(module, fan_in, generator)
     bias = None if module.bias is None else _standard_normal(module.bias.shape, generator)
     if module.parameterization == "standard":
         weight.mul_(module.W_std / math.sqrt(fan_in))
@@ -70,8 +111,10 @@ class DenseModule(LazyModuleMixin, nn.Module):
         seed: int,
         dtype: Optional[torch.dtype] = None,
         device: Optional[torch.device] = None,
+        init: str = "gaussian",
     ) -> None:
         super().__init__()
+        self.init = init
         self.in_features = in_features
         self.out_features = out_features
         self.W_std = W_std
@@ -123,6 +166,7 @@ class DenseModule(LazyModuleMixin, nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
+            + ("" if self.init == "gaussian" else f", init={self.init!r}")
         )
 
 
@@ -304,8 +348,10 @@ class ConvModule(LazyModuleMixin, nn.Module):
 
     def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size, stride, dilation,
                  padding: str, W_std: float, b_std: Optional[float], parameterization: str, seed: int,
-                 ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None) -> None:
+                 ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None,
+                 init: str = "gaussian") -> None:
         super().__init__()
+        self.init = init
         self.in_channels = in_channels
         self.out_channels = out_channels
         self._sizes = (kernel_size, stride, dilation)
@@ -374,6 +420,7 @@ class ConvModule(LazyModuleMixin, nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding!r}, dilation={self.dilation}, W_std={self.W_std}, b_std={self.b_std}, "
             f"parameterization={self.parameterization!r}"
+            + ("" if self.init == "gaussian" else f", init={self.init!r}")
         )
 
 

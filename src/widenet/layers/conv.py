@@ -142,5 +142,6 @@ class Conv(Layer):
             self._single_spec(spec), self.out_channels, self.kernel_size, self.stride, self.dilation,
             self.padding, self.W_std, self.b_std, self.parameterization, next(seeds),
             ndim=factory.get("ndim"), dtype=factory["dtype"], device=factory["device"],
+            init=factory.get("init", "gaussian"),
         )
         return module, self.out_channels

@@ -78,6 +78,6 @@ class Dense(Layer):
         in_features = self._single_spec(spec)
         module = DenseModule(
             in_features, self.out_features, self.W_std, self.b_std, self.parameterization,
-            next(seeds), dtype=factory["dtype"], device=factory["device"],
+            next(seeds), dtype=factory["dtype"], device=factory["device"], init=factory.get("init", "gaussian"),
         )
         return module, self.out_features
