@@ -181,10 +181,11 @@ class Layer:
                 orthogonal matrices with the same entry variance, Saxe et al. 2014; a Conv's
                 ``(out, in * taps)`` matrix) or ``"delta_orthogonal"`` (as "orthogonal" for
                 Dense; a Conv is zero except for an orthogonal centre tap, Xiao et al. 2018).
-                Biases stay Gaussian; attention projections stay Gaussian. Orthogonal Dense
-                layers have the same NNGP limit as Gaussian ones; a delta-orthogonal Conv acts
-                like a 1x1 convolution at initialization, so its limit is not ``Conv``'s
-                kernel. Used for dynamical isometry (``theory.jacobian_spectrum``).
+                Biases and attention projections stay Gaussian. Orthogonal weights keep the
+                Gaussian's entry variance, so pre-activation variances follow the same length
+                map; a delta-orthogonal Conv acts like a 1x1 convolution at initialization, so
+                its network is not the one ``Conv``'s kernel describes. Used for dynamical
+                isometry (``theory.jacobian_spectrum``).
         """
         if seed is not None and generator is not None:
             from ..errors import ParameterError
