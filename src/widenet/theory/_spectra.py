@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .._validate import as_tensor, check_float, check_int
+from .._validate import as_tensor, check_choice, check_float, check_int
 from ..errors import NumericalError, ParameterError, ShapeError
 
 D = torch.float64
@@ -337,8 +337,6 @@ def eigenlearning(spectrum: Any, n: Any, *, ridge: float = 0.0, noise: float = 0
     owner = "theory.eigenlearning"
     ridge = check_float(owner, "ridge", ridge, minimum=0.0)
     noise = check_float(owner, "noise", noise, minimum=0.0)
-    from .._validate import check_choice
-
     sampling = check_choice(owner, "sampling", sampling, SAMPLINGS)
     if isinstance(spectrum, KernelSpectrum):
         lam = spectrum.eigenvalues
@@ -490,7 +488,7 @@ def learning_curve(kernel: Any, y: Any, n: Sequence[int], *, ridge: float = 0.0,
     noise = check_float(owner, "noise", noise, minimum=0.0)
     trials = check_int(owner, "trials", trials, minimum=1)
     seed = check_int(owner, "seed", seed)
-    sizes = [check_int(owner, "n", int(v) if isinstance(v, (np.integer,)) else v, minimum=1) for v in n]
+    sizes = [check_int(owner, "n", v, minimum=1) for v in n]
     if not sizes:
         raise ParameterError(f"{owner}: n must list at least one training-set size (got {list(n)})")
     if not replace and max(sizes) > p:
@@ -510,7 +508,7 @@ def learning_curve(kernel: Any, y: Any, n: Sequence[int], *, ridge: float = 0.0,
             yt = targets[idx]
             if noise > 0:
                 yt = yt + noise * torch.randn(yt.shape, generator=gen, dtype=D)
-            kk = k[idx][:, idx]
+            kk = k[idx[:, None], idx[None, :]]  # one gather, no (n, P) intermediate
             kk.diagonal().add_(ridge)
             chol, info = torch.linalg.cholesky_ex(kk)
             if int(info) != 0:
