@@ -52,7 +52,7 @@ def _draw_weight(module: nn.Module, fan_in: int, generator: torch.Generator) -> 
     zero except at the kernel's centre, an orthogonal (out, in) matrix scaled the same way
     against the centre's fan-in ``in``, so every position's channels map isometrically."""
     shape = tuple(module.weight.shape)
-    init = getattr(module, "init", "gaussian")
+    init = module.init
     if init == "gaussian":
         return _standard_normal(shape, generator)
     out = shape[0]
