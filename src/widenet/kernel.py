@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from . import _scratch
+
 __all__ = ["Kernel"]
 
 
@@ -198,7 +200,7 @@ class Work:
     def prod(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         """The tile of products ``a1[i, s] * a2[j, s']`` (a fresh tensor)."""
         r, c = self.outer(a1, a2)
-        return r * c
+        return _scratch.call(torch.mul, r, c)
 
     def sum(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         """The tile of sums ``a1[i, s] + a2[j, s']`` (a fresh tensor)."""

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .. import _scratch
 from .._validate import as_tensor, check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
 from ..kernel import Kernel, Work
@@ -308,7 +309,7 @@ def _symmetric_block(t: torch.Tensor, nspatial: int, full: bool) -> torch.Tensor
     swapped = _swap(t, 2, nspatial, full)
     index = torch.arange(b, device=t.device)
     upper = (index[:, None] < index[None, :]).reshape((b, b) + (1,) * (t.ndim - 2))
-    out = torch.where(upper, t, swapped)
+    out = _scratch.call(torch.where, upper, t, swapped, like=t)
     out.diagonal(0, 0, 1).copy_(((t + swapped) / 2).diagonal(0, 0, 1))
     return out
 
@@ -335,8 +336,9 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
     else:
         def self_cov(x: torch.Tensor) -> torch.Tensor:
             f = x.reshape(x.shape[0], c, n)
-            g = torch.matmul(f.transpose(1, 2), f).div_(c)
-            return ((g + g.transpose(1, 2)) / 2).reshape((x.shape[0],) + spatial + spatial)
+            g = _scratch.call(torch.matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
+            g = _scratch.call(torch.add, g, g.transpose(1, 2)).div_(2)
+            return g.reshape((x.shape[0],) + spatial + spatial)
 
         cov1 = self_cov(xr)
         cov2 = cov1 if same else self_cov(xc)
@@ -352,8 +354,9 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
         else:
             fr = xr.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
             fc = xc.reshape(m, c, n).transpose(1, 2).reshape(m * n, c)
-            g = torch.matmul(fr, fc.T).div_(c).reshape(b, n, m, n).permute(0, 2, 1, 3)
-            nngp = g.contiguous().reshape((b, m) + spatial + spatial)
+            g = _scratch.call(torch.matmul, fr, fc.T, shape=(b * n, m * n)).div_(c)
+            g = g.reshape(b, n, m, n).permute(0, 2, 1, 3)
+            nngp = _scratch.clone(g).reshape((b, m) + spatial + spatial)
         if same:
             nngp = _symmetric_block(nngp, len(spatial), full)
             nngp.diagonal(0, 0, 1).copy_(cov1.movedim(0, -1))
@@ -410,7 +413,7 @@ def _check_reverse_mode(owner: str, layer: Layer) -> None:
 def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
              memory: Any = None, layout: str = "auto", mask1: Any = None,
              mask2: Any = None) -> Kernel:
-    from .._validate import available_memory, check_memory
+    from .._validate import check_memory
 
     owner = f"{layer._name}.kernel"
     _check_reverse_mode(owner, layer)
@@ -419,13 +422,27 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
     budget = None if memory is None else check_memory(owner, "memory", memory)
     x1, x2 = _check_inputs(owner, x1, x2)
     keep1, keep2 = _check_masks(owner, x1, x2, mask1, mask2)
+    spatial = tuple(x1.shape[2:])
+    full = _choose_layout(owner, layer, layout, spatial)
+    # Tiles reuse their temporaries' buffers, except when forward-mode AD tracks hyperparameter
+    # or input tangents (dual tensors cannot be written through ``out=``).
+    plain = _scratch.plain(x1, x2, *(t for _, t in _hyperparameters(layer)))
+    with _scratch.reusing(plain):
+        return _compute_tiles(layer, owner, x1, x2, keep1, keep2, want_ntk=want_ntk,
+                              block_size=block_size, budget=budget, full=full)
+
+
+def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torch.Tensor],
+                   keep1: Optional[torch.Tensor], keep2: Optional[torch.Tensor], *, want_ntk: bool,
+                   block_size: Optional[int], budget: Optional[int], full: bool) -> Kernel:
+    from .._validate import available_memory
+
     same = x2 is None
     keepb = keep1 if same else keep2
     rows = lambda k, a, b: None if k is None else k[a:b]  # noqa: E731
     xb = x1 if same else x2
     n1, n2 = x1.shape[0], xb.shape[0]
     spatial = tuple(x1.shape[2:])
-    full = _choose_layout(owner, layer, layout, spatial)
 
     # Probe: one pair through the network validates the architecture against the inputs
     # (orders, shapes, closed forms) before any expensive work, and gives the output layout.
@@ -474,7 +491,7 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
                                diagonal=0 if diag_block else None, keep_r=rows(keep1, r0, r1),
                                keep_c=rows(keepb, c0, c1))
             if want_ntk:
-                work.ntk = torch.zeros_like(work.nngp)
+                work.ntk = _scratch.empty_like(work.nngp).zero_()
             last = work = _run_single(layer, work)
             tiles = [(nngp, work.nngp)] + ([(ntk, work.ntk)] if want_ntk else [])
             if diag_block:

@@ -9,10 +9,13 @@ slice-adds per axis group: cheap, exact, and without temporaries larger than the
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import torch
 
+from .. import _scratch
 from ..errors import ParameterError, ShapeError
 
 PADDINGS = ("same", "valid", "circular")
@@ -89,9 +92,60 @@ def window_sum(
             continue
         if circular:
             out = _padded_sum(_wrap_axes(out, axes, lo, hi), axes, k, st, dil)
+        elif (st == 1 and lo + hi == (k - 1) * dil and out.is_contiguous() and out.numel()
+              and math.prod(out.shape[min(axes):]) <= _FLAT_BLOCK):
+            out = _flat_sum(out, axes, k, dil, lo)
         else:
             out = _shifted_sum(out, axes, k, st, dil, lo, hi)
     return out if out is not t else t.clone()
+
+
+# Largest trailing block (entries) summed through flat offsets. The masks are cached per
+# shape, and beyond this size the strided slices of :func:`_shifted_sum` have inner loops
+# long enough to run as fast.
+_FLAT_BLOCK = 1 << 16
+
+
+def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -> torch.Tensor:
+    """The size-preserving, stride-1 case of :func:`_shifted_sum`, with the same values.
+
+    Shifting every axis of the group by ``s`` moves a contiguous tensor's flat index by one
+    constant, so each offset is one contiguous multiply-add of the flattened trailing block
+    (from the group's first axis on) against a 0/1 mask of the positions whose source lies
+    inside the input. The offsets are added in the same order as there (the unshifted one
+    first), so the sums are the same numbers, not just close ones.
+    """
+    first = min(axes)
+    lead = math.prod(t.shape[:first])
+    flat = t.reshape(lead, -1)
+    block = flat.shape[1]
+    shifts = [o * dil - lo for o in range(k)]
+    # Start from the unshifted offset (a copy); windows without it start from zeros.
+    out = _scratch.clone(flat) if 0 in shifts else _scratch.empty_like(flat).zero_()
+    for s in shifts:
+        if s == 0:
+            continue
+        delta = s * sum(t.stride(ax) for ax in axes)
+        if abs(delta) >= block:
+            continue  # every source lies outside the input (the mask would be all zeros)
+        mask = _shift_mask(tuple(t.shape[first:]), tuple(ax - first for ax in axes), s, t.dtype, t.device)
+        if delta > 0:
+            out[:, :block - delta].addcmul_(flat[:, delta:], mask[:block - delta])
+        else:
+            out[:, -delta:].addcmul_(flat[:, :block + delta], mask[-delta:])
+    return out.view(t.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_mask(shape: tuple, axes: tuple, s: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Flat 0/1 mask over a block of ``shape``: one where every axis in ``axes`` still lies
+    inside its range after moving by ``s``."""
+    keep = torch.ones(shape, dtype=torch.bool, device=device)
+    for ax in axes:
+        index = torch.arange(shape[ax], device=device) + s
+        inside = (index >= 0) & (index < shape[ax])
+        keep &= inside.reshape((-1,) + (1,) * (len(shape) - ax - 1))
+    return keep.reshape(-1).to(dtype)
 
 
 def _padded_sum(padded: torch.Tensor, axes: Sequence[int], k: int, st: int, dil: int) -> torch.Tensor:
@@ -112,7 +166,7 @@ def _shifted_sum(t: torch.Tensor, axes: Sequence[int], k: int, st: int, dil: int
     shape = list(t.shape)
     for ax in axes:
         shape[ax] = n_out
-    out = t.new_empty(shape)
+    out = _scratch.empty(shape, t)
     # Output position p reads input p * st + o * dil - lo, when that lies inside [0, n).
     spans = []
     for o in range(k):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _scratch
 from .._validate import check_float, check_int
 from ..errors import LayerOrderError, ParameterError
 from ..kernel import Work
@@ -85,7 +86,7 @@ class Nonlinearity(Layer):
         return w
 
     def _self_rule(self, w: Work, cov: torch.Tensor, new_var: torch.Tensor) -> torch.Tensor:
-        own = Work(cov.clone(), None, cov, cov, self_mode=True, spatial=w.spatial, full=True)
+        own = Work(_scratch.clone(cov), None, cov, cov, self_mode=True, spatial=w.spatial, full=True)
         self._tile(own)
         n, b = w.npos, cov.shape[0]
         own.nngp.view(b, n, n).diagonal(dim1=1, dim2=2).copy_(new_var.reshape(b, n))
@@ -97,7 +98,7 @@ class Nonlinearity(Layer):
 
 def _angles(w: Work, root: torch.Tensor) -> torch.Tensor:
     """``theta = atan2(sqrt(q1 q2 - K^2), K)``, with pi/2 where an input has zero variance."""
-    theta = torch.atan2(root, w.nngp)
+    theta = _scratch.call(torch.atan2, root, w.nngp)
     zero = w.zero_variance_mask()
     if zero is not None:
         theta.masked_fill_(zero, _PI / 2)
@@ -109,7 +110,7 @@ def _sin_root(w: Work) -> torch.Tensor:
     # Two separately rounded products, not a fused multiply-add: for an input against itself
     # (K == q1 == q2 bitwise) the difference is then exactly zero, and so is the angle.
     root = w.prod(w.var1, w.var2)
-    return safe_sqrt(root.sub_(w.nngp * w.nngp).clamp_(min=0))
+    return safe_sqrt(root.sub_(_scratch.call(torch.mul, w.nngp, w.nngp)).clamp_(min=0))
 
 
 @dataclass(frozen=True)

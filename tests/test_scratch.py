@@ -1,0 +1,191 @@
+"""Reused tile buffers and flat-offset window sums: same numbers as without them."""
+
+import threading
+
+import pytest
+import torch
+
+import widenet as wn
+from widenet import _scratch
+from widenet.layers import _spatial
+
+
+# ---- the buffer pool ------------------------------------------------------------------------
+
+LIKE = torch.empty(0, dtype=torch.float64)
+BIG = (128, 128)  # 128 KiB of float64: above the pool's minimum size
+
+
+def test_outside_a_block_nothing_is_pooled():
+    held = [_scratch.empty(BIG, LIKE) for _ in range(3)]
+    assert not _scratch.active()
+    assert all(t.shape == BIG and t.dtype == torch.float64 for t in held)
+    assert _scratch._state.buffers == {}
+
+
+def test_a_buffer_is_reused_only_once_nothing_uses_its_memory():
+    with _scratch.reusing():
+        a = _scratch.empty(BIG, LIKE)
+        ptr = a.data_ptr()
+        view = a[3:].t()  # a view keeps the buffer busy after the tensor itself is gone
+        del a
+        b = _scratch.empty(BIG, LIKE)
+        assert b.data_ptr() != ptr
+        del view
+        c = _scratch.empty((64, 256), LIKE)  # same size, other shape: the same buffer
+        assert c.data_ptr() == ptr and c.shape == (64, 256)
+        assert b.data_ptr() != c.data_ptr()
+    assert _scratch._state.buffers == {}  # dropped when the block ends
+
+
+def test_small_tensors_and_disabled_blocks_are_not_pooled():
+    with _scratch.reusing():
+        small = _scratch.empty((4, 4), LIKE)
+        del small
+        assert _scratch._state.buffers == {}
+        with _scratch.reusing(False):
+            assert not _scratch.active()
+            assert _scratch.call(torch.mul, torch.ones(BIG, dtype=torch.float64), 2.0).sum() == 2 * 128 * 128
+            assert _scratch._state.buffers == {}
+        assert _scratch.active()
+
+
+def test_the_pool_belongs_to_its_thread():
+    seen = []
+    with _scratch.reusing():
+        worker = threading.Thread(target=lambda: seen.append(_scratch.active()))
+        worker.start()
+        worker.join()
+        assert _scratch.active()
+    assert seen == [False]
+
+
+def test_call_writes_every_element_and_takes_a_shape_for_non_elementwise_ops():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(128, 80, generator=g, dtype=torch.float64)
+    b = torch.randn(80, 96, generator=g, dtype=torch.float64)
+    with _scratch.reusing():
+        junk = _scratch.empty((128, 96), LIKE).fill_(float("nan"))
+        ptr = junk.data_ptr()
+        del junk  # its buffer, full of NaN, is what the next call gets
+        prod = _scratch.call(torch.matmul, a, b, shape=(128, 96))
+        assert prod.data_ptr() == ptr
+        assert torch.equal(prod, a @ b)
+        r, c = a[:, :1], b[:1, :]
+        assert torch.equal(_scratch.call(torch.mul, r, c), r * c)
+
+
+def test_plain_refuses_tensors_with_autograd_state():
+    x = torch.ones(3)
+    assert _scratch.plain(x, None, 1.0)
+    assert not _scratch.plain(torch.ones(3, requires_grad=True))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        assert not _scratch.plain(fwAD.make_dual(x, torch.ones(3)))
+
+
+# ---- kernels with and without the pool --------------------------------------------------------
+
+def _without_pool(monkeypatch, fn):
+    monkeypatch.setattr(_scratch, "_use_count", None)
+    try:
+        return fn()
+    finally:
+        monkeypatch.undo()
+
+
+def _nets():
+    g = torch.Generator().manual_seed(1)
+    cnn = wn.Serial(wn.Conv(8, 3, W_std=1.4, b_std=0.1), wn.Relu(), wn.Conv(8, 3, W_std=1.3),
+                    wn.Erf(), wn.AvgPool(2, stride=1, padding="same"), wn.GlobalAvgPool(),
+                    wn.Dense(3))
+    block = wn.Serial(
+        wn.Dense(16, 1.0, 0.1), wn.FanOut(2),
+        wn.Parallel(wn.Identity(), wn.SelfAttention(16, pos_emb="sum", b_std=0.1)),
+        wn.FanInSum(), wn.LayerNorm(), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(2))
+    flat = wn.Serial(wn.Conv(8, 3, dilation=2), wn.Relu(), wn.Flatten(), wn.Dense(4))
+    return [
+        ("pooled cnn", cnn, torch.randn(11, 2, 6, 5, generator=g, dtype=torch.float64),
+         torch.randn(4, 2, 6, 5, generator=g, dtype=torch.float64), {}),
+        ("attention, masked", block, torch.randn(9, 3, 7, generator=g, dtype=torch.float64), None,
+         {"mask1": torch.arange(7)[None, :] >= torch.randint(2, 8, (9, 1), generator=g)}),
+        ("diagonal layout", flat, torch.randn(13, 2, 9, 9, generator=g, dtype=torch.float64),
+         torch.randn(5, 2, 9, 9, generator=g, dtype=torch.float64), {}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3), ids=lambda i: ["pooled cnn", "attention", "diagonal"][i])
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_reused_buffers_change_no_bit_of_any_kernel(monkeypatch, case, block_size):
+    _, net, x1, x2, masks = _nets()[case]
+    calls = [lambda: net.kernel(x1, block_size=block_size, **masks)]
+    if x2 is not None:
+        calls.append(lambda: net.kernel(x1, x2, block_size=block_size))
+    for call in calls:
+        pooled = call()
+        fresh = _without_pool(monkeypatch, call)
+        for name in ("nngp", "ntk", "var1"):
+            assert torch.equal(getattr(pooled, name), getattr(fresh, name)), name
+        assert torch.isfinite(pooled.ntk).all()
+
+
+def test_results_do_not_share_memory_with_later_calls():
+    _, net, x1, x2, _ = _nets()[0]
+    first = net.kernel(x1)
+    kept = first.nngp.clone(), first.ntk.clone()
+    net.kernel(x2)
+    net.kernel(x1, x2)
+    assert torch.equal(first.nngp, kept[0]) and torch.equal(first.ntk, kept[1])
+
+
+# ---- window sums ------------------------------------------------------------------------------
+
+def _naive_window(t, groups, k, dil, lo, hi):
+    """Textbook definition: zero-pad each group's axes, then add the slices at every offset."""
+    out = t
+    for axes in groups:
+        pad = [slice(None)] * out.ndim
+        shape = list(out.shape)
+        for ax in axes:
+            shape[ax] += lo + hi
+            pad[ax] = slice(lo, lo + out.shape[ax])
+        padded = out.new_zeros(shape)
+        padded[tuple(pad)] = out
+        acc = torch.zeros_like(out)
+        for o in range(k):
+            index = [slice(None)] * out.ndim
+            for ax in axes:
+                index[ax] = slice(o * dil, o * dil + out.shape[ax])
+            acc += padded[tuple(index)]
+        out = acc
+    return out
+
+
+WINDOWS = [  # tile shape, groups of tied axes, window, dilation
+    ((5, 6, 7, 6, 7), [[1, 3], [2, 4]], 3, 1),  # 2-D full layout, tied offsets
+    ((4, 6, 5, 6, 5), [[1, 3], [2, 4]], 2, 2),  # even dilated window: no unshifted offset
+    ((3, 9, 9), [[1, 2]], 4, 1),  # 1-D full layout, padding split unevenly
+    ((3, 2, 3, 2, 3), [[1, 3], [2, 4]], 5, 1),  # window wider than the input
+    ((6, 7, 8), [[1], [2]], 3, 2),  # diagonal layout, dilated
+    ((2, 3, 4, 5, 3, 4, 5), [[1, 4], [2, 5], [3, 6]], 3, 1),  # 3-D full layout
+]
+
+
+@pytest.mark.parametrize("shape, groups, k, dil", WINDOWS)
+def test_flat_offset_window_sums_equal_strided_slices_bit_for_bit(shape, groups, k, dil):
+    g = torch.Generator().manual_seed(len(shape) * k + dil)
+    t = torch.randn(shape, generator=g, dtype=torch.float64)
+    span = (k - 1) * dil
+    lo, hi = span // 2, span - span // 2
+    n = len(groups)
+    args = (groups, (k,) * n, (1,) * n, (dil,) * n, [(lo, hi)] * n, False)
+    flat, strided = t, t
+    for axes in groups:
+        flat = _spatial._flat_sum(flat, axes, k, dil, lo)
+        strided = _spatial._shifted_sum(strided, axes, k, 1, dil, lo, hi)
+    assert torch.equal(flat, strided)
+    assert torch.equal(_spatial.window_sum(t, *args), flat)
+    torch.testing.assert_close(flat, _naive_window(t, groups, k, dil, lo, hi), rtol=1e-14, atol=1e-14)
+    assert torch.equal(t, torch.randn(shape, generator=g.manual_seed(len(shape) * k + dil),
+                                      dtype=torch.float64))  # the input is left alone
