@@ -275,9 +275,9 @@ class Work:
             d.copy_(self.cov1[:m].movedim(0, -1))
 
     def copy(self) -> "Work":
-        clone = lambda t: None if t is None else t.clone()  # noqa: E731
-        cov1 = self.cov1.clone()
-        cov2 = cov1 if self.cov2 is self.cov1 else self.cov2.clone()
+        clone = lambda t: None if t is None else _scratch.clone(t)  # noqa: E731
+        cov1 = _scratch.clone(self.cov1)
+        cov2 = cov1 if self.cov2 is self.cov1 else _scratch.clone(self.cov2)
         return Work(
             clone(self.nngp), clone(self.ntk), cov1, cov2,
             self_mode=self.self_mode, is_gaussian=self.is_gaussian, width=self.width,

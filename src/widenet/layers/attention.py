@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from .. import _scratch
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError
 from ._base import Flow, Layer, Spec
@@ -218,10 +219,10 @@ class SelfAttention(Layer):
             new_cov2 = new_cov1 if same else _sandwich(g2, v2, g2).mul_(ov_var).add_(b_var)
             if tiles:
                 vn = pair_interp(nngp) if self.values_pos_emb else nngp
-                k = _sandwich(g1[:, None], vn, g2[None]).mul_(ov_var).add_(b_var)
+                k = _pair_sandwich(g1, vn, g2).mul_(ov_var).add_(b_var)
                 if ntk is not None:
                     vt = pair_interp(ntk) if self.values_pos_emb else ntk
-                    ntk = _sandwich(g1[:, None], vt, g2[None]).mul_(ov_var).add_(k, alpha=2.0).sub_(b_var)
+                    ntk = _pair_sandwich(g1, vt, g2).mul_(ov_var).add_(k, alpha=2.0).sub_(b_var)
                 nngp = k
         else:
             std2 = (qk * self.W_out_std * self.W_value_std) ** 2
@@ -293,3 +294,19 @@ class SelfAttention(Layer):
 def _sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     """``g1 @ k @ g2^T`` over the last two axes (broadcasting the leading ones)."""
     return torch.matmul(torch.matmul(g1, k), g2.transpose(-1, -2))
+
+
+def _pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """``g1[i] @ k[i, j] @ g2[j]^T`` for every pair of a ``(B, C, n, n)`` tile, contiguous.
+
+    As a batch of B * C products of n x n matrices this runs far from the matrix-multiply
+    peak for sequence lengths of tens, and broadcasting copies ``g1`` and ``g2`` C and B
+    times. Instead each row input's weights multiply all its columns in one (n x n) @
+    (n x C n) product, and each column input's weights all its rows in one (B n x n) @
+    (n x n) product."""
+    b, c, n, _ = k.shape
+    by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, s, c, u)
+    left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, t, c, u)
+    by_col = _scratch.clone(left.view(b, n, c, n).permute(2, 0, 1, 3)).view(c, b * n, n)
+    right = _scratch.call(torch.bmm, by_col, g2.transpose(1, 2), shape=(c, b * n, n))
+    return _scratch.clone(right.view(c, b, n, n).transpose(0, 1))

@@ -78,9 +78,9 @@ class LayerNorm(Layer):
         n1, n2 = norms(w.var1, w.keep1), norms(w.var2, w.keep2)
         if w.nngp is not None:
             divisor = w.prod(n1, n2)
-            w.nngp = w.nngp / divisor
+            w.nngp.div_(divisor)
             if w.ntk is not None:
-                w.ntk = w.ntk / divisor
+                w.ntk.div_(divisor)
         same = w.cov2 is w.cov1
         w.cov1 = w.cov1 / w.own_prod(n1)
         w.cov2 = w.cov1 if same else w.cov2 / w.own_prod(n2)
