@@ -189,3 +189,20 @@ def test_flat_offset_window_sums_equal_strided_slices_bit_for_bit(shape, groups,
     torch.testing.assert_close(flat, _naive_window(t, groups, k, dil, lo, hi), rtol=1e-14, atol=1e-14)
     assert torch.equal(t, torch.randn(shape, generator=g.manual_seed(len(shape) * k + dil),
                                       dtype=torch.float64))  # the input is left alone
+
+
+def test_the_pool_keeps_at_most_its_limit():
+    size = 128 * 128 * 8
+    with _scratch.reusing(limit=2.5 * size):
+        a, b = _scratch.empty(BIG, LIKE), _scratch.empty(BIG, LIKE)
+        c = _scratch.empty(BIG, LIKE)  # over the limit, nothing free: handed out, not kept
+        assert _scratch._state.held == 2 * size
+        assert sum(len(v) for v in _scratch._state.buffers.values()) == 2
+        del a
+        d = _scratch.empty((256, 256), LIKE)  # 4x larger: the free one goes, d is not kept
+        assert _scratch._state.held == size and d.shape == (256, 256)
+        del c
+        e = _scratch.empty(BIG, LIKE)  # c was never pooled: a fresh buffer, now kept
+        assert _scratch._state.held == 2 * size
+        assert b.data_ptr() != e.data_ptr()
+    assert _scratch._state.held == 0 and _scratch._state.buffers == {}

@@ -6,8 +6,10 @@ allocator's mmap threshold is mapped from the operating system and faulted in pa
 then unmapped again when it dies: on a pooled CNN that was a third of the run time. Inside
 :func:`reusing`, :func:`empty` hands out views of buffers kept from earlier tiles instead.
 
-A buffer is handed out again only once no tensor uses its memory any more: every view of it
-(and every view of those views) holds a reference to its storage, and the pool reuses a
+The pool keeps at most ``limit`` bytes (a kernel call's memory budget): past it, free
+buffers are let go first, then new ones are no longer kept. A buffer is handed out again
+only once no tensor uses its memory any more: every view of it (and every view of those
+views) holds a reference to its storage, and the pool reuses a
 buffer only when the pool's own two references are the only ones left. So a temporary that
 escapes into a result, a cache or a user's hands is never overwritten; it only stops being
 reused. Buffers are dropped when the outermost :func:`reusing` block ends, so nothing is held
@@ -39,16 +41,19 @@ class _State(threading.local):
     def __init__(self) -> None:
         self.depth = 0
         self.buffers: dict[tuple, list[tuple[torch.Tensor, torch.UntypedStorage]]] = {}
+        self.held = 0  # bytes in ``buffers``
+        self.limit = 0
 
 
 _state = _State()
 
 
 @contextlib.contextmanager
-def reusing(enabled: bool = True) -> Iterator[None]:
+def reusing(enabled: bool = True, limit: float = math.inf) -> Iterator[None]:
     """Within the block (on this thread), :func:`empty` reuses buffers that are no longer
-    referenced. ``enabled=False`` leaves allocation alone (for forward-mode AD, whose dual
-    tensors cannot be written through ``out=``). Nested blocks share the outer pool."""
+    referenced, keeping at most ``limit`` bytes of them. ``enabled=False`` leaves allocation
+    alone (for forward-mode AD, whose dual tensors cannot be written through ``out=``).
+    Nested blocks share the outer pool and its limit."""
     if not enabled or _use_count is None or _state.depth < 0:
         # A disabled block also disables the blocks nested in it.
         saved = _state.depth
@@ -58,6 +63,8 @@ def reusing(enabled: bool = True) -> Iterator[None]:
         finally:
             _state.depth = saved
         return
+    if _state.depth == 0:
+        _state.limit = limit
     _state.depth += 1
     try:
         yield
@@ -65,6 +72,7 @@ def reusing(enabled: bool = True) -> Iterator[None]:
         _state.depth -= 1
         if _state.depth == 0:
             _state.buffers = {}
+            _state.held = 0
 
 
 def active() -> bool:
@@ -84,7 +92,19 @@ def empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         if _use_count(storage._cdata) == 2:
             return base.view(shape)
     base = torch.empty(numel, dtype=like.dtype, device=like.device)
+    size = numel * like.element_size()
+    if _state.held + size > _state.limit:
+        # Over the pool's bound: let go of the free buffers of every size first, and if
+        # that is not enough, hand out this one without keeping it.
+        for kept in _state.buffers.values():
+            busy = [(b, st) for b, st in kept if _use_count(st._cdata) != 2]
+            _state.held -= sum(b.numel() * b.element_size() for b, st in kept) - sum(
+                b.numel() * b.element_size() for b, st in busy)
+            kept[:] = busy
+        if _state.held + size > _state.limit:
+            return base.view(shape)
     slots.append((base, base.untyped_storage()))
+    _state.held += size
     return base.view(shape)
 
 

@@ -413,7 +413,7 @@ def _check_reverse_mode(owner: str, layer: Layer) -> None:
 def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
              memory: Any = None, layout: str = "auto", mask1: Any = None,
              mask2: Any = None) -> Kernel:
-    from .._validate import check_memory
+    from .._validate import available_memory, check_memory
 
     owner = f"{layer._name}.kernel"
     _check_reverse_mode(owner, layer)
@@ -427,16 +427,15 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
     # Tiles reuse their temporaries' buffers, except when forward-mode AD tracks hyperparameter
     # or input tangents (dual tensors cannot be written through ``out=``).
     plain = _scratch.plain(x1, x2, *(t for _, t in _hyperparameters(layer)))
-    with _scratch.reusing(plain):
+    budget = budget if budget is not None else available_memory(x1.device) // 4
+    with _scratch.reusing(plain, limit=budget):
         return _compute_tiles(layer, owner, x1, x2, keep1, keep2, want_ntk=want_ntk,
                               block_size=block_size, budget=budget, full=full)
 
 
 def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torch.Tensor],
                    keep1: Optional[torch.Tensor], keep2: Optional[torch.Tensor], *, want_ntk: bool,
-                   block_size: Optional[int], budget: Optional[int], full: bool) -> Kernel:
-    from .._validate import available_memory
-
+                   block_size: Optional[int], budget: int, full: bool) -> Kernel:
     same = x2 is None
     keepb = keep1 if same else keep2
     rows = lambda k, a, b: None if k is None else k[a:b]  # noqa: E731
@@ -457,7 +456,6 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
     # Tiles: as many pairs as fit the cache-sized target, never more than the budget allows.
     in_pair = math.prod(spatial) ** (2 if full else 1)
     item = x1.element_size()
-    budget = budget if budget is not None else available_memory(x1.device) // 4
     per_pair = _LIVE_TENSORS * in_pair * item
     max_pairs = budget // per_pair - 2  # the carried covariances cost about two more pairs
     if max_pairs < 1:
