@@ -20,7 +20,6 @@ Usage: python benchmarks/blocked_scale.py [--parts tiled dask falkon] [--n-train
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 
 import widenet as wn
 from widenet import blocked
+from widenet.testing.memory import peak_rss
 
 D = torch.float64
 
@@ -51,7 +51,7 @@ def digits_images(n):
 
 
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss() / 2**20
 
 
 def part_tiled(args):

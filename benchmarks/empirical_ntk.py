@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from widenet import empirical
+from widenet.testing.memory import peak_rss
 from widenet.testing.nt import nt_python
 
 METHODS = ("structured", "ntvp", "jacobian")
@@ -51,14 +51,14 @@ def build(name: str, dtype: torch.dtype):
 def _child(model_name: str, dtype: str, method: str, outputs: str, repeats: int, out: str) -> None:
     model, x, _ = build(model_name, getattr(torch, dtype))
     empirical.ntk(model, x[:2], outputs=outputs, method=method)  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         k = empirical.ntk(model, x, outputs=outputs, method=method, memory="4GB")
         times.append(time.perf_counter() - start)
     np.save(out + ".npy", k.numpy())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     Path(out + ".json").write_text(json.dumps({"time": min(times), "peak": peak, "before": before}))
 
 

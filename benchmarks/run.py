@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 import widenet as wn
+from widenet.testing.memory import peak_rss
 from widenet.testing.nt import nt_kernel, nt_python
 
 
@@ -90,7 +90,7 @@ def _widenet_child(name: str, dtype: str, repeats: int, out: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
     net = WORKLOADS[name][0]()
     net.kernel(x[:16])  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -98,14 +98,14 @@ def _widenet_child(name: str, dtype: str, repeats: int, out: str) -> None:
         times.append(time.perf_counter() - start)
     np.save(out + ".nngp.npy", k.nngp.numpy())
     np.save(out + ".ntk.npy", k.ntk.numpy())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     Path(out + ".json").write_text(json.dumps({"times": times, "peak": peak, "before": before}))
 
 
 def _baseline_rss() -> int:
     """Peak RSS of a process that only imports torch and widenet (subtracted from peaks)."""
-    code = ("import resource, widenet, torch; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    code = ("import widenet, torch; from widenet.testing.memory import peak_rss; "
+            "print(peak_rss())")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
 
 

@@ -197,14 +197,15 @@ def test_pooled_cnn_kernel_runs_within_its_memory_budget():
     # Naively (all pairs of 16x16 images at once) this kernel needs 40 * 40 * 256^2 * 8 bytes
     # = 840 MB per intermediate; with a 48 MB budget the peak RSS must grow by about that.
     script = textwrap.dedent("""
-        import json, resource, torch, widenet as wn
+        import json, torch, widenet as wn
+        from widenet.testing.memory import peak_rss
         torch.set_num_threads(1)
         net = wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.Conv(8, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
         x = torch.randn(40, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         net.kernel(x[:2], memory="48MB")  # warm up: libraries, allocator
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = peak_rss()
         k = net.kernel(x, memory="48MB")
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        after = peak_rss()
         print(json.dumps({"growth": after - before, "finite": bool(torch.isfinite(k.ntk).all())}))
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
