@@ -305,8 +305,8 @@ def _pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch
     (n x C n) product, and each column input's weights all its rows in one (B n x n) @
     (n x n) product."""
     b, c, n, _ = k.shape
-    by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, s, c, u)
-    left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, t, c, u)
+    by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, t, c, u)
+    left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, s, c, u)
     by_col = _scratch.clone(left.view(b, n, c, n).permute(2, 0, 1, 3)).view(c, b * n, n)
     right = _scratch.call(torch.bmm, by_col, g2.transpose(1, 2), shape=(c, b * n, n))
     return _scratch.clone(right.view(c, b, n, n).transpose(0, 1))
