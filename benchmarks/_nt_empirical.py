@@ -8,21 +8,6 @@ import time
 import numpy as np
 
 
-def _peak_rss() -> int:
-    """Resident high-water mark of this process image (VmHWM; ``ru_maxrss`` would include the
-    parent's size, which Linux carries across exec). widenet is not importable here."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def main(path):
     job = json.load(open(path))
     import jax
@@ -64,7 +49,15 @@ def main(path):
             times.append(time.perf_counter() - start)
         np.save(job["out"] + f".{name}.npy", np.asarray(k))
         out[name] = min(times)
-    out["peak"] = _peak_rss()
+    # widenet is not importable here; its stdlib-only memory helper is loaded by path.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "src" / "widenet" / "testing" / "memory.py"
+    spec = importlib.util.spec_from_file_location("_widenet_memory", path)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    out["peak"] = memory.peak_rss()
     json.dump(out, open(job["out"] + ".json", "w"))
 
 

@@ -12,21 +12,6 @@ import time
 import numpy as np
 
 
-def _peak_rss() -> int:
-    """Resident high-water mark of this process image (VmHWM; ``ru_maxrss`` would include the
-    parent's size, which Linux carries across exec). widenet is not importable here."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 _PADDING = {"same": "SAME", "valid": "VALID", "circular": "CIRCULAR"}
 
 
@@ -232,7 +217,14 @@ def main(path):
     if job.get("warmup", False):
         times = times[1:]
     result = {name: np.asarray(value) for name, value in zip(get, out)}
-    peak = _peak_rss()
+    # widenet is not importable here; its stdlib-only memory helper is loaded by path.
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_widenet_memory", Path(__file__).with_name("memory.py"))
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    peak = memory.peak_rss()
     np.savez(job["out"], times=np.asarray(times), peak=np.asarray(peak), **result)
 
 

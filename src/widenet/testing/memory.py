@@ -1,4 +1,8 @@
-"""Peak resident memory of the current process, for memory tests and benchmarks."""
+"""Peak resident memory of the current process, for memory tests and benchmarks.
+
+Only the standard library is imported: the Neural Tangents runners, in an environment
+without widenet, load this file by path.
+"""
 
 from __future__ import annotations
 
