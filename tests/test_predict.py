@@ -328,6 +328,9 @@ _DIFF = {
     "abrelu-sin-rbf": (lambda p: wn.Serial(wn.Dense(8, 1.2, 0.1), wn.ABRelu(p["a"], 1.2), wn.Dense(8), wn.Sin(1.0, p["s"], 0.3), wn.Dense(8), wn.Rbf(p["g"]), wn.Dense(1)), {"a": -0.3, "s": 0.8, "g": 0.6}, _X),
     "gelu-tanh-quadrature": (lambda p: wn.Serial(wn.Dense(8, p["w"], 0.1), wn.Gelu(), wn.Dense(8, p["w"]), wn.Tanh(), wn.Dense(1)), {"w": 1.2}, _X),
     "conv-pool": (lambda p: wn.Serial(wn.Conv(8, 3, W_std=p["w"], b_std=p["b"]), wn.Relu(), wn.Conv(8, 3, padding="valid", W_std=p["w"]), wn.GlobalAvgPool(), wn.Dense(1, p["w"])), {"w": 1.3, "b": 0.2}, _XS),
+    # Two size-preserving convolutions: the second one's window sums (the flat-offset path)
+    # act on tiles that carry tangents.
+    "conv-same-stack": (lambda p: wn.Serial(wn.Conv(8, 3, W_std=p["w"], b_std=p["b"]), wn.Relu(), wn.Conv(8, 3, W_std=p["w"]), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)), {"w": 1.3, "b": 0.2}, _XS),
     "layernorm-dropout": (lambda p: wn.Serial(wn.Conv(8, 3, W_std=1.2), wn.LayerNorm(eps=p["e"]), wn.Relu(), wn.Dropout(p["r"]), wn.GlobalAvgPool(), wn.Dense(1)), {"e": 0.3, "r": 0.2}, _XS),
     "attention-decay": (lambda p: wn.Serial(wn.Dense(8, 1.0, 0.1), wn.SelfAttention(8, pos_emb="sum", pos_emb_std=p["s"], pos_emb_p=p["p"], pos_emb_decay=lambda d: torch.exp(-d / 4)), wn.GlobalAvgPool(), wn.Dense(1)), {"s": 0.8, "p": 1.5}, _XS),
     "attention": (lambda p: wn.Serial(wn.Dense(8, 1.0, 0.1), wn.SelfAttention(8, W_query_std=p["q"], W_value_std=p["v"], b_std=0.2, pos_emb="sum"), wn.GlobalAvgPool(), wn.Dense(1)), {"q": 1.1, "v": 0.9}, _XS),

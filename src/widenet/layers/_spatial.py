@@ -120,8 +120,17 @@ def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -
     flat = t.reshape(lead, -1)
     block = flat.shape[1]
     shifts = [o * dil - lo for o in range(k)]
-    # Start from the unshifted offset (a copy); windows without it start from zeros.
-    out = _scratch.clone(flat) if 0 in shifts else _scratch.empty_like(flat).zero_()
+    out = _scratch.empty_like(flat)
+    # Windows without the unshifted offset start from zeros; the others from the input, which
+    # the first shifted offset reads while it adds (one pass instead of a copy and a pass).
+    # ``out=`` does not carry forward-mode tangents: outside the buffer pool (which is off for
+    # them), the input is copied first.
+    start = flat if 0 in shifts else None
+    if start is not None and not _scratch.active():
+        out.copy_(start)
+        start = None
+    elif start is None:
+        out.zero_()
     for s in shifts:
         if s == 0:
             continue
@@ -130,9 +139,19 @@ def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -
             continue  # every source lies outside the input (the mask would be all zeros)
         mask = _shift_mask(tuple(t.shape[first:]), tuple(ax - first for ax in axes), s, t.dtype, t.device)
         if delta > 0:
-            out[:, :block - delta].addcmul_(flat[:, delta:], mask[:block - delta])
+            target, source, weight, rest = (slice(None, block - delta), flat[:, delta:],
+                                            mask[:block - delta], slice(block - delta, None))
         else:
-            out[:, -delta:].addcmul_(flat[:, :block + delta], mask[-delta:])
+            target, source, weight, rest = (slice(-delta, None), flat[:, :block + delta],
+                                            mask[-delta:], slice(None, -delta))
+        if start is None:
+            out[:, target].addcmul_(source, weight)
+        else:
+            torch.addcmul(start[:, target], source, weight, out=out[:, target])
+            out[:, rest].copy_(start[:, rest])
+            start = None
+    if start is not None:
+        out.copy_(start)  # only the unshifted offset lies inside the input
     return out.view(t.shape)
 
 
