@@ -15,7 +15,12 @@ Workloads (names for --only):
   attention   one transformer block (softmax self-attention with positional embeddings,
               LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
 
+widenet runs twice per workload: with its eager rules and with compiled ones
+(``wn.set_compile(True)``); the compiled row also prints the seconds its warm-up call took,
+compilation included (a cold Inductor cache costs more than a warm one).
+
 Usage: python benchmarks/run.py [--only cnn-pool,fc] [--dtypes float64,float32] [--repeats 3]
+                                [--variants eager,compiled]
 """
 
 from __future__ import annotations
@@ -86,10 +91,13 @@ def _matmul_peak(dtype: torch.dtype) -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - start)
 
 
-def _widenet_child(name: str, dtype: str, repeats: int, out: str) -> None:
+def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
     net = WORKLOADS[name][0]()
-    net.kernel(x[:16])  # warm-up
+    wn.set_compile(variant == "compiled")
+    start = time.perf_counter()
+    net.kernel(x[:16])  # warm-up (and compilation)
+    warmup = time.perf_counter() - start
     before = peak_rss()
     times = []
     for _ in range(repeats):
@@ -99,7 +107,8 @@ def _widenet_child(name: str, dtype: str, repeats: int, out: str) -> None:
     np.save(out + ".nngp.npy", k.nngp.numpy())
     np.save(out + ".ntk.npy", k.ntk.numpy())
     peak = peak_rss()
-    Path(out + ".json").write_text(json.dumps({"times": times, "peak": peak, "before": before}))
+    Path(out + ".json").write_text(json.dumps({"times": times, "peak": peak, "before": before,
+                                               "warmup": warmup}))
 
 
 def _baseline_rss() -> int:
@@ -114,6 +123,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(WORKLOADS))
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default="eager,compiled")
     args = parser.parse_args()
     python = nt_python()
     if python is None:
@@ -121,8 +131,9 @@ def main() -> None:
     base = _baseline_rss()
     print(f"NNGP+NTK, same inputs (x2=None); {torch.get_num_threads()} threads; peaks are MB added "
           f"beyond imports (widenet's default memory budget: a quarter of available RAM)\n")
-    header = (f"{'workload':12s} {'dtype':8s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
-              f"{'max rel err':>12s} {'widenet MB':>11s} {'NT MB':>8s} {'GFLOP/s (of matmul peak)':>26s}")
+    header = (f"{'workload':12s} {'dtype':8s} {'rules':9s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
+              f"{'max rel err':>12s} {'widenet MB':>11s} {'NT MB':>8s} {'GFLOP/s (of matmul peak)':>26s}"
+              f" {'warm-up s':>9s}")
     print(header)
     print("-" * len(header))
     for name in args.only.split(","):
@@ -132,32 +143,34 @@ def main() -> None:
             x = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch_dtype)
             tmp = Path(f"/tmp/widenet-bench-{name}-{dtype}")
             np.save(str(tmp) + ".x.npy", x.numpy())
-            subprocess.run([sys.executable, __file__, "--child", name, dtype, str(args.repeats), str(tmp)],
-                           check=True)
-            ours = json.loads(Path(str(tmp) + ".json").read_text())
-            nngp, ntk = np.load(str(tmp) + ".nngp.npy"), np.load(str(tmp) + ".ntk.npy")
             theirs = nt_kernel(builder(), x, None, repeats=args.repeats, warmup=True)
-            off = ~np.eye(n, dtype=bool)  # NT's same-input diagonal carries a sqrt(eps) error
-            err = max(np.abs(a - b)[off].max() / np.abs(b).max()
-                      for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
-            entries = n * n
-            ours_rate, nt_rate = entries / min(ours["times"]), entries / min(theirs["times"])
-            peak_mb = (ours["peak"] - base) / 1e6
+            nt_rate = n * n / min(theirs["times"])
             nt_peak = theirs.get("peak")
             nt_mb = "n/a" if nt_peak is None else f"{(float(nt_peak) - base) / 1e6:.0f}"
-            flops = "-"
-            if name in ("cnn-pool", "cnn1d-pool"):
-                # Only the upper triangle of pairs is computed when x2 is None.
-                rate = _flops_per_entry(name) * (n * (n + 1) / 2) / min(ours["times"])
-                peak = _matmul_peak(torch_dtype)
-                flops = f"{rate / 1e9:.1f} ({100 * rate / peak:.0f}% of {peak / 1e9:.0f})"
-            print(f"{name:12s} {dtype:8s} {ours_rate:18.3g} {nt_rate:13.3g} {ours_rate / nt_rate:6.2f}x "
-                  f"{err:12.2e} {peak_mb:11.0f} {nt_mb:>8s} {flops:>26s}", flush=True)
+            off = ~np.eye(n, dtype=bool)  # NT's same-input diagonal carries a sqrt(eps) error
+            for variant in args.variants.split(","):
+                subprocess.run([sys.executable, __file__, "--child", name, dtype, str(args.repeats),
+                                str(tmp), variant], check=True)
+                ours = json.loads(Path(str(tmp) + ".json").read_text())
+                nngp, ntk = np.load(str(tmp) + ".nngp.npy"), np.load(str(tmp) + ".ntk.npy")
+                err = max(np.abs(a - b)[off].max() / np.abs(b).max()
+                          for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
+                ours_rate = n * n / min(ours["times"])
+                peak_mb = (ours["peak"] - base) / 1e6
+                flops = "-"
+                if name in ("cnn-pool", "cnn1d-pool"):
+                    # Only the upper triangle of pairs is computed when x2 is None.
+                    rate = _flops_per_entry(name) * (n * (n + 1) / 2) / min(ours["times"])
+                    peak = _matmul_peak(torch_dtype)
+                    flops = f"{rate / 1e9:.1f} ({100 * rate / peak:.0f}% of {peak / 1e9:.0f})"
+                print(f"{name:12s} {dtype:8s} {variant:9s} {ours_rate:18.3g} {nt_rate:13.3g} "
+                      f"{ours_rate / nt_rate:6.2f}x {err:12.2e} {peak_mb:11.0f} {nt_mb:>8s} {flops:>26s} "
+                      f"{ours['warmup']:9.1f}", flush=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        name, dtype, repeats, out = sys.argv[2:6]
-        _widenet_child(name, dtype, int(repeats), out)
+        name, dtype, repeats, out, variant = sys.argv[2:7]
+        _widenet_child(name, dtype, int(repeats), out, variant)
     else:
         main()

@@ -7,6 +7,7 @@ and its exact infinite-width NNGP and NTK kernels (``net.kernel(x1, x2)``).
 from . import empirical, errors, predict
 from .empirical import monte_carlo
 from .linearize import linearize, taylor_expand
+from ._compiled import compile_enabled, set_compile
 from .kernel import Kernel
 from .layers import (
     ABRelu, Abs, Cos, Dense, Elementwise, Erf, Exp, FanInConcat, FanInProd, FanInSum, FanOut,
@@ -28,7 +29,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'widenet' has no attribute {name!r}")
 
 __all__ = [
-    "errors", "predict", "estimators", "empirical", "monte_carlo", "linearize", "taylor_expand", "Kernel", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
+    "errors", "predict", "estimators", "empirical", "monte_carlo", "linearize", "taylor_expand", "Kernel", "set_compile", "compile_enabled", "Layer", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
     "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
     "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
     "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",

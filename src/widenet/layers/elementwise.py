@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _scratch
+from .. import _compiled, _scratch
 from .._validate import check_float, check_int
 from ..errors import LayerOrderError, ParameterError
 from ..kernel import Work
@@ -107,10 +107,33 @@ def _angles(w: Work, root: torch.Tensor) -> torch.Tensor:
 
 def _sin_root(w: Work) -> torch.Tensor:
     """``sqrt(max(q1 q2 - K^2, 0))``: (q1 q2)^{1/2} sin(theta) without dividing."""
+    return _root_of(w.nngp, *w.outer(w.var1, w.var2))
+
+
+def _root_of(nngp: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     # Two separately rounded products, not a fused multiply-add: for an input against itself
     # (K == q1 == q2 bitwise) the difference is then exactly zero, and so is the angle.
-    root = w.prod(w.var1, w.var2)
-    return safe_sqrt(root.sub_(_scratch.call(torch.mul, w.nngp, w.nngp)).clamp_(min=0))
+    root = _scratch.call(torch.mul, q1, q2)
+    return safe_sqrt(root.sub_(_scratch.call(torch.mul, nngp, nngp)).clamp_(min=0))
+
+
+def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half):
+    """ABRelu's rule on a tile, in place: ``tdot = half - factor * theta``, ``Theta *= tdot``,
+    ``K = K tdot + factor sqrt(q1 q2 - K^2)``; ``q1``/``q2`` broadcast against the tile and
+    ``zero`` marks pairs with a zero variance (or is None). Compiled by :mod:`widenet._compiled`
+    when asked."""
+    root = _root_of(nngp, q1, q2)
+    tdot = _scratch.call(torch.atan2, root, nngp)
+    if zero is not None:
+        tdot.masked_fill_(zero, _PI / 2)
+    tdot.mul_(-factor).add_(half)
+    if ntk is not None:
+        ntk.mul_(tdot)
+    if isinstance(factor, torch.Tensor):
+        nngp.mul_(tdot).add_(root.mul_(factor))
+    else:
+        nngp.mul_(tdot).add_(root, alpha=factor)
+    return nngp, ntk
 
 
 @dataclass(frozen=True)
@@ -145,16 +168,10 @@ class ABRelu(Nonlinearity):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def _tile(self, w: Work) -> None:
-        root = _sin_root(w)
-        tdot = _angles(w, root)
         factor = (self.a - self.b) ** 2 / (2 * _PI)
-        tdot.mul_(-factor).add_((self.a**2 + self.b**2) / 2)
-        if w.ntk is not None:
-            w.ntk.mul_(tdot)
-        if isinstance(factor, torch.Tensor):
-            w.nngp.mul_(tdot).add_(root.mul_(factor))
-        else:
-            w.nngp.mul_(tdot).add_(root, alpha=factor)
+        half = (self.a**2 + self.b**2) / 2
+        w.nngp, w.ntk = _compiled.run(_abrelu_rule, w.nngp, w.ntk, *w.outer(w.var1, w.var2),
+                                      w.zero_variance_mask(), factor, half)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return q * ((self.a**2 + self.b**2) / 2)
@@ -218,16 +235,27 @@ class Erf(Nonlinearity):
 
     def _tile(self, w: Work) -> None:
         b2 = self.b**2
-        root = w.prod(1 + 2 * b2 * w.var1, 1 + 2 * b2 * w.var2)
-        w.nngp.mul_(2 * b2)
-        root.addcmul_(w.nngp, w.nngp, value=-1.0).sqrt_()
-        if w.ntk is not None:
-            w.ntk.div_(root).mul_(4 / _PI * b2 * self.a**2)
-        w.nngp.atan2_(root).mul_(2 / _PI * self.a**2).add_(self.c**2)
+        w.nngp, w.ntk = _compiled.run(_erf_rule, w.nngp, w.ntk,
+                                      *w.outer(1 + 2 * b2 * w.var1, 1 + 2 * b2 * w.var2),
+                                      2 * b2, 4 / _PI * b2 * self.a**2, 2 / _PI * self.a**2,
+                                      self.c**2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         q = q * self.b**2
         return torch.atan2(q, torch.sqrt(q + 0.25)) * (2 / _PI * self.a**2) + self.c**2
+
+
+def _erf_rule(nngp, ntk, p1, p2, scale, ntk_scale, nngp_scale, shift):
+    """Erf's rule on a tile, in place: with ``K`` scaled by ``scale`` and ``p1 p2`` the
+    broadcast products ``(1 + 2 b^2 q1)(1 + 2 b^2 q2)``, ``r = sqrt(p1 p2 - K^2)``,
+    ``Theta *= ntk_scale / r`` and ``K = nngp_scale atan2(K, r) + shift``."""
+    root = _scratch.call(torch.mul, p1, p2)
+    nngp.mul_(scale)
+    root.addcmul_(nngp, nngp, value=-1.0).sqrt_()
+    if ntk is not None:
+        ntk.div_(root).mul_(ntk_scale)
+    nngp.atan2_(root).mul_(nngp_scale).add_(shift)
+    return nngp, ntk
 
 
 @dataclass(frozen=True)
