@@ -108,6 +108,21 @@ def empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     return base.view(shape)
 
 
+def release(t: torch.Tensor) -> None:
+    """Lets the pool forget the buffer behind ``t`` (if it is one of the pool's), for a tensor
+    kept past the tile it was made for: the pool would never hand it out again anyway, and
+    would keep scanning it."""
+    if _state.depth <= 0:
+        return
+    ptr = t.untyped_storage().data_ptr()
+    for slots in _state.buffers.values():
+        for i, (base, storage) in enumerate(slots):
+            if storage.data_ptr() == ptr:
+                del slots[i]
+                _state.held -= base.numel() * base.element_size()
+                return
+
+
 def empty_like(t: torch.Tensor) -> torch.Tensor:
     return empty(t.shape, t)
 

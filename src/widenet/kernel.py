@@ -96,6 +96,48 @@ class Kernel:
         return f"Kernel({', '.join(parts)})"
 
 
+class CovTape:
+    """One block of inputs' own covariances after each covariance step of a network.
+
+    Own covariances depend on nothing but the inputs they belong to, and every tile of a call
+    applies the same network: so the first tile that meets a block records its covariances
+    step by step (:meth:`Work.set_covs`) and every later tile with that block replays them
+    instead of computing them again. Replayed values are the recorded tensors themselves; no
+    rule writes into a covariance it is given, so they stay what was recorded.
+    """
+
+    __slots__ = ("input", "steps")
+
+    def __init__(self) -> None:
+        self.input: Optional[torch.Tensor] = None  # the input layer's covariances
+        self.steps: list[torch.Tensor] = []
+
+    def nbytes(self) -> int:
+        tensors = ([] if self.input is None else [self.input]) + self.steps
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Tapes:
+    """The tapes of a tile's row and column blocks (one tape when the tile is a block against
+    itself) and the index of the next step; shared by a :class:`Work` and its FanOut copies,
+    whose steps run in a fixed order."""
+
+    __slots__ = ("side1", "side2", "pos")
+
+    def __init__(self, side1: CovTape, side2: CovTape) -> None:
+        self.side1, self.side2, self.pos = side1, side2, 0
+
+    def take(self, tape: CovTape, index: int, make) -> torch.Tensor:
+        if index < len(tape.steps):
+            return tape.steps[index]
+        if index != len(tape.steps):  # pragma: no cover - an engine invariant
+            raise RuntimeError(f"covariance tape out of step: step {index} after {len(tape.steps)}")
+        value = make()
+        _scratch.release(value)  # kept across tiles: no longer the pool's to hand out
+        tape.steps.append(value)
+        return value
+
+
 class Work:
     """Mutable kernel state on one tile of input pairs (private to widenet).
 
@@ -118,7 +160,7 @@ class Work:
     """
 
     __slots__ = ("nngp", "ntk", "cov1", "cov2", "self_mode", "is_gaussian", "width",
-                 "diagonal", "spatial", "full", "keep1", "keep2")
+                 "diagonal", "spatial", "full", "keep1", "keep2", "tapes")
 
     def __init__(
         self,
@@ -135,6 +177,7 @@ class Work:
         full: bool = False,
         keep1: Optional[torch.Tensor] = None,
         keep2: Optional[torch.Tensor] = None,
+        tapes: Optional[Tapes] = None,
     ) -> None:
         self.nngp = nngp
         self.ntk = ntk
@@ -148,6 +191,7 @@ class Work:
         self.full = full
         self.keep1 = keep1
         self.keep2 = keep2
+        self.tapes = tapes
 
     @property
     def masked(self) -> bool:
@@ -232,9 +276,7 @@ class Work:
             self.nngp.mul_(m)
             if self.ntk is not None:
                 self.ntk.mul_(m)
-        same = self.cov2 is self.cov1
-        self.cov1 = self.cov1 * self.own_prod(self.keep1)
-        self.cov2 = self.cov1 if same else self.cov2 * self.own_prod(self.keep2)
+        self.set_covs(lambda c: c * self.own_prod(self.keep1), lambda c: c * self.own_prod(self.keep2))
 
     def unmask(self) -> None:
         """Drops the masks once the positions are gone (global pooling)."""
@@ -251,9 +293,25 @@ class Work:
             )
     def map_covs(self, fn) -> None:
         """Applies ``fn`` to ``cov1`` and ``cov2`` (once when they are the same tensor)."""
+        self.set_covs(fn)
+
+    def set_covs(self, fn1, fn2=None) -> None:
+        """``cov1 = fn1(cov1)`` and ``cov2 = fn2(cov2)`` (``fn2`` defaults to ``fn1``; once when
+        they are the same tensor). One covariance step: with :class:`Tapes`, a step that an
+        earlier tile of the same block recorded is replayed instead of computed. ``fn1`` and
+        ``fn2`` return new tensors; they must not write into their argument."""
         same = self.cov2 is self.cov1
-        self.cov1 = fn(self.cov1)
-        self.cov2 = self.cov1 if same else fn(self.cov2)
+        fn2 = fn1 if fn2 is None else fn2
+        tapes = self.tapes
+        if tapes is None:
+            self.cov1 = fn1(self.cov1)
+            self.cov2 = self.cov1 if same else fn2(self.cov2)
+            return
+        index = tapes.pos
+        tapes.pos += 1
+        cov1, cov2 = self.cov1, self.cov2
+        self.cov1 = tapes.take(tapes.side1, index, lambda: fn1(cov1))
+        self.cov2 = self.cov1 if same else tapes.take(tapes.side2, index, lambda: fn2(cov2))
 
     def map_tiles(self, fn) -> None:
         """Applies ``fn`` to the NNGP and NTK tiles (those present)."""
@@ -282,5 +340,5 @@ class Work:
             clone(self.nngp), clone(self.ntk), cov1, cov2,
             self_mode=self.self_mode, is_gaussian=self.is_gaussian, width=self.width,
             diagonal=self.diagonal, spatial=self.spatial, full=self.full,
-            keep1=self.keep1, keep2=self.keep2,
+            keep1=self.keep1, keep2=self.keep2, tapes=self.tapes,
         )

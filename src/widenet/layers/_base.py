@@ -19,7 +19,7 @@ from torch import nn
 from .. import _scratch
 from .._validate import as_tensor, check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
-from ..kernel import Kernel, Work
+from ..kernel import CovTape, Kernel, Tapes, Work
 from ._modules import check_mask, derive_seed
 
 Flow = Union[Work, tuple]  # one branch, or a tuple of branches after FanOut
@@ -322,26 +322,30 @@ def _symmetrize_cov(cov: torch.Tensor, nspatial: int, full: bool) -> torch.Tenso
 
 def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
                 diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
-                keep_c: Optional[torch.Tensor] = None) -> Work:
-    """The input layer's kernel ``x . x' / C`` on a tile of row and column inputs."""
+                keep_c: Optional[torch.Tensor] = None, tapes: Optional[Tapes] = None) -> Work:
+    """The input layer's kernel ``x . x' / C`` on a tile of row and column inputs (the own
+    covariances replayed from ``tapes`` when an earlier tile recorded them)."""
     b, c = xr.shape[:2]
     spatial = tuple(xr.shape[2:])
     n = math.prod(spatial)
-    if not spatial:
-        cov1 = xr.pow(2).sum(1).div_(c)
-        cov2 = cov1 if same else xc.pow(2).sum(1).div_(c)
-    elif not full:
-        cov1 = xr.pow(2).sum(1).div_(c)
-        cov2 = cov1 if same else xc.pow(2).sum(1).div_(c)
-    else:
-        def self_cov(x: torch.Tensor) -> torch.Tensor:
+
+    def self_cov(x: torch.Tensor, tape: Optional[CovTape]) -> torch.Tensor:
+        if tape is not None and tape.input is not None:
+            return tape.input
+        if not (spatial and full):
+            g = x.pow(2).sum(1).div_(c)
+        else:
             f = x.reshape(x.shape[0], c, n)
             g = _scratch.call(torch.matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
             g = _scratch.call(torch.add, g, g.transpose(1, 2)).div_(2)
-            return g.reshape((x.shape[0],) + spatial + spatial)
+            g = g.reshape((x.shape[0],) + spatial + spatial)
+        if tape is not None:
+            _scratch.release(g)
+            tape.input = g
+        return g
 
-        cov1 = self_cov(xr)
-        cov2 = cov1 if same else self_cov(xc)
+    cov1 = self_cov(xr, None if tapes is None else tapes.side1)
+    cov2 = cov1 if same else self_cov(xc, None if tapes is None else tapes.side2)
     nngp = None
     if tile:
         m = xc.shape[0]
@@ -361,7 +365,7 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
             nngp = _symmetric_block(nngp, len(spatial), full)
             nngp.diagonal(0, 0, 1).copy_(cov1.movedim(0, -1))
     work = Work(nngp, None, cov1, cov2, width=c, diagonal=diagonal, spatial=spatial, full=full,
-                keep1=keep_r, keep2=keep_r if same else keep_c)
+                keep1=keep_r, keep2=keep_r if same else keep_c, tapes=tapes)
     work.remask()
     return work
 
@@ -370,6 +374,9 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
 # tiles, the temporaries of the heaviest rules (about five tile-sized tensors) and the padded
 # copy and accumulator of a window sum.
 _LIVE_TENSORS = 12
+
+# Replay own covariances across tiles (CovTape); off only to test that it changes nothing.
+_TAPES = True
 
 
 def _choose_layout(owner: str, layer: Layer, layout: str, spatial: tuple) -> bool:
@@ -445,8 +452,9 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
 
     # Probe: one pair through the network validates the architecture against the inputs
     # (orders, shapes, closed forms) before any expensive work, and gives the output layout.
+    probe_tape = CovTape()
     probe_in = _input_work(x1[:1], x1[:1], same=True, full=full, tile=True, diagonal=0,
-                           keep_r=rows(keep1, 0, 1))
+                           keep_r=rows(keep1, 0, 1), tapes=Tapes(probe_tape, probe_tape))
     probe_in.ntk = torch.zeros_like(probe_in.nngp) if want_ntk else None
     probe = _run_single(layer, probe_in)
     out_pair = tuple(probe.nngp.shape[2:])
@@ -474,6 +482,14 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
     br = max(1, min(side, n1))
     bc = br if same else max(1, min(n2, max(side, pairs // br)))
 
+    # Own covariances are computed once per input and replayed by later tiles (CovTape) when
+    # all of them fit in what the tiles leave of the budget; a block's tape is dropped after
+    # its last row.
+    tape_bytes = probe_tape.nbytes() * (n1 if same else n2 + n1)
+    use_tapes = _TAPES and tape_bytes <= budget - (br * bc + 2) * per_pair
+    row_tapes: dict[int, CovTape] = {}
+    col_tapes = row_tapes if same else {}
+
     nngp = x1.new_empty((n1, n2) + out_pair)
     ntk = x1.new_empty((n1, n2) + out_pair) if want_ntk else None
     var1 = x1.new_empty((n1,) + out_cov)
@@ -485,12 +501,21 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
         for c0 in range(r0 if same else 0, n2, bc):
             c1 = min(c0 + bc, n2)
             diag_block = same and c0 == r0
+            tapes = None
+            if use_tapes:
+                side1 = row_tapes.setdefault(r0, CovTape())
+                tapes = Tapes(side1, side1 if diag_block else col_tapes.setdefault(c0, CovTape()))
             work = _input_work(x1[r0:r1], xb[c0:c1], same=diag_block, full=full, tile=True,
                                diagonal=0 if diag_block else None, keep_r=rows(keep1, r0, r1),
-                               keep_c=rows(keepb, c0, c1))
+                               keep_c=rows(keepb, c0, c1), tapes=tapes)
             if want_ntk:
                 work.ntk = _scratch.empty_like(work.nngp).zero_()
             last = work = _run_single(layer, work)
+            if tapes is not None and not (tapes.pos == len(tapes.side1.steps) == len(tapes.side2.steps)):
+                raise RuntimeError(  # pragma: no cover - an engine invariant
+                    f"{owner}: a tile took {tapes.pos} covariance steps where its blocks recorded "
+                    f"{len(tapes.side1.steps)} and {len(tapes.side2.steps)}"
+                )
             tiles = [(nngp, work.nngp)] + ([(ntk, work.ntk)] if want_ntk else [])
             if diag_block:
                 cov = _symmetrize_cov(work.cov1, nsp_out, out_full)
@@ -510,5 +535,6 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
                         var1[r0:r1] = work.cov1
                     if r0 == 0:
                         var2[c0:c1] = work.cov2
+        row_tapes.pop(r0, None)  # later rows meet only later column blocks
     return Kernel(nngp, ntk, var1, var2, is_gaussian=last.is_gaussian, width=last.width,
                   layout="full" if out_full else "diagonal")

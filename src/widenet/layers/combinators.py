@@ -30,9 +30,7 @@ def _check_layers(owner: str, layers: tuple) -> tuple:
 
 def _merge_covs(out: Work, w: Work, op) -> None:
     """``out.cov = op(out.cov, w.cov)`` for both sides (once when they are one tensor)."""
-    same = out.cov2 is out.cov1
-    out.cov1 = op(out.cov1, w.cov1)
-    out.cov2 = out.cov1 if same else op(out.cov2, w.cov2)
+    out.set_covs(lambda c: op(c, w.cov1), lambda c: op(c, w.cov2))
 
 
 @dataclass(frozen=True, init=False)

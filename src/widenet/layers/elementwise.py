@@ -68,19 +68,16 @@ class Nonlinearity(Layer):
                 f"such as Dense; add a Dense layer before it (a nonlinearity cannot follow the "
                 f"network input or another nonlinearity directly)"
             )
-        same = w.cov2 is w.cov1
-        v1, v2 = w.var1, w.var2
         if w.nngp is not None:
             self._tile(w)
-        new1 = self._diag(v1)
-        new2 = new1 if same else self._diag(v2)
-        if w.is_full:
+
+        def own(cov: torch.Tensor) -> torch.Tensor:
+            new_var = self._diag(w._variances(cov))
             # Each input's own covariance over position pairs is itself a kernel: apply the
             # same rule to it, with exact variances on its diagonal.
-            w.cov1 = self._self_rule(w, w.cov1, new1)
-            w.cov2 = w.cov1 if same else self._self_rule(w, w.cov2, new2)
-        else:
-            w.cov1, w.cov2 = new1, new2
+            return self._self_rule(w, cov, new_var) if w.is_full else new_var
+
+        w.set_covs(own)
         w.is_gaussian = False
         w.sync_diagonal()
         return w

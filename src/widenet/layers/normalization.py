@@ -81,9 +81,7 @@ class LayerNorm(Layer):
             w.nngp.div_(divisor)
             if w.ntk is not None:
                 w.ntk.div_(divisor)
-        same = w.cov2 is w.cov1
-        w.cov1 = w.cov1 / w.own_prod(n1)
-        w.cov2 = w.cov1 if same else w.cov2 / w.own_prod(n2)
+        w.set_covs(lambda c: c / w.own_prod(n1), lambda c: c / w.own_prod(n2))
         w.sync_diagonal()
         return w
 

@@ -174,9 +174,7 @@ class _GlobalPool(Layer):
             if w.nngp is not None:
                 counts = n1[:, None] * n2[None, :]
                 w.map_tiles(lambda t: pool(t).div_(counts))
-            same = w.cov2 is w.cov1
-            w.cov1 = pool(w.cov1).div_(n1 * n1)
-            w.cov2 = w.cov1 if same else pool(w.cov2).div_(n2 * n2)
+            w.set_covs(lambda c: pool(c).div_(n1 * n1), lambda c: pool(c).div_(n2 * n2))
         else:
             w.map_tiles(lambda t: pool(t).mul_(scale))
             w.map_covs(lambda t: pool(t).mul_(scale))
