@@ -50,6 +50,23 @@ def test_small_tensors_and_disabled_blocks_are_not_pooled():
         assert _scratch.active()
 
 
+def test_a_released_buffer_leaves_the_pool_and_its_count():
+    with _scratch.reusing():
+        kept = _scratch.empty(BIG, LIKE)
+        other = _scratch.empty(BIG, LIKE)
+        held = _scratch._state.held
+        _scratch.release(kept.t())  # any view of the buffer names it
+        assert _scratch._state.held == held - 128 * 128 * 8
+        assert [b.data_ptr() for b, _ in _scratch._state.buffers[(128 * 128, torch.float64, LIKE.device)]] == [other.data_ptr()]
+        _scratch.release(torch.ones(BIG, dtype=torch.float64))  # not the pool's: nothing happens
+        assert _scratch._state.held == held - 128 * 128 * 8
+        ptr = kept.data_ptr()
+        del kept, other
+        again = _scratch.empty(BIG, LIKE)  # the released buffer is never handed out again
+        assert again.data_ptr() != ptr
+    _scratch.release(again)  # outside a block: nothing to do
+
+
 def test_the_pool_belongs_to_its_thread():
     seen = []
     with _scratch.reusing():
