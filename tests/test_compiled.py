@@ -57,6 +57,18 @@ def test_compiled_rules_match_eager_ones_on_convolutional_networks(head):
         assert _rel(net.nngp(x[:2], x[2:]), only_nngp) < 1e-14  # no NTK tile to carry
 
 
+def test_compiled_rules_in_float32_stay_within_float32_rounding_of_float64():
+    x = torch.randn(6, 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    net = wn.Serial(wn.Conv(4, 3, W_std=1.4, b_std=0.1), wn.Relu(), wn.Conv(4, 3), wn.Erf(),
+                    wn.GlobalAvgPool(), wn.Dense(1))
+    exact = net.kernel(x)
+    with wn.set_compile(True):
+        single = net.kernel(x.float())
+    assert single.ntk.dtype == torch.float32
+    assert _rel(single.nngp.double(), exact.nngp) < 1e-5
+    assert _rel(single.ntk.double(), exact.ntk) < 1e-5
+
+
 def test_compiled_rules_really_run_compiled():
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     net = wn.Serial(wn.Dense(3), wn.Relu(), wn.Dense(1))

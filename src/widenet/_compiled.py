@@ -4,15 +4,15 @@
 A nonlinearity's rule is a chain of elementwise ops over a tile (products of variances,
 ``sqrt``, ``atan2``, a few multiply-adds). Run eagerly, each op is a pass over memory; on a
 pooled CNN the ReLU rule costs about 2.7 ns per position pair in float64 that way, and 1.3 ns
-as the single loop Inductor generates from the same code. A whole pooled-CNN tile takes about
-two thirds of its eager time.
+as the single loop Inductor generates from the same code. A whole pooled-CNN kernel then
+takes 0.7-0.9 of its eager time (window sums and the rest stay eager).
 
 The rules are written once, as functions of tensors (:func:`run`'s ``fn``): eagerly they write
 their temporaries into the tile buffer pool; compiled, Inductor fuses them into one loop that
 updates the tile in place. Compiled values agree with eager ones to a few units in the last
-place (the generated loops use the same vectorized math, in another order of evaluation), and
-one call's tiles all go through the same generated code, so tiled results still equal the
-untiled ones.
+place (the generated loops use the same vectorized math, in another order of evaluation).
+Each entry is computed the same way whatever the shape of its tile, so a call's tiled
+results still equal its untiled ones exactly.
 
 The first call of each rule compiles it (seconds; Inductor keeps the result in its on-disk
 cache for later processes) and needs a C++ compiler on CPU. Calls whose tensors carry autograd
