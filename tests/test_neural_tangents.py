@@ -177,3 +177,18 @@ def test_masked_attention_matches_neural_tangents(name):
     theirs = nt_kernel(net, x1, x2, mask1=mask1, mask2=mask2)
     assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
     assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["dropout-residual", "standard-layernorm"])
+def test_compiled_rules_match_neural_tangents(name):
+    # The compiled ReLU-family and Erf rules (wn.set_compile) against the same oracle.
+    from widenet.testing.nt import nt_kernel
+
+    net = CNNS[name]
+    x1, x2 = _images((3, 7, 6))
+    with wn.set_compile(True):
+        ours = net.kernel(x1, x2)
+        _assert_same_inputs_match(net, x1)
+    theirs = nt_kernel(net, x1, x2)
+    assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
+    assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
