@@ -130,8 +130,7 @@ class Tapes:
     def take(self, tape: CovTape, index: int, make) -> torch.Tensor:
         if index < len(tape.steps):
             return tape.steps[index]
-        if index != len(tape.steps):  # pragma: no cover - an engine invariant
-            raise RuntimeError(f"covariance tape out of step: step {index} after {len(tape.steps)}")
+        # Steps are taken in order, so this is the next one (the engine checks the count).
         value = make()
         _scratch.release(value)  # kept across tiles: no longer the pool's to hand out
         tape.steps.append(value)
@@ -291,10 +290,6 @@ class Work:
                 f"position in place (Dense, nonlinearities, stride-1 'same' Conv, LayerNorm, "
                 f"Dropout, SelfAttention, global pooling); this one {why}"
             )
-    def map_covs(self, fn) -> None:
-        """Applies ``fn`` to ``cov1`` and ``cov2`` (once when they are the same tensor)."""
-        self.set_covs(fn)
-
     def set_covs(self, fn1, fn2=None) -> None:
         """``cov1 = fn1(cov1)`` and ``cov2 = fn2(cov2)`` (``fn2`` defaults to ``fn1``; once when
         they are the same tensor). One covariance step: with :class:`Tapes`, a step that an

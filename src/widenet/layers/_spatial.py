@@ -125,10 +125,9 @@ def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -
     # the first shifted offset reads while it adds (one pass instead of a copy and a pass).
     # ``out=`` does not carry forward-mode tangents: outside the buffer pool (which is off for
     # them), the input is copied first.
-    start = flat if 0 in shifts else None
-    if start is not None and not _scratch.active():
-        out.copy_(start)
-        start = None
+    start = flat if 0 in shifts and _scratch.active() else None
+    if start is None and 0 in shifts:
+        out.copy_(flat)
     elif start is None:
         out.zero_()
     for s in shifts:

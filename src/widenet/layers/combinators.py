@@ -213,7 +213,7 @@ class FanInConcat(_FanIn):
             out.nngp.mul_(first)
             if out.ntk is not None:
                 out.ntk.mul_(first)
-        out.map_covs(lambda c: c * first)
+        out.set_covs(lambda c: c * first)
         for w in ws[1:]:
             share = w.width / total
             if out.nngp is not None:

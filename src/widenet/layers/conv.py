@@ -131,7 +131,7 @@ class Conv(Layer):
             else:
                 k.mul_(k_scale).add_(b_var)
             w.nngp = k
-        w.map_covs(lambda c: window(c).mul_(k_scale).add_(b_var))
+        w.set_covs(lambda c: window(c).mul_(k_scale).add_(b_var))
         w.spatial = out_spatial
         w.is_gaussian = True
         w.width = self.out_channels

@@ -69,7 +69,7 @@ class Dense(Layer):
                     if self.b_std is not None:
                         w.ntk.add_(1.0)
                 w.nngp.mul_(w_var).add_(b_var)
-        w.map_covs(lambda c: c * w_var + b_var)
+        w.set_covs(lambda c: c * w_var + b_var)
         w.is_gaussian = True
         w.width = self.out_features
         return w

@@ -179,7 +179,7 @@ class Dropout(Layer):
                 cov.mul_(factor)
             return cov
 
-        w.map_covs(scale_own)
+        w.set_covs(scale_own)
         if w.ntk is not None:
             d = w.pair_diagonal(w.ntk)
             if d is not None:

@@ -68,7 +68,7 @@ class _Pool(Layer):
             return out.mul_(scale) if scale != 1.0 else out
 
         w.map_tiles(pool)
-        w.map_covs(pool)
+        w.set_covs(pool)
         w.spatial = out_spatial
         return w
 
@@ -177,7 +177,7 @@ class _GlobalPool(Layer):
             w.set_covs(lambda c: pool(c).div_(n1 * n1), lambda c: pool(c).div_(n2 * n2))
         else:
             w.map_tiles(lambda t: pool(t).mul_(scale))
-            w.map_covs(lambda t: pool(t).mul_(scale))
+            w.set_covs(lambda t: pool(t).mul_(scale))
         w.spatial = ()
         w.unmask()
         return w
@@ -227,7 +227,7 @@ class Flatten(Layer):
             return t.reshape(lead + (n,)).mean(-1)
 
         w.map_tiles(flat)
-        w.map_covs(flat)
+        w.set_covs(flat)
         w.spatial = ()
         w.width = w.width * n
         w.is_gaussian = w.is_gaussian and n == 1
