@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from . import _scratch
+from . import _exact, _scratch
 from .errors import ParameterError
 
 __all__ = ["set_compile", "compile_enabled"]
@@ -99,8 +99,9 @@ def _load_inductor() -> None:
 
 def run(fn: Callable, *args):
     """``fn(*args)``, compiled when compiled rules are on and no tensor argument carries
-    autograd or forward-mode state; eagerly (with the tile buffer pool) otherwise."""
-    if not _enabled or not _scratch.plain(*args):
+    autograd or forward-mode state; eagerly (with the tile buffer pool) otherwise, and always
+    in reproducible mode (:mod:`widenet._exact`), whose elementwise ops must take one path."""
+    if not _enabled or _exact.active() or not _scratch.plain(*args):
         return fn(*args)
     compiled = _compiled.get(fn)
     if compiled is None:

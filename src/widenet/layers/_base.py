@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .. import _scratch
+from .. import _exact, _scratch
 from .._validate import as_tensor, check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
 from ..kernel import CovTape, Kernel, Tapes, Work
@@ -78,6 +78,7 @@ class Layer:
         layout: str = "auto",
         mask1: Any = None,
         mask2: Any = None,
+        reproducible: bool = False,
     ) -> Kernel:
         """NNGP and NTK between ``x1`` and ``x2``.
 
@@ -107,6 +108,18 @@ class Layer:
                 (Dense, nonlinearities, stride-1 "same" Conv, LayerNorm, Dropout,
                 SelfAttention) and end at global pooling; strided, windowed or flattening
                 layers raise.
+            reproducible: compute every entry so that its bits depend only on the two
+                inputs it pairs, never on which other inputs share its tile, on
+                ``block_size``, ``memory`` or the number of threads: matrix products are
+                computed exactly and then rounded, elementwise functions never take their
+                scalar paths, sums are never split across threads (see
+                :mod:`widenet._exact`). So a kernel computed in pieces
+                (:func:`widenet.blocked.compute` with any tile size, a Dask cluster) equals
+                the kernel computed in one call bit for bit. It costs up to about 6x on the
+                matrix products (the input layer's ``x . x'``, attention's weighted sums)
+                and a serial pass for ``atan2`` and ``exp``; compiled rules
+                (:func:`widenet.set_compile`) are not used. Not differentiable: the exact
+                products split their operands with ``round``.
 
         Returns:
             a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
@@ -118,21 +131,21 @@ class Layer:
         :func:`widenet.predict.fit_hyperparameters` uses.
         """
         return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
-                        layout=layout, mask1=mask1, mask2=mask2)
+                        layout=layout, mask1=mask1, mask2=mask2, reproducible=reproducible)
 
     def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
              memory: Union[int, str, None] = None, layout: str = "auto",
-             mask1: Any = None, mask2: Any = None) -> torch.Tensor:
+             mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
         """Only the NNGP kernel (see :meth:`kernel`); no NTK work is done."""
         return _compute(self, x1, x2, want_ntk=False, block_size=block_size, memory=memory,
-                        layout=layout, mask1=mask1, mask2=mask2).nngp
+                        layout=layout, mask1=mask1, mask2=mask2, reproducible=reproducible).nngp
 
     def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
             memory: Union[int, str, None] = None, layout: str = "auto",
-            mask1: Any = None, mask2: Any = None) -> torch.Tensor:
+            mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
         """Only the NTK (see :meth:`kernel`; its recursion needs the NNGP, not returned)."""
         return _compute(self, x1, x2, want_ntk=True, block_size=block_size, memory=memory,
-                        layout=layout, mask1=mask1, mask2=mask2).ntk
+                        layout=layout, mask1=mask1, mask2=mask2, reproducible=reproducible).ntk
 
     def apply(self, kernel: Kernel) -> Kernel:
         """Transforms an existing :class:`Kernel` by this layer (the input is not modified)."""
@@ -320,6 +333,14 @@ def _symmetrize_cov(cov: torch.Tensor, nspatial: int, full: bool) -> torch.Tenso
     return (cov + _swap(cov, 1, nspatial, True)) / 2
 
 
+def _matmul(a: torch.Tensor, b: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``torch.matmul`` (into ``out`` if given), exact-then-rounded in reproducible mode."""
+    if not _exact.active():
+        return torch.matmul(a, b, out=out)
+    p = _exact.matmul(a, b)
+    return p if out is None else out.copy_(p)
+
+
 def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
                 diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
                 keep_c: Optional[torch.Tensor] = None, tapes: Optional[Tapes] = None) -> Work:
@@ -333,10 +354,10 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
         if tape is not None and tape.input is not None:
             return tape.input
         if not (spatial and full):
-            g = x.pow(2).sum(1).div_(c)
+            g = _exact.sum(x.pow(2), 1).div_(c)
         else:
             f = x.reshape(x.shape[0], c, n)
-            g = _scratch.call(torch.matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
+            g = _scratch.call(_matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
             g = _scratch.call(torch.add, g, g.transpose(1, 2)).div_(2)
             g = g.reshape((x.shape[0],) + spatial + spatial)
         if tape is not None:
@@ -350,15 +371,15 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
     if tile:
         m = xc.shape[0]
         if not spatial:
-            nngp = torch.matmul(xr, xc.T).div_(c)
+            nngp = _exact.matmul(xr, xc.T).div_(c)
         elif not full:
             fr = xr.reshape(b, c, n).permute(2, 0, 1)
             fc = xc.reshape(m, c, n).permute(2, 1, 0)
-            nngp = torch.matmul(fr, fc).permute(1, 2, 0).div_(c).contiguous().reshape((b, m) + spatial)
+            nngp = _exact.matmul(fr, fc).permute(1, 2, 0).div_(c).contiguous().reshape((b, m) + spatial)
         else:
             fr = xr.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
             fc = xc.reshape(m, c, n).transpose(1, 2).reshape(m * n, c)
-            g = _scratch.call(torch.matmul, fr, fc.T, shape=(b * n, m * n)).div_(c)
+            g = _scratch.call(_matmul, fr, fc.T, shape=(b * n, m * n)).div_(c)
             g = g.reshape(b, n, m, n).permute(0, 2, 1, 3)
             nngp = _scratch.clone(g).reshape((b, m) + spatial + spatial)
         if same:
@@ -419,10 +440,12 @@ def _check_reverse_mode(owner: str, layer: Layer) -> None:
 
 def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Optional[int],
              memory: Any = None, layout: str = "auto", mask1: Any = None,
-             mask2: Any = None) -> Kernel:
+             mask2: Any = None, reproducible: bool = False) -> Kernel:
     from .._validate import available_memory, check_memory
 
     owner = f"{layer._name}.kernel"
+    if not isinstance(reproducible, bool):
+        raise ParameterError(f"{owner}: reproducible must be a bool (got {reproducible!r})")
     _check_reverse_mode(owner, layer)
     if block_size is not None:
         block_size = check_int(owner, "block_size", block_size, minimum=1)
@@ -434,8 +457,13 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
     # Tiles reuse their temporaries' buffers, except when forward-mode AD tracks hyperparameter
     # or input tangents (dual tensors cannot be written through ``out=``).
     plain = _scratch.plain(x1, x2, *(t for _, t in _hyperparameters(layer)))
+    if reproducible and not plain:
+        raise ParameterError(
+            f"{owner}: reproducible=True is not differentiable (its exact products split their "
+            f"operands with round); compute derivatives with reproducible=False"
+        )
     budget = budget if budget is not None else available_memory(x1.device) // 4
-    with _scratch.reusing(plain, limit=budget):
+    with _scratch.reusing(plain, limit=budget), _exact.enabled(reproducible):
         return _compute_tiles(layer, owner, x1, x2, keep1, keep2, want_ntk=want_ntk,
                               block_size=block_size, budget=budget, full=full)
 

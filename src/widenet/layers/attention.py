@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .. import _scratch
+from .. import _exact, _scratch
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError
 from ._base import Flow, Layer, Spec
@@ -227,22 +227,22 @@ class SelfAttention(Layer):
         else:
             std2 = (qk * self.W_out_std * self.W_value_std) ** 2
             vals = self.values_pos_emb
-            d11 = (i1 * (i1 if vals else cov1)).sum((1, 2))
+            d11 = _exact.sum(i1 * (i1 if vals else cov1), (1, 2))
             new_cov1 = (i1 * d11[:, None, None]).mul_(std2).add_(b_var)
             if same:
                 new_cov2 = new_cov1
             else:
-                d22 = (i2 * (i2 if vals else cov2)).sum((1, 2))
+                d22 = _exact.sum(i2 * (i2 if vals else cov2), (1, 2))
                 new_cov2 = (i2 * d22[:, None, None]).mul_(std2).add_(b_var)
             if tiles:
                 ni = pair_interp(nngp)
-                d12 = (ni * (ni if vals else nngp)).sum((2, 3))[:, :, None, None]
+                d12 = _exact.pair_sum(ni * (ni if vals else nngp), 1)[:, :, None, None]
                 if ntk is not None:
                     ti = pair_interp(ntk)
                     if vals or R is None:
-                        dt = 2 * (ni * ti).sum((2, 3))
+                        dt = 2 * _exact.pair_sum(ni * ti, 1)
                     else:
-                        dt = (ni * ntk).sum((2, 3)) + (nngp * ti).sum((2, 3))
+                        dt = _exact.pair_sum(ni * ntk, 1) + _exact.pair_sum(nngp * ti, 1)
                     ntk = (ni * dt[:, :, None, None] + d12 * (ti + 4 * ni)).mul_(std2).add_(b_var)
                 nngp = (ni * d12).mul_(std2).add_(b_var)
 
@@ -292,7 +292,13 @@ class SelfAttention(Layer):
 
 
 def _sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """``g1 @ k @ g2^T`` over the last two axes (broadcasting the leading ones)."""
+    """``g1 @ k @ g2^T`` over the last two axes (broadcasting the leading ones). In
+    reproducible mode, the mean of both ways of associating it, with exact products: the
+    transposed operands then give the transposed result, bit for bit."""
+    if _exact.active():
+        g2t = g2.transpose(-1, -2)
+        one = _exact.matmul(_exact.matmul(g1, k), g2t)
+        return one.add_(_exact.matmul(g1, _exact.matmul(k, g2t))).mul_(0.5)
     return torch.matmul(torch.matmul(g1, k), g2.transpose(-1, -2))
 
 
@@ -304,6 +310,8 @@ def _pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch
     times. Instead each row input's weights multiply all its columns in one (n x n) @
     (n x C n) product, and each column input's weights all its rows in one (B n x n) @
     (n x n) product."""
+    if _exact.active():
+        return _sandwich(g1[:, None], k, g2[None]).contiguous()
     b, c, n, _ = k.shape
     by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, t, c, u)
     left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, s, c, u)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _compiled, _scratch
+from .. import _compiled, _exact, _scratch
 from .._validate import check_float, check_int
 from ..errors import LayerOrderError, ParameterError
 from ..kernel import Work
@@ -95,7 +95,7 @@ class Nonlinearity(Layer):
 
 def _angles(w: Work, root: torch.Tensor) -> torch.Tensor:
     """``theta = atan2(sqrt(q1 q2 - K^2), K)``, with pi/2 where an input has zero variance."""
-    theta = _scratch.call(torch.atan2, root, w.nngp)
+    theta = _exact.call(torch.atan2, root, w.nngp)
     zero = w.zero_variance_mask()
     if zero is not None:
         theta.masked_fill_(zero, _PI / 2)
@@ -114,13 +114,43 @@ def _root_of(nngp: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Te
     return safe_sqrt(root.sub_(_scratch.call(torch.mul, nngp, nngp)).clamp_(min=0))
 
 
-def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half):
+def _atan2(y, x):
+    return _scratch.call(torch.atan2, y, x)
+
+
+def _atan2_(y, x):
+    return y.atan2_(x)
+
+
+def _exact_atan2(y, x):
+    return _exact.elementwise(torch.atan2, y, x)
+
+
+def _exact_atan2_(y, x):
+    return y.copy_(_exact.elementwise(torch.atan2, y, x))
+
+
+_EXACT_OPS = {"atan2": _exact_atan2, "atan2_": _exact_atan2_}
+
+
+def _run_rule(rule, *args):
+    """A rule written as a tensor function: compiled when asked (:mod:`widenet._compiled`),
+    and with reproducible mode's elementwise ops when that is on (:mod:`widenet._exact`)."""
+    if _exact.active():
+        import inspect
+
+        ops = {k: v for k, v in _EXACT_OPS.items() if k in inspect.signature(rule).parameters}
+        return rule(*args, **ops)
+    return _compiled.run(rule, *args)
+
+
+def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=_atan2):
     """ABRelu's rule on a tile, in place: ``tdot = half - factor * theta``, ``Theta *= tdot``,
     ``K = K tdot + factor sqrt(q1 q2 - K^2)``; ``q1``/``q2`` broadcast against the tile and
     ``zero`` marks pairs with a zero variance (or is None). Compiled by :mod:`widenet._compiled`
-    when asked."""
+    when asked; reproducible mode passes its own ``atan2``."""
     root = _root_of(nngp, q1, q2)
-    tdot = _scratch.call(torch.atan2, root, nngp)
+    tdot = atan2(root, nngp)
     if zero is not None:
         tdot.masked_fill_(zero, _PI / 2)
     tdot.mul_(-factor).add_(half)
@@ -167,8 +197,8 @@ class ABRelu(Nonlinearity):
     def _tile(self, w: Work) -> None:
         factor = (self.a - self.b) ** 2 / (2 * _PI)
         half = (self.a**2 + self.b**2) / 2
-        w.nngp, w.ntk = _compiled.run(_abrelu_rule, w.nngp, w.ntk, *w.outer(w.var1, w.var2),
-                                      w.zero_variance_mask(), factor, half)
+        w.nngp, w.ntk = _run_rule(_abrelu_rule, w.nngp, w.ntk, *w.outer(w.var1, w.var2),
+                                  w.zero_variance_mask(), factor, half)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return q * ((self.a**2 + self.b**2) / 2)
@@ -232,17 +262,17 @@ class Erf(Nonlinearity):
 
     def _tile(self, w: Work) -> None:
         b2 = self.b**2
-        w.nngp, w.ntk = _compiled.run(_erf_rule, w.nngp, w.ntk,
+        w.nngp, w.ntk = _run_rule(_erf_rule, w.nngp, w.ntk,
                                       *w.outer(1 + 2 * b2 * w.var1, 1 + 2 * b2 * w.var2),
                                       2 * b2, 4 / _PI * b2 * self.a**2, 2 / _PI * self.a**2,
                                       self.c**2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         q = q * self.b**2
-        return torch.atan2(q, torch.sqrt(q + 0.25)) * (2 / _PI * self.a**2) + self.c**2
+        return _exact.elementwise(torch.atan2, q, torch.sqrt(q + 0.25)) * (2 / _PI * self.a**2) + self.c**2
 
 
-def _erf_rule(nngp, ntk, p1, p2, scale, ntk_scale, nngp_scale, shift):
+def _erf_rule(nngp, ntk, p1, p2, scale, ntk_scale, nngp_scale, shift, atan2_=_atan2_):
     """Erf's rule on a tile, in place: with ``K`` scaled by ``scale`` and ``p1 p2`` the
     broadcast products ``(1 + 2 b^2 q1)(1 + 2 b^2 q2)``, ``r = sqrt(p1 p2 - K^2)``,
     ``Theta *= ntk_scale / r`` and ``K = nngp_scale atan2(K, r) + shift``."""
@@ -251,7 +281,7 @@ def _erf_rule(nngp, ntk, p1, p2, scale, ntk_scale, nngp_scale, shift):
     root.addcmul_(nngp, nngp, value=-1.0).sqrt_()
     if ntk is not None:
         ntk.div_(root).mul_(ntk_scale)
-    nngp.atan2_(root).mul_(nngp_scale).add_(shift)
+    atan2_(nngp, root).mul_(nngp_scale).add_(shift)
     return nngp, ntk
 
 
@@ -283,7 +313,7 @@ class Gelu(Nonlinearity):
         prod1 = w.prod(w.var1 + 1, w.var2 + 1)
         delta2 = prod1 - K * K
         delta = delta2.sqrt()
-        angle = torch.atan2(K, delta)
+        angle = _exact.elementwise(torch.atan2, K, delta)
         if w.ntk is not None:
             tdot = (1 - prod).div_(prod1).add_(1).add_(delta2.reciprocal())
             tdot.mul_(K).div_(delta).add_(angle).div_(2 * _PI).add_(0.25)
@@ -294,7 +324,7 @@ class Gelu(Nonlinearity):
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         root = torch.sqrt(1 + 2 * q)
-        out = q / ((q + 1) * root) + torch.atan2(q, root) / 2
+        out = q / ((q + 1) * root) + _exact.elementwise(torch.atan2, q, root) / 2
         return (out / _PI + 0.25) * q
 
 
@@ -320,15 +350,15 @@ class Sin(Nonlinearity):
         b2 = self.b**2
         half_sum = w.sum(w.var1, w.var2).mul_(-0.5 * b2)
         scaled = w.nngp * b2
-        s1 = torch.add(half_sum, scaled).exp_()
-        s2 = half_sum.sub_(scaled).exp_().mul_(_cos(2 * self.c))
+        s1 = _exact.apply_(torch.exp, torch.add(half_sum, scaled))
+        s2 = _exact.apply_(torch.exp, half_sum.sub_(scaled)).mul_(_cos(2 * self.c))
         half_a2 = self.a**2 / 2
         if w.ntk is not None:
             w.ntk.mul_(s1 + s2).mul_(half_a2 * b2)
         w.nngp = s1.sub_(s2).mul_(half_a2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
-        return (1 - torch.exp(-2 * self.b**2 * q) * _cos(2 * self.c)) * (self.a**2 / 2)
+        return (1 - _exact.elementwise(torch.exp, -2 * self.b**2 * q) * _cos(2 * self.c)) * (self.a**2 / 2)
 
 
 @dataclass(frozen=True)
@@ -362,7 +392,7 @@ class Rbf(Nonlinearity):
         return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + _PI / 4)
 
     def _tile(self, w: Work) -> None:
-        t = w.sum(w.var1, w.var2).mul_(-self.gamma).add_(w.nngp * (2 * self.gamma)).exp_()
+        t = _exact.apply_(torch.exp, w.sum(w.var1, w.var2).mul_(-self.gamma).add_(w.nngp * (2 * self.gamma)))
         if w.ntk is not None:
             w.ntk.mul_(t).mul_(2 * self.gamma)
         w.nngp.copy_(t)
@@ -407,13 +437,13 @@ class Exp(Nonlinearity):
 
     def _tile(self, w: Work) -> None:
         b2 = self.b**2
-        t = w.sum(w.var1, w.var2).mul_(0.5).add_(w.nngp).mul_(b2).exp_().mul_(self.a**2)
+        t = _exact.apply_(torch.exp, w.sum(w.var1, w.var2).mul_(0.5).add_(w.nngp).mul_(b2)).mul_(self.a**2)
         if w.ntk is not None:
             w.ntk.mul_(t).mul_(b2)
         w.nngp.copy_(t)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.exp(2 * self.b**2 * q) * self.a**2
+        return _exact.elementwise(torch.exp, 2 * self.b**2 * q) * self.a**2
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Iterator, Union
 import torch
 from torch import nn
 
+from .. import _exact
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError, ShapeError
 from ._base import Flow, Layer, Spec
@@ -70,9 +71,9 @@ class LayerNorm(Layer):
             if spatial_axes:
                 axes = tuple(1 + a for a in spatial_axes)
                 if keep is None:
-                    v = v.mean(axes, keepdim=True).expand_as(v)
+                    v = _exact.mean(v, axes, keepdim=True).expand_as(v)
                 else:  # the mean over real positions (padded ones hold zero variance)
-                    v = (v.sum(axes, keepdim=True) / keep.sum(axes, keepdim=True)).expand_as(v)
+                    v = (_exact.sum(v, axes, keepdim=True) / keep.sum(axes, keepdim=True)).expand_as(v)
             return (v + self.eps).sqrt()
 
         n1, n2 = norms(w.var1, w.keep1), norms(w.var2, w.keep2)

@@ -14,6 +14,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .. import _exact
 from .._validate import check_choice
 from ..errors import NoClosedFormError
 from ._base import Flow, Layer, Spec
@@ -63,8 +64,13 @@ class _Pool(Layer):
 
         def pool(t: torch.Tensor) -> torch.Tensor:
             first, second = spatial_axes(t.ndim, d, True)
-            groups = [[a] for a in first + second]
-            out = window_sum(t, groups, window * 2, stride * 2, (1,) * (2 * d), pads * 2, circular)
+            args = (window * 2, stride * 2, (1,) * (2 * d), pads * 2, circular)
+            out = window_sum(t, [[a] for a in first + second], *args)
+            if _exact.active():
+                # The windows of x are summed before those of x'; the kernel of (x', x) would
+                # sum them the other way round, to other roundings. Reproducible mode takes
+                # the mean of both orders, which is the same for both pairs.
+                out.add_(window_sum(t, [[a] for a in second + first], *args)).mul_(0.5)
             return out.mul_(scale) if scale != 1.0 else out
 
         w.map_tiles(pool)
@@ -164,8 +170,7 @@ class _GlobalPool(Layer):
         scale = 1.0 / (n * n) if self._mode == "avg" else 1.0
 
         def pool(t: torch.Tensor) -> torch.Tensor:
-            lead = t.shape[: t.ndim - 2 * len(spatial)]
-            return t.reshape(lead + (-1,)).sum(-1)
+            return _exact.pair_sum(t, len(spatial))
 
         if w.masked and self._mode == "avg":
             # Padded positions hold zeros; the mean is over each input's real positions.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .. import _exact
 from .._validate import check_int
 from ..errors import ParameterError
 from ..kernel import Work
@@ -89,11 +91,23 @@ class Elementwise(Nonlinearity):
         """``E[f(u) f(v)]`` for flat tensors of equal length."""
         prod = q1 * q2
         rho = torch.where(prod > 0, K / torch.sqrt(torch.where(prod > 0, prod, 1)), 0).clamp_(-1, 1)
+        if _exact.active():
+            # Reproducible mode: every evaluation on the vectorized path, sums in a fixed
+            # order per entry, and the mean of both orders of the pair, so that (x', x)
+            # gives the value of (x, x') bit for bit.
+            f = functools.partial(_exact.elementwise, f)
         u = f(torch.sqrt(q1)[:, None] * x[None, :]) * w  # (E, deg)
         mean = (rho[:, None] * x[None, :])[:, :, None]  # (E, deg, 1)
         spread = safe_sqrt(1 - rho * rho)[:, None, None] * x[None, None, :]
         v = f(torch.sqrt(q2)[:, None, None] * (mean + spread))  # (E, deg, deg)
-        return torch.einsum("ei,eij,j->e", u, v, w)
+        if not _exact.active():
+            return torch.einsum("ei,eij,j->e", u, v, w)
+        return _exact.sum(u * _exact.sum(v * w, -1), -1)
+
+    def _expect_pair(self, f, q1, q2, K, x, w) -> torch.Tensor:
+        if not _exact.active():
+            return self._expect(f, q1, q2, K, x, w)
+        return self._expect(f, q1, q2, K, x, w).add_(self._expect(f, q2, q1, K, x, w)).mul_(0.5)
 
     def _tile(self, w: Work) -> None:
         x, wts = self._nodes(w.nngp)
@@ -107,15 +121,17 @@ class Elementwise(Nonlinearity):
         for s in range(0, K.numel(), chunk):
             sl = slice(s, s + chunk)
             if tdot is not None:
-                tdot[sl] = self._expect(dfn, q1[sl], q2[sl], K[sl], x, wts)
-            T[sl] = self._expect(self.fn, q1[sl], q2[sl], K[sl], x, wts)
+                tdot[sl] = self._expect_pair(dfn, q1[sl], q2[sl], K[sl], x, wts)
+            T[sl] = self._expect_pair(self.fn, q1[sl], q2[sl], K[sl], x, wts)
         if tdot is not None:
             w.ntk.mul_(tdot.view_as(w.ntk))
         w.nngp.copy_(T.view_as(w.nngp))
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         x, wts = self._nodes(q)
-        values = self.fn(torch.sqrt(q).reshape(-1, 1) * x[None, :])
+        values = _exact.elementwise(self.fn, torch.sqrt(q).reshape(-1, 1) * x[None, :])
+        if _exact.active():
+            return _exact.sum(values * values * wts, -1).reshape(q.shape)
         return ((values * values) @ wts).reshape(q.shape)
 
 

@@ -1,0 +1,230 @@
+"""Reproducible kernels: every entry the same bits whatever tile, block, batch or thread
+count computes it.
+
+A kernel entry computed by the engine normally depends, in its last bits, on which other
+entries were computed with it:
+
+* matrix products (the input layer's ``x . x'``, attention's weighted sums) go through BLAS,
+  which picks its kernels and summation order from the shapes, alignment and threads of the
+  call;
+* torch's elementwise kernels evaluate vector-sized runs with vectorized (SLEEF) functions and
+  the leftover elements of each run with the C library's scalar ones, and for ``atan2``,
+  ``pow``, ``exp2``, ``sinh`` and others the two differ in the last place;
+* a sum with a single output is split across threads.
+
+Within :func:`enabled`, the engine calls the helpers here instead, which remove each cause:
+
+* :func:`matmul` computes products exactly (Ozaki et al. 2012): each operand is scaled by a
+  power of two per row (per column) and split into slices of at most ``beta`` bits, chosen
+  so that every product of two slices, summed over the contraction axis in any order, is an
+  integer below 2**53 times a power of two, which float64 holds exactly. The slice products
+  are then added in one fixed order. The result depends only on the operands' values: not
+  on the shapes, the BLAS, the threads, or even the order of the contraction axis.
+* :func:`elementwise` evaluates an op in runs of whole vectors only, so every element goes
+  through the same vectorized function.
+* :func:`sum` never lets a reduction be split across threads.
+
+It costs several products per product (6 for float64 operands, 3 for float32) and a serial
+pass for the listed elementwise ops, so it is off by default; ``reproducible=True`` on a
+kernel call turns it on (see ``Layer.kernel``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+_ACTIVE = contextvars.ContextVar("widenet_reproducible", default=False)
+
+# Runs of whole vectors: a multiple of the longest unrolled vector loop (2 x 16 float32
+# lanes with AVX-512, doubled for margin), and under torch's parallel grain (32768
+# elements), so that each call is one serial loop from its first element.
+_RUN = 64
+_CHUNK = 16384
+
+
+def active() -> bool:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def enabled(on: bool = True) -> Iterator[None]:
+    """Within the block, the engine's products, listed elementwise ops and sums are
+    computed by the helpers of this module (``on=False`` leaves the current setting)."""
+    if not on:
+        yield
+        return
+    token = _ACTIVE.set(True)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """``2.0 ** e`` for integer ``e`` in the normal range, built from its bits (exact)."""
+    return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def _scaled(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x * 2**-e`` with ``e`` per slice along ``dim`` so that every entry is below 1 in
+    magnitude, and ``2**e``. Both products by powers of two are exact."""
+    m = x.abs().amax(dim, keepdim=True)
+    e = torch.frexp(m).exponent.clamp_(-1021, 1021)  # m < 2**e; zero rows get e = 0
+    return x * _pow2(-e), _pow2(e)
+
+
+def _slices(x: torch.Tensor, beta: int, count: int) -> list[torch.Tensor]:
+    """``x`` (entries below 1 in magnitude) as slices ``x = s_1 + s_2 + ... + rest``, where
+    ``s_k`` is an integer of at most ``beta`` bits times ``2**(-beta k)``."""
+    out = []
+    rest = x
+    for k in range(1, count + 1):
+        up = 2.0 ** (beta * k)
+        s = torch.round(rest * up).div_(up)  # both scalings by powers of two are exact
+        out.append(s)
+        rest = rest - s  # exact: s holds rest's leading bits
+    return out
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (broadcasting batch axes like ``torch.matmul``); within :func:`enabled`,
+    rounded from the exact product in a way that depends only on the operands' values.
+
+    Accuracy: the slices keep at least ``precision + 3`` bits of each row (column) relative
+    to its largest entry, and the slice products left out are below that too, so the error
+    is a few units of ``eps * |a| |b|``, as for BLAS."""
+    if not active():
+        return torch.matmul(a, b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"reproducible products take operands of at least 2 axes (got {a.ndim} and {b.ndim})")
+    if a.dtype not in (torch.float64, torch.float32) or b.dtype != a.dtype:
+        raise TypeError(f"reproducible products take two float32 or float64 operands (got {a.dtype} and {b.dtype})")
+    dtype = a.dtype
+    k = a.shape[-1]
+    # Every slice product summed over k terms stays below 2**52 (exact in float64).
+    beta = (52 - max(0, math.ceil(math.log2(max(k, 1))))) // 2
+    if beta < 8:
+        raise ValueError(f"reproducible products support contractions of up to 2**36 terms (got {k})")
+    bits = 53 if dtype == torch.float64 else 24
+    count = math.ceil((bits + 3) / beta)
+    sa, ea = _scaled(a.to(torch.float64), -1)
+    sb, eb = _scaled(b.to(torch.float64), -2)
+    left = _slices(sa, beta, count)
+    right = _slices(sb, beta, count)
+    nonzero_l = [bool(s.any()) for s in left]
+    nonzero_r = [bool(s.any()) for s in right]
+    def term(i: int, j: int):
+        if i > count or j > count or not (nonzero_l[i - 1] and nonzero_r[j - 1]):
+            return None
+        return torch.matmul(left[i - 1], right[j - 1])
+
+    acc = None
+    # Smallest terms first; every term is exact, so only this fixed order rounds. Terms
+    # (i, j) and (j, i) are added to each other first, so that the product of the transposed
+    # operands is the transposed product, bit for bit.
+    for total in range(count + 1, 1, -1):
+        for i in range(1, total // 2 + 1):
+            j = total - i
+            p, q = term(i, j), (term(j, i) if j != i else None)
+            if p is None or q is None:
+                p = p if q is None else q
+            else:
+                p = p.add_(q)
+            if p is not None:
+                acc = p if acc is None else acc.add_(p)
+    if acc is None:  # an operand of zeros: a product over an empty axis has the result's shape
+        acc = torch.matmul(sa[..., :0], sb[..., :0, :])
+    acc = acc * ea
+    acc.mul_(eb)
+    return acc.to(dtype)
+
+
+def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``op(*args)`` for an elementwise ``op``; within :func:`enabled`, every element is
+    computed by the op's vectorized loop (whole runs of vectors, one serial call at a time),
+    never by its scalar tail, so its bits do not depend on where it falls in the tensor."""
+    if not active():
+        return op(*args)
+    tensors = [t for t in args if isinstance(t, torch.Tensor)]
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    like = tensors[0]
+    n = math.prod(shape)
+    padded = max(_RUN, -(-n // _RUN) * _RUN)
+    flat = []
+    for t in args:
+        if isinstance(t, torch.Tensor):
+            f = torch.empty(padded, dtype=t.dtype, device=t.device)
+            f[:n].view(shape).copy_(t.expand(shape))
+            f[n:] = f[0] if n else 1.0  # a value inside the op's domain
+            flat.append(f)
+        else:
+            flat.append(t)
+    out = None
+    for c0 in range(0, padded, _CHUNK):
+        c1 = min(c0 + _CHUNK, padded)
+        part = op(*(f[c0:c1] if isinstance(f, torch.Tensor) else f for f in flat))
+        if out is None:
+            out = torch.empty(padded, dtype=part.dtype, device=like.device)
+        out[c0:c1] = part
+    return out[:n].view(shape)
+
+
+def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``op(*args)`` into a reused tile buffer (:func:`widenet._scratch.call`); within
+    :func:`enabled`, by :func:`elementwise`."""
+    from . import _scratch
+
+    return elementwise(op, *args) if active() else _scratch.call(op, *args)
+
+
+def apply_(op: Callable[..., torch.Tensor], t: torch.Tensor, *args) -> torch.Tensor:
+    """``t.<op>_(*args)`` (e.g. ``t.exp_()``); within :func:`enabled`, by :func:`elementwise`."""
+    if not active():
+        return getattr(t, op.__name__ + "_")(*args)
+    return t.copy_(elementwise(op, t, *args))
+
+
+def pair_sum(t: torch.Tensor, nd: int) -> torch.Tensor:
+    """The sum over the last ``2 nd`` axes of ``t`` (every pair of positions ``(s, s')`` of a
+    full-layout kernel); within :func:`enabled`, taken over ``(t + t^T) / 2`` (positions
+    exchanged) so that the kernel of ``(x', x)`` sums the same numbers in the same order as
+    that of ``(x, x')``, and gives its value bit for bit."""
+    lead = t.shape[: t.ndim - 2 * nd]
+    if not active():
+        return t.reshape(lead + (-1,)).sum(-1)
+    n = math.prod(t.shape[t.ndim - nd:])
+    m = t.reshape(lead + (n, n))
+    return sum((m + m.transpose(-1, -2)).reshape(lead + (-1,)), -1).mul_(0.5)
+
+
+def sum(t: torch.Tensor, dims: Sequence[int] | int, keepdim: bool = False) -> torch.Tensor:  # noqa: A001
+    """``t.sum(dims)``; within :func:`enabled`, never split across threads (see :func:`mean`)."""
+    return _reduce(torch.sum, t, dims, keepdim)
+
+
+def mean(t: torch.Tensor, dims: Sequence[int] | int, keepdim: bool = False) -> torch.Tensor:
+    """``t.mean(dims)``; within :func:`enabled`, every output is reduced from one contiguous
+    row by the same loop, whatever the input's strides, and a reduction with a single output
+    (which torch splits across threads once it is long enough) is taken as one of two equal
+    rows."""
+    return _reduce(torch.mean, t, dims, keepdim)
+
+
+def _reduce(op, t: torch.Tensor, dims: Sequence[int] | int, keepdim: bool) -> torch.Tensor:
+    if not active():
+        return op(t, dims, keepdim=keepdim)
+    dims_t = sorted(d % t.ndim for d in ((dims,) if isinstance(dims, int) else dims))
+    kept = [d for d in range(t.ndim) if d not in dims_t]
+    # One layout for every call: the reduced axes last and contiguous, so each output is one
+    # contiguous run, reduced by the same loop whatever the input's strides.
+    rows = t.permute(kept + dims_t).reshape(math.prod(t.shape[d] for d in kept), -1)
+    if rows.shape[0] == 1:
+        rows = rows.expand(2, -1)
+    out = op(rows.contiguous(), -1)[: max(1, math.prod(t.shape[d] for d in kept))]
+    shape = [1 if d in dims_t else n for d, n in enumerate(t.shape)] if keepdim else [t.shape[d] for d in kept]
+    return out.reshape(shape)
