@@ -15,12 +15,14 @@ Workloads (names for --only):
   attention   one transformer block (softmax self-attention with positional embeddings,
               LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
 
-widenet runs twice per workload: with its eager rules and with compiled ones
-(``wn.set_compile(True)``); the compiled row also prints the seconds its warm-up call took,
-compilation included (a cold Inductor cache costs more than a warm one).
+widenet runs once per variant and workload: "eager" (its default rules), "compiled"
+(``wn.set_compile(True)``; the row also prints the seconds its warm-up call took, compilation
+included, and a cold Inductor cache costs more than a warm one) and, when asked,
+"reproducible" (``kernel(reproducible=True)``: every entry's bits independent of tiles and
+threads, at the cost of exact matrix products).
 
 Usage: python benchmarks/run.py [--only cnn-pool,fc] [--dtypes float64,float32] [--repeats 3]
-                                [--variants eager,compiled]
+                                [--variants eager,compiled,reproducible]
 """
 
 from __future__ import annotations
@@ -94,15 +96,18 @@ def _matmul_peak(dtype: torch.dtype) -> float:
 def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
     net = WORKLOADS[name][0]()
+    if variant not in ("eager", "compiled", "reproducible"):
+        raise SystemExit(f"unknown variant {variant!r}: eager, compiled or reproducible")
     wn.set_compile(variant == "compiled")
+    reproducible = variant == "reproducible"
     start = time.perf_counter()
-    net.kernel(x[:16])  # warm-up (and compilation)
+    net.kernel(x[:16], reproducible=reproducible)  # warm-up (and compilation)
     warmup = time.perf_counter() - start
     before = peak_rss()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        k = net.kernel(x)
+        k = net.kernel(x, reproducible=reproducible)
         times.append(time.perf_counter() - start)
     np.save(out + ".nngp.npy", k.nngp.numpy())
     np.save(out + ".ntk.npy", k.ntk.numpy())
@@ -131,7 +136,7 @@ def main() -> None:
     base = _baseline_rss()
     print(f"NNGP+NTK, same inputs (x2=None); {torch.get_num_threads()} threads; peaks are MB added "
           f"beyond imports (widenet's default memory budget: a quarter of available RAM)\n")
-    header = (f"{'workload':12s} {'dtype':8s} {'rules':9s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
+    header = (f"{'workload':12s} {'dtype':8s} {'variant':12s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
               f"{'max rel err':>12s} {'widenet MB':>11s} {'NT MB':>8s} {'GFLOP/s (of matmul peak)':>26s}"
               f" {'warm-up s':>9s}")
     print(header)
@@ -163,7 +168,7 @@ def main() -> None:
                     rate = _flops_per_entry(name) * (n * (n + 1) / 2) / min(ours["times"])
                     peak = _matmul_peak(torch_dtype)
                     flops = f"{rate / 1e9:.1f} ({100 * rate / peak:.0f}% of {peak / 1e9:.0f})"
-                print(f"{name:12s} {dtype:8s} {variant:9s} {ours_rate:18.3g} {nt_rate:13.3g} "
+                print(f"{name:12s} {dtype:8s} {variant:12s} {ours_rate:18.3g} {nt_rate:13.3g} "
                       f"{ours_rate / nt_rate:6.2f}x {err:12.2e} {peak_mb:11.0f} {nt_mb:>8s} {flops:>26s} "
                       f"{ours['warmup']:9.1f}", flush=True)
 

@@ -29,10 +29,12 @@ def _cnn():
 
 
 def _same(a, b, exact=True):
-    """Bit for bit equal where both were computed on the same tiles (stores, resumes, Dask
-    against local); against a call on other blocks, equal to a few units in the last place:
-    a matrix product's rounding depends on its shape (BLAS picks other kernels for other
-    sizes), which is also why the in-memory path differs by as much across its own block sizes."""
+    """Bit for bit equal in reproducible mode, and in the default mode where both were computed
+    on the same tiles (stores, resumes, Dask against local); in the default mode against a
+    call on other blocks, equal to a few units in the last place: a matrix product's rounding
+    depends on its shape (BLAS picks other kernels for other sizes), and torch computes the
+    last elements of a run with scalar functions, which is also why the in-memory path
+    differs by as much across its own block sizes."""
     if isinstance(a, wn.Kernel):
         for name in ("nngp", "ntk", "var1", "var2"):
             u, v = getattr(a, name), getattr(b, name)
@@ -55,6 +57,12 @@ def test_tiles_equal_the_direct_kernel(tile):
     x1 = torch.randn(23, 5, generator=g, dtype=D)
     x2 = torch.randn(10, 5, generator=g, dtype=D)
     net = _net()
+    # Reproducible mode: bit for bit, whatever the tile (odd sizes, rectangular, dividing nothing).
+    _same(blocked.compute(net, x1, tile=tile, reproducible=True), net.kernel(x1, reproducible=True))
+    _same(blocked.compute(net, x1, x2, tile=tile, reproducible=True), net.kernel(x1, x2, reproducible=True))
+    assert torch.equal(blocked.compute(net, x1, tile=tile, get="ntk", reproducible=True),
+                       net.ntk(x1, reproducible=True))
+    # Default mode: bit for bit on the same tiles, a few ulp otherwise.
     _same(blocked.compute(net, x1, tile=tile), net.kernel(x1), exact=tile == 23)
     _same(blocked.compute(net, x1, x2, tile=tile), net.kernel(x1, x2), exact=tile == 23)
     _same(blocked.compute(net, x1, tile=tile, get="ntk"), net.ntk(x1), exact=tile == 23)
@@ -67,12 +75,15 @@ def test_tiles_of_spatial_layouts_and_of_full_output_empirical_ntks():
     x = torch.randn(9, 2, 6, 6, generator=g, dtype=D)
     cnn = _cnn()
     _same(blocked.compute(cnn, x, tile=4), cnn.kernel(x), exact=False)
+    _same(blocked.compute(cnn, x, tile=4, reproducible=True), cnn.kernel(x, reproducible=True))
     # A kernel that keeps its spatial axes, "full" layout: mirrored tiles swap the two halves.
     conv = wn.Serial(wn.Conv(4, 3, padding="same"), wn.Relu(), wn.Conv(4, 3, padding="same"))
     direct = conv.kernel(x[:, :, :4, :4], layout="full")
     assert direct.layout == "full" and direct.nngp.ndim == 6
-    _same(blocked.compute(lambda a, b: conv.kernel(a, b, layout="full"), x[:, :, :4, :4], tile=4), direct,
-          exact=False)
+    full = lambda a, b: conv.kernel(a, b, layout="full")  # noqa: E731
+    _same(blocked.compute(full, x[:, :, :4, :4], tile=4), direct, exact=False)
+    _same(blocked.compute(full, x[:, :, :4, :4], tile=4, reproducible=True),
+          conv.kernel(x[:, :, :4, :4], layout="full", reproducible=True))
     # An empirical full-output NTK (N, N, O, O): mirrored tiles swap the output axes too.
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(D)
@@ -221,6 +232,8 @@ def test_dask_cluster_gives_the_local_result_even_when_a_worker_is_killed(tmp_pa
         _same(blocked.compute(net, x, tile=4, client=client), local)  # tiles come back through futures
         _same(blocked.compute(net, x, x2, tile=4, client=cluster.scheduler_address),  # a scheduler address
               blocked.compute(net, x, x2, tile=4))
+        # Reproducible mode on the cluster, with tiles of another size: the one-call kernel.
+        _same(blocked.compute(net, x, tile=5, client=client, reproducible=True), net.kernel(x, reproducible=True))
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]
         path = tmp_path / "store"

@@ -192,3 +192,21 @@ def test_compiled_rules_match_neural_tangents(name):
     theirs = nt_kernel(net, x1, x2)
     assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
     assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["pools", "standard-layernorm", "dropout-residual", "attention-softmax"])
+def test_reproducible_kernels_match_neural_tangents(name):
+    # Reproducible mode (exact products, vector-path ops, symmetric sums) against the same
+    # oracle, computed in tiles of one input (each entry in its own piece).
+    from widenet.testing.nt import nt_kernel
+
+    if name == "attention-softmax":
+        net = _attention_net(ATTENTIONS["softmax-sum-pos-emb"])
+        x1, x2 = _images((3, 7))
+    else:
+        net = CNNS[name]
+        x1, x2 = _images((3, 7, 6))
+    ours = net.kernel(x1, x2, reproducible=True, block_size=1)
+    theirs = nt_kernel(net, x1, x2)
+    assert _rel(ours.nngp.numpy(), theirs["nngp"]) <= 1e-10
+    assert _rel(ours.ntk.numpy(), theirs["ntk"]) <= 1e-10

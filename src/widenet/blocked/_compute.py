@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .. import _exact
 from .._validate import as_tensor, available_memory, check_int, check_memory
 from ..errors import ParameterError
 from ..kernel import Kernel
@@ -25,12 +26,24 @@ class _Architecture:
     """A widenet architecture as a tile function within a memory budget: ``net.kernel``, or
     only ``net.ntk`` / ``net.nngp``."""
 
-    def __init__(self, net, memory: int, get: Optional[str]):
-        self.net, self.memory, self.get = net, memory, get
+    def __init__(self, net, memory: int, get: Optional[str], reproducible: bool = False):
+        self.net, self.memory, self.get, self.reproducible = net, memory, get, reproducible
 
     def __call__(self, x1, x2):
         method = self.net.kernel if self.get is None else getattr(self.net, self.get)
-        return method(x1, x2, memory=self.memory)
+        return method(x1, x2, memory=self.memory, reproducible=self.reproducible)
+
+
+class _Reproducible:
+    """A callable run in reproducible mode: the widenet kernels it computes give the same
+    bits whatever tile they are computed in (:mod:`widenet._exact`)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x1, x2):
+        with _exact.enabled():
+            return self.fn(x1, x2)
 
 
 class _Pick:
@@ -49,11 +62,11 @@ class _Pick:
         return out
 
 
-def _function(fn: Any, key: Optional[str], memory: int, get: Optional[str] = None):
+def _function(fn: Any, key: Optional[str], memory: int, get: Optional[str] = None, reproducible: bool = False):
     """The tile function and the key the store records for it."""
-    suffix = "" if get is None else f" ({get} only)"
+    suffix = ("" if get is None else f" ({get} only)") + (" (reproducible)" if reproducible else "")
     if hasattr(fn, "kernel") and callable(fn.kernel) and hasattr(fn, "module"):
-        return _Architecture(fn, memory, get), (key or f"widenet architecture {fn!r}") + suffix
+        return _Architecture(fn, memory, get, reproducible), (key or f"widenet architecture {fn!r}") + suffix
     if not callable(fn):
         raise ParameterError(
             f"{OWNER}: fn must be a widenet architecture or a callable (x1_block, x2_block) -> Kernel or tensor "
@@ -62,7 +75,8 @@ def _function(fn: Any, key: Optional[str], memory: int, get: Optional[str] = Non
     if key is None:
         name = getattr(fn, "__qualname__", type(fn).__qualname__)
         key = f"callable {getattr(fn, '__module__', '?')}.{name}"
-    return (fn if get is None else _Pick(fn, get)), key + suffix
+    fn = fn if get is None else _Pick(fn, get)
+    return (_Reproducible(fn) if reproducible else fn), key + suffix
 
 
 def _tile_size(plan_n1: int, plan_n2: int, per_pair: int, budget: int, workers: int) -> int:
@@ -79,7 +93,8 @@ def _tile_size(plan_n1: int, plan_n2: int, per_pair: int, budget: int, workers: 
 
 def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optional[int] = None,
             store: Union[str, os.PathLike, None] = None, overwrite: bool = False, client: Any = None,
-            key: Optional[str] = None, get: Optional[str] = None, progress: Optional[bool] = None):
+            key: Optional[str] = None, get: Optional[str] = None, progress: Optional[bool] = None,
+            reproducible: bool = False):
     """Computes a kernel over ``x1 x x2`` tile by tile.
 
     Args:
@@ -110,6 +125,12 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
             architecture then computes only it: less memory and, for the NNGP, less work).
         progress: show a progress bar with throughput and ETA (default: when the standard
             error is a terminal).
+        reproducible: compute widenet kernels in reproducible mode (``Layer.kernel``'s
+            ``reproducible``): every entry then has the same bits whatever tile size, memory,
+            cluster or thread count computes it, and equals the one-call kernel
+            ``fn.kernel(x1, x2, reproducible=True)`` exactly. A callable runs with the mode
+            on, which reaches the widenet kernels it calls (other computations in it are its
+            own). The store's fingerprint records the mode.
 
     Returns:
         Without a store, what ``fn`` returns for the whole inputs (a Kernel with per-input
@@ -131,7 +152,9 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         raise ParameterError(f"{OWNER}: overwrite must be a bool (got {overwrite!r})")
     if get is not None and get not in ("nngp", "ntk"):
         raise ParameterError(f"{OWNER}: get must be None, 'nngp' or 'ntk' (got {get!r})")
-    fn, fn_key = _function(fn, key, max(1, budget * 3 // 4), get)
+    if not isinstance(reproducible, bool):
+        raise ParameterError(f"{OWNER}: reproducible must be a bool (got {reproducible!r})")
+    fn, fn_key = _function(fn, key, max(1, budget * 3 // 4), get, reproducible)
     if client is None:
         return _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, None, progress)
     from ._dask import connected

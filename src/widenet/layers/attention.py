@@ -311,10 +311,25 @@ def _pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch
     (n x C n) product, and each column input's weights all its rows in one (B n x n) @
     (n x n) product."""
     if _exact.active():
-        return _sandwich(g1[:, None], k, g2[None]).contiguous()
+        return _exact_pair_sandwich(g1, k, g2)
     b, c, n, _ = k.shape
     by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, t, c, u)
     left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, s, c, u)
     by_col = _scratch.clone(left.view(b, n, c, n).permute(2, 0, 1, 3)).view(c, b * n, n)
     right = _scratch.call(torch.bmm, by_col, g2.transpose(1, 2), shape=(c, b * n, n))
     return _scratch.clone(right.view(c, b, n, n).transpose(0, 1))
+
+
+def _exact_pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """:func:`_pair_sandwich` in reproducible mode: the mean of ``(g1 k) g2^T`` and
+    ``g1 (k g2^T)``, with exact-then-rounded products laid out as in :func:`_pair_sandwich`
+    (a product's rounding depends only on its rows and columns, not on the batch around it)."""
+    b, c, n, _ = k.shape
+    mm = _exact.matmul
+    g2t = g2.transpose(1, 2)
+    left = mm(g1, k.transpose(1, 2).reshape(b, n, c * n)).view(b, n, c, n)  # (b, s, c, u): g1 k
+    one = mm(left.permute(2, 0, 1, 3).reshape(c, b * n, n), g2t)  # (c, b s, v): (g1 k) g2^T
+    right = mm(k.transpose(0, 1).reshape(c, b * n, n), g2t).view(c, b, n, n)  # (c, b, t, v): k g2^T
+    two = mm(g1, right.permute(1, 2, 0, 3).reshape(b, n, c * n)).view(b, n, c, n)  # g1 (k g2^T)
+    out = one.view(c, b, n, n).transpose(0, 1).add(two.transpose(1, 2))
+    return out.mul_(0.5).contiguous()
