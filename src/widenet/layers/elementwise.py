@@ -13,6 +13,8 @@ near +-1 keep their precision (see REFERENCE: numerics).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -137,11 +139,14 @@ def _run_rule(rule, *args):
     """A rule written as a tensor function: compiled when asked (:mod:`widenet._compiled`),
     and with reproducible mode's elementwise ops when that is on (:mod:`widenet._exact`)."""
     if _exact.active():
-        import inspect
-
-        ops = {k: v for k, v in _EXACT_OPS.items() if k in inspect.signature(rule).parameters}
-        return rule(*args, **ops)
+        return rule(*args, **_exact_ops(rule))
     return _compiled.run(rule, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_ops(rule) -> dict:
+    """The reproducible-mode ops for the parameters ``rule`` takes."""
+    return {k: v for k, v in _EXACT_OPS.items() if k in inspect.signature(rule).parameters}
 
 
 def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=_atan2):
