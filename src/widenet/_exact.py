@@ -26,9 +26,10 @@ Within :func:`enabled`, the engine calls the helpers here instead, which remove 
   pool of threads).
 * :func:`sum` never lets a reduction be split across threads.
 
-It costs several products per product (6 for float64 operands, 3 for float32) and a serial
-pass for the listed elementwise ops, so it is off by default; ``reproducible=True`` on a
-kernel call turns it on (see ``Layer.kernel``).
+It costs several products per long product (6 for float64 operands, 3 for float32), a
+pass per short one's term, copies around the listed elementwise ops and a second order of
+summation in a few rules, so it is off by default; ``reproducible=True`` on a kernel call
+turns it on (see ``Layer.kernel``).
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import types
 import threading
+import types
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-_POOL_LOCK = threading.Lock()
 # Contractions up to this length are summed term by term instead of sliced.
 _SHORT = 4
+_POOL = None  # threads for elementwise chunks
+_POOL_LOCK = threading.Lock()
 _ACTIVE = contextvars.ContextVar("widenet_reproducible", default=False)
 
 # Runs of whole vectors: a multiple of the longest unrolled vector loop (2 x 16 float32
@@ -137,6 +139,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     right = _slices(sb, beta, count)
     nonzero_l = [bool(s.any()) for s in left]
     nonzero_r = [bool(s.any()) for s in right]
+
     def term(i: int, j: int):
         if i > count or j > count or not (nonzero_l[i - 1] and nonzero_r[j - 1]):
             return None
@@ -165,17 +168,26 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
     """``op(*args)`` for an elementwise ``op``; within :func:`enabled`, every element is
-    computed by the op's vectorized loop (whole runs of vectors, one serial call at a time),
+    computed by the op's vectorized loop (whole runs of vectors, each call one serial loop),
     never by its scalar tail, so its bits do not depend on where it falls in the tensor."""
     if not active():
         return op(*args)
     tensors = [t for t in args if isinstance(t, torch.Tensor)]
     shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    like = tensors[0]
     n = math.prod(shape)
     if (isinstance(op, types.BuiltinFunctionType) and n >= _RUN
             and all(t.shape == shape and t.is_contiguous() for t in tensors)):
-        return _elementwise_in_place(op, args, shape, n)
+        # A torch op on contiguous operands: whole runs straight from them into the result,
+        # and the last partial run as the end of the last full run.
+        flat = [a.reshape(-1) if isinstance(a, torch.Tensor) else a for a in args]
+        out = torch.empty(n, dtype=torch.result_type(*args[:2]) if len(args) > 1 else tensors[0].dtype,
+                          device=tensors[0].device)
+        whole = n - n % _RUN
+        _chunks(whole, lambda c0, c1: op(*_part(flat, c0, c1), out=out[c0:c1]))
+        if whole < n:
+            out[whole:] = op(*_part(flat, n - _RUN, n))[whole - n:]
+        return out.view(shape)
+    # Otherwise (broadcast or strided operands, any callable): padded contiguous copies.
     padded = max(_RUN, -(-n // _RUN) * _RUN)
     flat = []
     for t in args:
@@ -183,80 +195,47 @@ def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
             f = torch.empty(padded, dtype=t.dtype, device=t.device)
             f[:n].view(shape).copy_(t.expand(shape))
             f[n:] = f[0] if n else 1.0  # a value inside the op's domain
-            flat.append(f)
-        else:
-            flat.append(t)
-    def run(c0: int) -> torch.Tensor:
-        return op(*(f[c0:c0 + _CHUNK] if isinstance(f, torch.Tensor) else f for f in flat))
+            t = f
+        flat.append(t)
+    first = op(*_part(flat, 0, min(_CHUNK, padded)))
+    out = torch.empty(padded, dtype=first.dtype, device=tensors[0].device)
+    out[:first.numel()] = first
 
-    first = run(0)
-    out = torch.empty(padded, dtype=first.dtype, device=like.device)
-    out[:_CHUNK] = first
-    starts = range(_CHUNK, padded, _CHUNK)
-    threads = min(torch.get_num_threads(), len(starts))
-    if threads <= 1:
-        for c0 in starts:
-            out[c0:c0 + _CHUNK] = run(c0)
-    else:
-        # Each call stays under torch's parallel grain (one serial loop); the chunks run on a
-        # pool of threads instead (torch's kernels release the GIL).
-        def run_share(k: int) -> None:
-            for c0 in starts[k::threads]:
-                out[c0:c0 + _CHUNK] = run(c0)
+    def write(c0: int, c1: int) -> None:
+        out[c0:c1] = op(*_part(flat, c0, c1))
 
-        for future in [_pool(threads).submit(run_share, k) for k in range(threads)]:
-            future.result()
+    _chunks(padded, write, start=first.numel())
     return out[:n].view(shape)
 
 
-def _elementwise_in_place(op, args, shape, n: int) -> torch.Tensor:
-    """:func:`elementwise` for a torch op on contiguous operands of the result's shape: whole
-    runs straight from the operands into the result (``out=``), and only the last partial run
-    through a padded buffer."""
-    flat = [a.reshape(-1) if isinstance(a, torch.Tensor) else a for a in args]
-    out = torch.empty(n, dtype=torch.result_type(*args[:2]) if len(args) > 1 else args[0].dtype,
-                      device=next(a for a in args if isinstance(a, torch.Tensor)).device)
-    whole = n - n % _RUN
+def _part(flat: list, c0: int, c1: int) -> list:
+    return [f[c0:c1] if isinstance(f, torch.Tensor) else f for f in flat]
 
-    def run(c0: int, c1: int) -> None:
-        op(*(f[c0:c1] if isinstance(f, torch.Tensor) else f for f in flat), out=out[c0:c1])
 
-    starts = range(0, whole, _CHUNK)
+def _chunks(end: int, fn: Callable[[int, int], object], start: int = 0) -> None:
+    """``fn(c0, c1)`` over ``[start, end)`` in chunks of ``_CHUNK`` (each under torch's
+    parallel grain, so one serial loop), spread over a pool of threads: torch's kernels
+    release the GIL."""
+    starts = range(start, end, _CHUNK)
     threads = min(torch.get_num_threads(), len(starts))
     if threads <= 1:
         for c0 in starts:
-            run(c0, min(c0 + _CHUNK, whole))
-    else:
-        def run_share(k: int) -> None:
-            for c0 in starts[k::threads]:
-                run(c0, min(c0 + _CHUNK, whole))
+            fn(c0, min(c0 + _CHUNK, end))
+        return
 
-        for future in [_pool(threads).submit(run_share, k) for k in range(threads)]:
-            future.result()
-    if whole < n:
-        pads = []
-        for f in flat:
-            if isinstance(f, torch.Tensor):
-                b = f[whole - _RUN + (n - whole):].clone()  # the last _RUN elements: a full run
-                pads.append(b)
-            else:
-                pads.append(f)
-        tail = op(*pads)
-        out[whole:] = tail[_RUN - (n - whole):]
-    return out.view(shape)
-
-
-_POOL: list = []
-
-
-def _pool(threads: int):
-    """A shared thread pool of at least ``threads`` workers."""
-    from concurrent.futures import ThreadPoolExecutor
+    def share(k: int) -> None:
+        for c0 in starts[k::threads]:
+            fn(c0, min(c0 + _CHUNK, end))
 
     with _POOL_LOCK:
-        if not _POOL or _POOL[0]._max_workers < threads:
-            _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="widenet-exact")]
-        return _POOL[0]
+        global _POOL
+        if _POOL is None or _POOL._max_workers < threads:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="widenet-exact")
+        pool = _POOL
+    for future in [pool.submit(share, k) for k in range(threads)]:
+        future.result()
 
 
 def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
