@@ -247,4 +247,10 @@ def test_reproducible_is_checked_and_refuses_derivatives():
 
     with pytest.raises(ParameterError, match="not differentiable"):
         torch.func.jvp(f, (w,), (torch.ones_like(w),))
+    # Inside a reproducible callable too (blocked.compute's mode reaches its kernels).
+    with _exact.enabled(), pytest.raises(ParameterError, match="not differentiable"):
+        torch.func.jvp(lambda w_: wn.Serial(wn.Dense(8, W_std=w_), wn.Relu()).nngp(x), (w,), (torch.ones_like(w),))
+    # Inputs off the CPU are refused before any work.
+    with pytest.raises(ParameterError, match="runs on CPU tensors"):
+        net.kernel(x.to("meta"), reproducible=True)
     assert tangent_net.nngp(x, reproducible=True).shape == (4, 4)

@@ -119,8 +119,9 @@ class Layer:
                 time on CNN kernels, 3.6x on fully connected ones with 784 input features
                 and 10-11x on attention (an exact product costs 6 products);
                 results agree with the default mode to a few units in the last place.
-                Compiled rules (:func:`widenet.set_compile`) are not used. Not
-                differentiable: the exact products split their operands with ``round``.
+                Compiled rules (:func:`widenet.set_compile`) are not used. CPU inputs only,
+                and not differentiable (the exact products split their operands with
+                ``round``).
 
         Returns:
             a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
@@ -447,6 +448,14 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
     owner = f"{layer._name}.kernel"
     if not isinstance(reproducible, bool):
         raise ParameterError(f"{owner}: reproducible must be a bool (got {reproducible!r})")
+    device = getattr(x1, "device", None)
+    if (reproducible or _exact.active()) and device is not None and device.type != "cpu":
+        # On accelerators the products would still be exact, but torch's reductions pick
+        # their order from the shapes, and that is not handled (nor tested) here.
+        raise ParameterError(
+            f"{owner}: reproducible=True runs on CPU tensors (got inputs on {device}); "
+            f"move the inputs to the CPU or use reproducible=False"
+        )
     _check_reverse_mode(owner, layer)
     if block_size is not None:
         block_size = check_int(owner, "block_size", block_size, minimum=1)
@@ -458,11 +467,12 @@ def _compute(layer: Layer, x1: Any, x2: Any, *, want_ntk: bool, block_size: Opti
     # Tiles reuse their temporaries' buffers, except when forward-mode AD tracks hyperparameter
     # or input tangents (dual tensors cannot be written through ``out=``).
     plain = _scratch.plain(x1, x2, *(t for _, t in _hyperparameters(layer)))
-    if reproducible and not plain:
-        raise ParameterError(
-            f"{owner}: reproducible=True is not differentiable (its exact products split their "
-            f"operands with round); compute derivatives with reproducible=False"
-        )
+    if reproducible or _exact.active():
+        if not plain:
+            raise ParameterError(
+                f"{owner}: reproducible=True is not differentiable (its exact products split their "
+                f"operands with round); compute derivatives with reproducible=False"
+            )
     budget = budget if budget is not None else available_memory(x1.device) // 4
     with _scratch.reusing(plain, limit=budget), _exact.enabled(reproducible):
         return _compute_tiles(layer, owner, x1, x2, keep1, keep2, want_ntk=want_ntk,
