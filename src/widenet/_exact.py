@@ -43,6 +43,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from . import _scratch
+
 # Contractions up to this length are summed term by term instead of sliced.
 _SHORT = 4
 _POOL = None  # threads for elementwise chunks
@@ -100,8 +102,9 @@ def _slices(x: torch.Tensor, beta: int, count: int) -> list[torch.Tensor]:
     return out
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` (broadcasting batch axes like ``torch.matmul``); within :func:`enabled`,
+def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` (broadcasting batch axes like ``torch.matmul``; into ``out`` if given, as
+    :func:`widenet._scratch.call` passes it); within :func:`enabled`,
     a value that depends only on the operands' values: for contractions of up to ``_SHORT``
     terms, their sum in the axis' order; for longer ones, the exact product rounded (then not
     even the order of the contraction axis matters).
@@ -110,7 +113,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     to its largest entry, and the slice products left out are below that too, so the error
     is a few units of ``eps * |a| |b|``, as for BLAS."""
     if not active():
-        return torch.matmul(a, b)
+        return torch.matmul(a, b, out=out)
+    p = _exact_matmul(a, b)
+    return p if out is None else out.copy_(p)
+
+
+def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"reproducible products take operands of at least 2 axes (got {a.ndim} and {b.ndim})")
     if a.dtype not in (torch.float64, torch.float32) or b.dtype != a.dtype:
@@ -241,8 +249,6 @@ def _chunks(end: int, fn: Callable[[int, int], object], start: int = 0) -> None:
 def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
     """``op(*args)`` into a reused tile buffer (:func:`widenet._scratch.call`); within
     :func:`enabled`, by :func:`elementwise`."""
-    from . import _scratch
-
     return elementwise(op, *args) if active() else _scratch.call(op, *args)
 
 

@@ -335,14 +335,6 @@ def _symmetrize_cov(cov: torch.Tensor, nspatial: int, full: bool) -> torch.Tenso
     return (cov + _swap(cov, 1, nspatial, True)) / 2
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``torch.matmul`` (into ``out`` if given), exact-then-rounded in reproducible mode."""
-    if not _exact.active():
-        return torch.matmul(a, b, out=out)
-    p = _exact.matmul(a, b)
-    return p if out is None else out.copy_(p)
-
-
 def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
                 diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
                 keep_c: Optional[torch.Tensor] = None, tapes: Optional[Tapes] = None) -> Work:
@@ -359,7 +351,7 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
             g = _exact.sum(x.pow(2), 1).div_(c)
         else:
             f = x.reshape(x.shape[0], c, n)
-            g = _scratch.call(_matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
+            g = _scratch.call(_exact.matmul, f.transpose(1, 2), f, shape=(x.shape[0], n, n)).div_(c)
             g = _scratch.call(torch.add, g, g.transpose(1, 2)).div_(2)
             g = g.reshape((x.shape[0],) + spatial + spatial)
         if tape is not None:
@@ -381,7 +373,7 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
         else:
             fr = xr.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
             fc = xc.reshape(m, c, n).transpose(1, 2).reshape(m * n, c)
-            g = _scratch.call(_matmul, fr, fc.T, shape=(b * n, m * n)).div_(c)
+            g = _scratch.call(_exact.matmul, fr, fc.T, shape=(b * n, m * n)).div_(c)
             g = g.reshape(b, n, m, n).permute(0, 2, 1, 3)
             nngp = _scratch.clone(g).reshape((b, m) + spatial + spatial)
         if same:

@@ -13,8 +13,6 @@ near +-1 keep their precision (see REFERENCE: numerics).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -132,21 +130,13 @@ def _exact_atan2_(y, x):
     return y.copy_(_exact.elementwise(torch.atan2, y, x))
 
 
-_EXACT_OPS = {"atan2": _exact_atan2, "atan2_": _exact_atan2_}
-
-
-def _run_rule(rule, *args):
-    """A rule written as a tensor function: compiled when asked (:mod:`widenet._compiled`),
-    and with reproducible mode's elementwise ops when that is on (:mod:`widenet._exact`)."""
+def _run_rule(rule, *args, **exact_ops):
+    """A rule written as a tensor function: compiled when asked (:mod:`widenet._compiled`);
+    in reproducible mode (:mod:`widenet._exact`) eagerly, with ``exact_ops`` (its vector-path
+    ops) in place of its defaults."""
     if _exact.active():
-        return rule(*args, **_exact_ops(rule))
+        return rule(*args, **exact_ops)
     return _compiled.run(rule, *args)
-
-
-@functools.lru_cache(maxsize=None)
-def _exact_ops(rule) -> dict:
-    """The reproducible-mode ops for the parameters ``rule`` takes."""
-    return {k: v for k, v in _EXACT_OPS.items() if k in inspect.signature(rule).parameters}
 
 
 def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=_atan2):
@@ -203,7 +193,7 @@ class ABRelu(Nonlinearity):
         factor = (self.a - self.b) ** 2 / (2 * _PI)
         half = (self.a**2 + self.b**2) / 2
         w.nngp, w.ntk = _run_rule(_abrelu_rule, w.nngp, w.ntk, *w.outer(w.var1, w.var2),
-                                  w.zero_variance_mask(), factor, half)
+                                  w.zero_variance_mask(), factor, half, atan2=_exact_atan2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return q * ((self.a**2 + self.b**2) / 2)
@@ -268,9 +258,9 @@ class Erf(Nonlinearity):
     def _tile(self, w: Work) -> None:
         b2 = self.b**2
         w.nngp, w.ntk = _run_rule(_erf_rule, w.nngp, w.ntk,
-                                      *w.outer(1 + 2 * b2 * w.var1, 1 + 2 * b2 * w.var2),
-                                      2 * b2, 4 / _PI * b2 * self.a**2, 2 / _PI * self.a**2,
-                                      self.c**2)
+                                  *w.outer(1 + 2 * b2 * w.var1, 1 + 2 * b2 * w.var2),
+                                  2 * b2, 4 / _PI * b2 * self.a**2, 2 / _PI * self.a**2,
+                                  self.c**2, atan2_=_exact_atan2_)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         q = q * self.b**2
