@@ -181,7 +181,7 @@ def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
     if not active():
         return op(*args)
     tensors = [t for t in args if isinstance(t, torch.Tensor)]
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    shape = _scratch.broadcast_shape(*(t.shape for t in tensors))
     n = math.prod(shape)
     if (isinstance(op, types.BuiltinFunctionType) and n >= _RUN
             and all(t.shape == shape and t.is_contiguous() for t in tensors)):

@@ -24,6 +24,7 @@ buffers they are given (``out=`` tensors of the exact shape).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from typing import Iterator, Sequence
@@ -144,8 +145,16 @@ def call(fn, *args, like: torch.Tensor | None = None, shape: Sequence[int] | Non
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     like = tensors[0] if like is None else like
     if shape is None:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        shape = broadcast_shape(*(t.shape for t in tensors))
     return fn(*args, **kwargs, out=empty(shape, like))
+
+
+@functools.lru_cache(maxsize=1024)
+def broadcast_shape(*shapes: tuple[int, ...]) -> torch.Size:
+    """``torch.broadcast_shapes``, remembered: torch computes it through its symbolic-shape
+    reference code, about 30 us a call, which the few tile shapes of a kernel call repeat
+    thousands of times (a tenth of a pooled CNN's time, before this cache)."""
+    return torch.broadcast_shapes(*shapes)
 
 
 def plain(*tensors) -> bool:
