@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from .. import _exact
+
 __all__ = ["safe_sqrt", "is_dual"]
 
 
@@ -53,7 +55,19 @@ def is_dual(t: torch.Tensor) -> bool:
 
 
 def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """``sqrt(t)`` for ``t >= 0`` (in place when nothing is differentiated), derivative 0 at 0."""
+    """``sqrt(t)`` for ``t >= 0`` (in place when nothing is differentiated), derivative 0 at 0.
+
+    Float64 tensors on the CPU take ``1 / rsqrt(t)``: on the x86 machine the benchmarks run
+    on, torch's float64 ``sqrt`` costs 1.37 ns an element on one thread, against 0.66 + 0.13 ns
+    for its ``rsqrt`` and ``reciprocal``, and it was the ReLU rule's second most expensive op. The result is within
+    1.5 units in the last place of the correctly rounded root (the test draws arguments over
+    600 decades), exactly 0 at 0, and may be 0 for subnormal ``t`` (below 2.2e-308).
+    Reproducible mode and compiled rules keep ``sqrt``: the former because torch's scalar
+    ``rsqrt`` (for the end of a vector run) may differ from its vector one in the last bit.
+    """
     if is_dual(t):
         return _SafeSqrt.apply(t)
+    if (t.dtype is torch.float64 and t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not _exact.active()):
+        return t.rsqrt_().reciprocal_()
     return t.sqrt_()
