@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import threading
 import types
@@ -257,6 +258,34 @@ def apply_(op: Callable[..., torch.Tensor], t: torch.Tensor, *args) -> torch.Ten
     if not active():
         return getattr(t, op.__name__ + "_")(*args)
     return t.copy_(elementwise(op, t, *args))
+
+
+def scale_add_(t: torch.Tensor, scale, shift) -> torch.Tensor:
+    """``t = t * scale + shift`` in place (``shift`` a number or a tensor).
+
+    One pass (torch's add with ``alpha``, a fused multiply-add) when ``scale`` is a Python
+    number, ``shift`` a number or a tensor of ``t``'s shape, and no tensor carries autograd
+    or forward-mode state (``out=`` does not carry them). Otherwise, and within
+    :func:`enabled`, a multiply and an add, separately rounded (torch's scalar and vector
+    loops may differ in whether they fuse). Traced by ``torch.compile`` (a compiled rule),
+    the plain expression, which Inductor fuses anyway.
+    """
+    if (torch.compiler.is_compiling() or not isinstance(scale, (int, float)) or active()
+            or (isinstance(shift, torch.Tensor) and shift.shape != t.shape)
+            or not _scratch.plain(t, shift)):
+        t.mul_(scale)
+        return t if isinstance(shift, (int, float)) and shift == 0 else t.add_(shift)
+    if isinstance(shift, (int, float)):
+        if shift == 0:
+            return t.mul_(scale)
+        shift = _constant(float(shift), t.dtype, t.device)
+    return torch.add(shift, t, alpha=scale, out=t)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor holding ``value`` (remembered; never written to)."""
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 def pair_sum(t: torch.Tensor, nd: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -159,7 +160,7 @@ class Work:
     """
 
     __slots__ = ("nngp", "ntk", "cov1", "cov2", "self_mode", "is_gaussian", "width",
-                 "diagonal", "spatial", "full", "keep1", "keep2", "tapes")
+                 "diagonal", "spatial", "full", "keep1", "keep2", "tapes", "_zero_ntk")
 
     def __init__(
         self,
@@ -191,6 +192,23 @@ class Work:
         self.keep1 = keep1
         self.keep2 = keep2
         self.tapes = tapes
+        self._zero_ntk: Optional[tuple] = None
+
+    # ---- the input layer's NTK ----------------------------------------------------------------
+    def start_ntk(self) -> None:
+        """``ntk = 0`` (the input layer's), remembered as zero until something writes to it,
+        so that a first layer may skip transforming it (:attr:`ntk_is_zero`)."""
+        self.ntk = _scratch.empty_like(self.nngp).zero_()
+        self._zero_ntk = (weakref.ref(self.ntk), self.ntk._version)
+
+    @property
+    def ntk_is_zero(self) -> bool:
+        """True when ``ntk`` is the zero tensor of :meth:`start_ntk`, untouched since: the same
+        tensor, with the same in-place version counter (any write would have raised it)."""
+        if self._zero_ntk is None or self.ntk is None:
+            return False
+        ref, version = self._zero_ntk
+        return ref() is self.ntk and self.ntk._version == version
 
     @property
     def masked(self) -> bool:

@@ -486,7 +486,8 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
     probe_tape = CovTape()
     probe_in = _input_work(x1[:1], x1[:1], same=True, full=full, tile=True, diagonal=0,
                            keep_r=rows(keep1, 0, 1), tapes=Tapes(probe_tape, probe_tape))
-    probe_in.ntk = torch.zeros_like(probe_in.nngp) if want_ntk else None
+    if want_ntk:
+        probe_in.start_ntk()
     probe = _run_single(layer, probe_in)
     out_pair = tuple(probe.nngp.shape[2:])
     out_cov = tuple(probe.cov1.shape[1:])
@@ -540,7 +541,7 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
                                diagonal=0 if diag_block else None, keep_r=rows(keep1, r0, r1),
                                keep_c=rows(keepb, c0, c1), tapes=tapes)
             if want_ntk:
-                work.ntk = _scratch.empty_like(work.nngp).zero_()
+                work.start_ntk()
             last = work = _run_single(layer, work)
             if tapes is not None and not (tapes.pos == len(tapes.side1.steps) == len(tapes.side2.steps)):
                 raise RuntimeError(  # pragma: no cover - an engine invariant

@@ -9,6 +9,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .. import _exact, _scratch
 from .._validate import check_choice, check_float, check_int
 from ..errors import ShapeError
 from ..kernel import Work
@@ -117,21 +118,25 @@ class Conv(Layer):
         if w.nngp is not None:
             k = window(w.nngp)
             if w.ntk is not None:
-                theta = window(w.ntk).mul_(k_scale)
+                # The input layer's NTK is zero: its window sum is zero too (skipped).
+                theta = None if w.ntk_is_zero else window(w.ntk)
                 if self.parameterization == "standard":
-                    # C_in prod(kernel_size) A[K] is C_in times the window sum over prod(...).
-                    theta.add_(k, alpha=float(w.width) * scale * math.prod(window_size))
+                    # C_in prod(kernel_size) A[K] is C_in times the window sum k.
+                    if theta is None:
+                        theta = _scratch.call(torch.mul, k, float(w.width))
+                    else:
+                        theta.mul_(k_scale).add_(k, alpha=float(w.width))
                     if self.b_std is not None:
                         theta.add_(1.0)
-                    k.mul_(k_scale).add_(b_var)
+                    k = _exact.scale_add_(k, k_scale, b_var)
                 else:
-                    k.mul_(k_scale).add_(b_var)
-                    theta.add_(k)
+                    k = _exact.scale_add_(k, k_scale, b_var)
+                    theta = _scratch.clone(k) if theta is None else _exact.scale_add_(theta, k_scale, k)
                 w.ntk = theta
             else:
-                k.mul_(k_scale).add_(b_var)
+                k = _exact.scale_add_(k, k_scale, b_var)
             w.nngp = k
-        w.set_covs(lambda c: window(c).mul_(k_scale).add_(b_var))
+        w.set_covs(lambda c: _exact.scale_add_(window(c), k_scale, b_var))
         w.spatial = out_spatial
         w.is_gaussian = True
         w.width = self.out_channels

@@ -7,6 +7,7 @@ from typing import Iterator, Optional
 
 from torch import nn
 
+from .. import _exact
 from .._validate import check_choice, check_float, check_int
 from ._base import Flow, Layer, Spec
 from ._modules import DenseModule
@@ -60,9 +61,12 @@ class Dense(Layer):
         b_var = 0.0 if self.b_std is None else self.b_std**2
         if w.nngp is not None:
             if self.parameterization == "ntk":
-                w.nngp.mul_(w_var).add_(b_var)
+                _exact.scale_add_(w.nngp, w_var, b_var)
                 if w.ntk is not None:
-                    w.ntk.mul_(w_var).add_(w.nngp)
+                    if w.ntk_is_zero:  # the input layer's NTK: W_std^2 * 0 + K' is K'
+                        w.ntk.copy_(w.nngp)
+                    else:
+                        _exact.scale_add_(w.ntk, w_var, w.nngp)
             else:
                 if w.ntk is not None:
                     w.ntk.mul_(w_var).add_(w.nngp, alpha=float(w.width))

@@ -69,6 +69,10 @@ class Nonlinearity(Layer):
                 f"network input or another nonlinearity directly)"
             )
         if w.nngp is not None:
+            # Each input against itself takes its own covariance's exact bits first: the rules
+            # need q1 q2 - K^2 to be exactly zero there (an angle of 0, not ~1e-8), and the
+            # affine layers may round a tile and a covariance differently (fused or not).
+            w.sync_diagonal()
             self._tile(w)
 
         def own(cov: torch.Tensor) -> torch.Tensor:
@@ -148,7 +152,7 @@ def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=_atan2):
     tdot = atan2(root, nngp)
     if zero is not None:
         tdot.masked_fill_(zero, _PI / 2)
-    tdot.mul_(-factor).add_(half)
+    tdot = _exact.scale_add_(tdot, -factor, half)
     if ntk is not None:
         ntk.mul_(tdot)
     if isinstance(factor, torch.Tensor):
