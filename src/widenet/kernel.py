@@ -268,12 +268,15 @@ class Work:
         r, c = self.outer(a1, a2)
         return r + c
 
-    def zero_variance_mask(self) -> Optional[torch.Tensor]:
-        """Boolean tile marking pairs where either input has zero variance, or None if none."""
-        z1, z2 = self.var1 == 0, self.var2 == 0
-        if not (bool(z1.any()) or bool(z2.any())):
+    def zero_variance_mask(self, var1: Optional[torch.Tensor] = None,
+                           var2: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Boolean tile marking pairs where either input has zero variance, or None if none
+        (``var1``/``var2``: the variances, when the caller already has them)."""
+        var1 = self.var1 if var1 is None else var1
+        var2 = self.var2 if var2 is None else var2
+        if bool(var1.all()) and bool(var2.all()):
             return None
-        r, c = self.outer(z1, z2)
+        r, c = self.outer(var1 == 0, var2 == 0)
         return r | c
 
     def own_prod(self, a: torch.Tensor) -> torch.Tensor:

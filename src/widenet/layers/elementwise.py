@@ -196,8 +196,9 @@ class ABRelu(Nonlinearity):
     def _tile(self, w: Work) -> None:
         factor = (self.a - self.b) ** 2 / (2 * _PI)
         half = (self.a**2 + self.b**2) / 2
-        w.nngp, w.ntk = _run_rule(_abrelu_rule, w.nngp, w.ntk, *w.outer(w.var1, w.var2),
-                                  w.zero_variance_mask(), factor, half, atan2=_exact_atan2)
+        var1, var2 = w.var1, w.var2
+        w.nngp, w.ntk = _run_rule(_abrelu_rule, w.nngp, w.ntk, *w.outer(var1, var2),
+                                  w.zero_variance_mask(var1, var2), factor, half, atan2=_exact_atan2)
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         return q * ((self.a**2 + self.b**2) / 2)
