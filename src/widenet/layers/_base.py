@@ -370,6 +370,18 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
             fr = xr.reshape(b, c, n).permute(2, 0, 1)
             fc = xc.reshape(m, c, n).permute(2, 1, 0)
             nngp = _exact.matmul(fr, fc).permute(1, 2, 0).div_(c).contiguous().reshape((b, m) + spatial)
+        elif c <= _OUTER_CHANNELS and not _exact.active():
+            # Few channels: a sum of broadcast products written straight into the tile's
+            # layout. The GEMM below, its division and its transposing copy cost about five
+            # times as much for one channel (0.075 ms against 0.013 on a 12x12x40x40 tile).
+            fr = xr.reshape(b, 1, c, n, 1)
+            fc = xc.reshape(1, m, c, 1, n)
+            nngp = _scratch.call(torch.mul, fr[:, :, 0], fc[:, :, 0])
+            for i in range(1, c):
+                nngp.addcmul_(fr[:, :, i], fc[:, :, i])
+            if c > 1:
+                nngp.div_(c)
+            nngp = nngp.reshape((b, m) + spatial + spatial)
         else:
             fr = xr.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
             fc = xc.reshape(m, c, n).transpose(1, 2).reshape(m * n, c)
@@ -384,6 +396,9 @@ def _input_work(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, t
     work.remask()
     return work
 
+
+# Input channels up to which the full-layout input tile is summed from broadcast products.
+_OUTER_CHANNELS = 4
 
 # Bytes of working memory per tile entry, in units of the dtype's size: the NNGP and NTK
 # tiles, the temporaries of the heaviest rules (about five tile-sized tensors) and the padded
@@ -507,7 +522,8 @@ def _compute_tiles(layer: Layer, owner: str, x1: torch.Tensor, x2: Optional[torc
         side = min(block_size, max(1, math.isqrt(max_pairs)))
         pairs = side * side
     else:
-        pairs = min(max_pairs, max(1, _TILE_ENTRIES // in_pair))
+        pairs = max(_TILE_ENTRIES // in_pair, min(_TILE_PAIRS, _TILE_ENTRIES_MAX // in_pair))
+        pairs = min(max_pairs, max(1, pairs))
         side = max(1, math.isqrt(pairs))
     # Square tiles keep the covariances carried along (rows + columns) small next to the
     # pairs; a short side (few rows) lets the other one grow within the same tile size.
