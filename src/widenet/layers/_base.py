@@ -28,11 +28,11 @@ Spec = Union[Optional[int], tuple]  # feature count of each branch (None: not kn
 # Tiles hold about this many kernel entries; each elementwise rule allocates a few
 # temporaries of tile size, so the working set stays in cache and peak memory stays close to
 # the outputs however large N is. Tiles with many position pairs per input pair (the full
-# layout) also hold at least _TILE_PAIRS input pairs, up to _TILE_ENTRIES_MAX entries: their
-# rules and window sums cost a few dozen small ops per tile whatever its size, and the row
-# and column covariances are carried per pair. (Measured on 2 cores with the benchmark
-# workloads: fully connected nets are fastest at 2^18 entries, pooled CNNs at 150-600 pairs
-# and attention at about 500, 10-20% faster than at 2^18 entries.)
+# layout, or large images) hold at least _TILE_PAIRS input pairs, up to _TILE_ENTRIES_MAX
+# entries: their rules and window sums cost a few dozen small ops per tile whatever its
+# size, and the row and column covariances are carried per pair. (Measured on 2 cores with
+# the benchmark workloads: fully connected nets are fastest at 2^18 entries, pooled CNNs at
+# 150-600 pairs and attention at about 500, 10-20% faster than at 2^18 entries.)
 _TILE_ENTRIES = 1 << 18
 _TILE_PAIRS = 512
 _TILE_ENTRIES_MAX = 3 << 18
