@@ -59,9 +59,10 @@ def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
 
     Float64 tensors on the CPU take ``1 / rsqrt(t)``: on the x86 machine the benchmarks run
     on, torch's float64 ``sqrt`` costs 1.37 ns an element on one thread, against 0.66 + 0.13 ns
-    for its ``rsqrt`` and ``reciprocal``, and it was the ReLU rule's second most expensive op. The result is within
-    1.5 units in the last place of the correctly rounded root (the test draws arguments over
-    600 decades), exactly 0 at 0, and may be 0 for subnormal ``t`` (below 2.2e-308).
+    for its ``rsqrt`` and ``reciprocal``, and it was the ReLU rule's second most expensive
+    op. The result is within 1.5 units in the last place of the correctly rounded root (the
+    test draws arguments over 600 decades), exactly 0 at 0, and may be 0 for subnormal ``t``
+    (below 2.2e-308).
     Reproducible mode and compiled rules keep ``sqrt``: the former because torch's scalar
     ``rsqrt`` (for the end of a vector run) may differ from its vector one in the last bit.
     """

@@ -122,9 +122,9 @@ class Layer:
                 scalar paths, sums are never split across threads (see
                 :mod:`widenet._exact`). So a kernel computed in pieces
                 (:func:`widenet.blocked.compute` with any tile size, a Dask cluster) equals
-                the kernel computed in one call bit for bit. Measured cost: 1.2-1.8x the
-                time on CNN kernels, 3.6x on fully connected ones with 784 input features
-                and 10-11x on attention (an exact product costs 6 products);
+                the kernel computed in one call bit for bit. Measured cost: 1.6-2.0x the
+                time on CNN kernels, 3.4x on fully connected ones with 784 input features
+                and 11.5x on attention (an exact product costs 6 products);
                 results agree with the default mode to a few units in the last place.
                 Compiled rules (:func:`widenet.set_compile`) are not used. CPU inputs only,
                 and not differentiable (the exact products split their operands with

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -95,7 +94,7 @@ class Elementwise(Nonlinearity):
             # Reproducible mode: every evaluation on the vectorized path, sums in a fixed
             # order per entry, and the mean of both orders of the pair, so that (x', x)
             # gives the value of (x, x') bit for bit.
-            f = functools.partial(_exact.elementwise, f)
+            f = partial(_exact.elementwise, f)
         u = f(torch.sqrt(q1)[:, None] * x[None, :]) * w  # (E, deg)
         mean = (rho[:, None] * x[None, :])[:, :, None]  # (E, deg, 1)
         spread = safe_sqrt(1 - rho * rho)[:, None, None] * x[None, None, :]
