@@ -10,7 +10,9 @@ floating-point rate against this machine's measured matrix-multiply peak.
 Workloads (names for --only):
   fc          FC depth-3 ReLU, N=4000, d=784
   cnn-pool    3x [Conv 3x3 "same" + ReLU] + GlobalAvgPool + Dense on 1x8x8 inputs, N=200
+  cnn-pool-small    the same at the size a user meets first, N=100
   cnn1d-pool  the same with 1-D convolutions of width 3 on 1x40 inputs, N=400
+  cnn1d-pool-small  the same, N=200
   cnn-flatten the 8x8 CNN with Flatten instead of pooling, N=200
   attention   one transformer block (softmax self-attention with positional embeddings,
               LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
@@ -67,7 +69,9 @@ def transformer_block():
 WORKLOADS = {
     "fc": (fc_relu, (784,), 4000),
     "cnn-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 8, 8), 200),
+    "cnn-pool-small": (lambda: cnn(wn.GlobalAvgPool()), (1, 8, 8), 100),
     "cnn1d-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 400),
+    "cnn1d-pool-small": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 200),
     "cnn-flatten": (lambda: cnn(wn.Flatten()), (1, 8, 8), 200),
     "attention": (transformer_block, (4, 32), 200),
 }
@@ -136,7 +140,7 @@ def main() -> None:
     base = _baseline_rss()
     print(f"NNGP+NTK, same inputs (x2=None); {torch.get_num_threads()} threads; peaks are MB added "
           f"beyond imports (widenet's default memory budget: a quarter of available RAM)\n")
-    header = (f"{'workload':12s} {'dtype':8s} {'variant':12s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
+    header = (f"{'workload':17s} {'dtype':8s} {'variant':12s} {'widenet entries/s':>18s} {'NT entries/s':>13s} {'ratio':>7s} "
               f"{'max rel err':>12s} {'widenet MB':>11s} {'NT MB':>8s} {'GFLOP/s (of matmul peak)':>26s}"
               f" {'warm-up s':>9s}")
     print(header)
@@ -163,12 +167,12 @@ def main() -> None:
                 ours_rate = n * n / min(ours["times"])
                 peak_mb = (ours["peak"] - base) / 1e6
                 flops = "-"
-                if name in ("cnn-pool", "cnn1d-pool"):
+                if "pool" in name:
                     # Only the upper triangle of pairs is computed when x2 is None.
                     rate = _flops_per_entry(name) * (n * (n + 1) / 2) / min(ours["times"])
                     peak = _matmul_peak(torch_dtype)
                     flops = f"{rate / 1e9:.1f} ({100 * rate / peak:.0f}% of {peak / 1e9:.0f})"
-                print(f"{name:12s} {dtype:8s} {variant:12s} {ours_rate:18.3g} {nt_rate:13.3g} "
+                print(f"{name:17s} {dtype:8s} {variant:12s} {ours_rate:18.3g} {nt_rate:13.3g} "
                       f"{ours_rate / nt_rate:6.2f}x {err:12.2e} {peak_mb:11.0f} {nt_mb:>8s} {flops:>26s} "
                       f"{ours['warmup']:9.1f}", flush=True)
 
