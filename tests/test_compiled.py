@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import widenet as wn
-from widenet import _compiled
+from widenet._engine import compiled as _compiled
 from widenet.errors import ParameterError
 
 RULES = [wn.Relu(), wn.LeakyRelu(0.2), wn.Abs(), wn.ABRelu(-0.5, 1.5), wn.Erf(), wn.SigmoidLike(),

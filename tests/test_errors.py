@@ -62,7 +62,7 @@ def test_non_finite_inputs_fail_before_any_work(bad, monkeypatch):
     x[1, 2] = bad
     import widenet.layers.dense as dense
 
-    monkeypatch.setattr(dense.Dense, "_apply", lambda *a: pytest.fail("kernel work started"))
+    monkeypatch.setattr(dense.Dense, "_rule", lambda *a: pytest.fail("kernel work started"))
     with pytest.raises(NonFiniteInputError, match=r"Serial.kernel: x1 must be finite, but 1 of its 12 entries are NaN or Inf"):
         NET.kernel(x)
     with pytest.raises(NonFiniteInputError, match=r"x2 must be finite"):
@@ -85,7 +85,7 @@ def test_nonlinearity_after_concatenation_is_refused():
 def test_branch_errors():
     with pytest.raises(LayerOrderError, match=r"Dense: expected one branch but received 2; merge branches"):
         wn.Serial(wn.FanOut(2), wn.Dense(3)).kernel(X)
-    with pytest.raises(LayerOrderError, match=r"Serial: the network ends with 2 branches"):
+    with pytest.raises(LayerOrderError, match=r"Serial.kernel: the network ends with 2 branches"):
         wn.Serial(wn.Dense(3), wn.FanOut(2)).kernel(X)
     with pytest.raises(LayerOrderError, match=r"FanInSum: expected a tuple of branches"):
         wn.Serial(wn.Dense(3), wn.FanInSum()).kernel(X)

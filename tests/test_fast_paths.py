@@ -13,10 +13,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 import widenet as wn
-from widenet import _exact, _scratch
-from widenet.kernel import Work
-from widenet.layers import _base
-from widenet.layers._autodiff import safe_sqrt
+from widenet._engine import exact as _exact, scratch as _scratch
+from widenet._engine import Tile as Work
+from widenet._engine import driver as _driver, inputs as _inputs
+from widenet._engine import safe_sqrt
 
 D = torch.float64
 
@@ -130,7 +130,7 @@ def test_an_input_against_itself_has_an_angle_of_exactly_zero_after_a_relu(name)
 @pytest.mark.parametrize("channels", [1, 2, 4, 5])
 def test_full_layout_input_tiles_equal_the_channel_sums(channels):
     x = torch.randn(9, channels, 3, 4, generator=torch.Generator().manual_seed(channels), dtype=D)
-    w = _base._input_work(x[:4], x[4:], same=False, full=True, tile=True, diagonal=None)
+    w = _inputs.input_tile(x[:4], x[4:], same=False, full=True, tile=True, diagonal=None)
     expected = torch.einsum("icpq,jcrs->ijpqrs", x[:4], x[4:]) / channels
     torch.testing.assert_close(w.nngp, expected, rtol=1e-15, atol=1e-15)
     if channels == 1:  # one product per entry: exact

@@ -358,10 +358,24 @@ def test_forward_mode_derivatives_match_finite_differences(name):
         assert abs(float(tangent - fd)) <= 1e-7 * abs(float(fd)), (key, float(tangent), float(fd))
 
 
-def test_reverse_mode_through_a_kernel_is_refused_with_advice():
-    w = torch.tensor(1.3, dtype=D, requires_grad=True)
-    with pytest.raises(ParameterError, match="forward mode"):
-        wn.Serial(wn.Dense(8, w), wn.Relu(), wn.Dense(1)).kernel(_X)
+@pytest.mark.parametrize("name", list(_DIFF))
+def test_reverse_mode_derivatives_equal_forward_mode_ones(name):
+    import torch.autograd.forward_ad as fwAD
+
+    build, p0, x = _DIFF[name]
+
+    def value(p):
+        k = build(p).kernel(x)
+        return k.nngp.sum() + 0.7 * k.ntk.sum()
+
+    p = {k: torch.tensor(v, dtype=D, requires_grad=True) for k, v in p0.items()}
+    grads = torch.autograd.grad(value(p), list(p.values()))
+    for key, grad in zip(p0, grads):
+        with fwAD.dual_level():
+            q = {k: torch.tensor(v, dtype=D) for k, v in p0.items()}
+            q[key] = fwAD.make_dual(q[key], torch.tensor(1.0, dtype=D))
+            tangent = fwAD.unpack_dual(value(q)).tangent
+        assert abs(float(grad - tangent)) <= 1e-11 * abs(float(tangent)), (key, float(grad), float(tangent))
 
 
 # ---- errors -------------------------------------------------------------------------------------

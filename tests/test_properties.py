@@ -82,13 +82,13 @@ def test_sign_diagonal_is_exact_after_each_layer():
 
 def test_nngp_only_does_no_ntk_work(monkeypatch):
     seen = []
-    original = dense_module.Dense._apply
+    original = dense_module.Dense._rule
 
     def spy(self, flow):
         seen.append(flow.ntk is None)
         return original(self, flow)
 
-    monkeypatch.setattr(dense_module.Dense, "_apply", spy)
+    monkeypatch.setattr(dense_module.Dense, "_rule", spy)
     net, x = NETS["relu"], _x(7)
     nngp = net.nngp(x)
     assert seen and all(seen)

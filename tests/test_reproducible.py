@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import widenet as wn
-from widenet import _exact, blocked
+from widenet import blocked
+from widenet._engine import exact as _exact
 from widenet.errors import ParameterError
 
 D = torch.float64

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import widenet as wn
-from widenet import _scratch
-from widenet.layers import _spatial
+from widenet._engine import scratch as _scratch
+from widenet._engine import windows as _spatial
 
 
 # ---- the buffer pool ------------------------------------------------------------------------

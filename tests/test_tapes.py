@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import widenet as wn
-from widenet.layers import _base
-from widenet.layers.elementwise import Nonlinearity
+from widenet._engine import driver as _driver
+from widenet.layers import Nonlinearity
 
 D = torch.float64
 
@@ -41,7 +41,7 @@ def _nets():
 
 
 def _without_tapes(monkeypatch, call):
-    monkeypatch.setattr(_base, "_TAPES", False)
+    monkeypatch.setattr(_driver, "_TAPES", False)
     try:
         return call()
     finally:

@@ -151,3 +151,20 @@ def available_memory(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30
+
+
+def check_mask(owner: str, name: str, mask: Any, x: torch.Tensor) -> torch.Tensor:
+    """A padding mask for inputs ``x`` (``(N, C, *S)``) as a boolean ``(N, *S)`` tensor on
+    ``x``'s device, True at padded positions; clear errors for any other shape or dtype."""
+    if x.ndim < 3:
+        raise ShapeError(f"{owner}: {name} needs inputs with positions (N, C, *S); inputs of "
+                         f"shape {tuple(x.shape)} have none to pad")
+    m = torch.as_tensor(mask, device=x.device)
+    if m.dtype != torch.bool:
+        raise ParameterError(f"{owner}: {name} must be a boolean tensor, True at padded "
+                             f"positions (got dtype {m.dtype})")
+    want = (x.shape[0],) + tuple(x.shape[2:])
+    if tuple(m.shape) != want:
+        raise ShapeError(f"{owner}: {name} must have shape {want} to match its inputs of "
+                         f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
+    return m

@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .. import _exact
+from .._engine import exact
 from .._validate import as_tensor, available_memory, check_int, check_memory
 from ..errors import ParameterError
 from ..kernel import Kernel
@@ -36,13 +36,13 @@ class _Architecture:
 
 class _Reproducible:
     """A callable run in reproducible mode: the widenet kernels it computes give the same
-    bits whatever tile they are computed in (:mod:`widenet._exact`)."""
+    bits whatever tile they are computed in (:mod:`widenet._engine.exact`)."""
 
     def __init__(self, fn):
         self.fn = fn
 
     def __call__(self, x1, x2):
-        with _exact.enabled():
+        with exact.enabled():
             return self.fn(x1, x2)
 
 

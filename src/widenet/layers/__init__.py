@@ -1,23 +1,35 @@
-"""Layers: each one an exact infinite-width kernel rule and a finite-width module."""
+"""Layers: each one an exact infinite-width kernel rule and a finite-width twin, in one file.
 
-from ._base import Layer
-from .attention import SelfAttention, position_covariance
-from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Parallel, Repeat, Serial
+This is the one place a layer's public names are exported (``widenet`` re-exports them): a
+new layer adds one line here.
+"""
+
+from types import ModuleType as _ModuleType
+
+from .base import Layer
+from .nonlinearity import Nonlinearity
+from .combinators import FanOut, Parallel, Repeat, Serial
+from .fan_in import FanInConcat, FanInProd, FanInSum
+from .identity import Identity
 from .dense import Dense
-from .elementwise import (
-    ABRelu, Abs, Cos, Erf, Exp, Gaussian, Gelu, Hermite, Identity, LeakyRelu, Monomial,
-    Nonlinearity, Polynomial, Rbf, RectifiedMonomial, Relu, SigmoidLike, Sign, Sin,
-)
 from .conv import Conv
-from .normalization import BatchNorm, Dropout, LayerNorm
-from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, MaxPool, SumPool
+from .relu import ABRelu, Abs, LeakyRelu, Relu
+from .erf import Erf, SigmoidLike
+from .gelu import Gelu
+from .sin import Cos, Sin
+from .exponential import Exp, Gaussian, Rbf
+from .sign import Sign
+from .polynomial import Hermite, Monomial, Polynomial
+from .rectified_monomial import RectifiedMonomial
 from .quadrature import Elementwise, Tanh
+from .pooling import AvgPool, MaxPool, SumPool
+from .global_pool import GlobalAvgPool, GlobalSumPool
+from .flatten import Flatten
+from .layer_norm import LayerNorm
+from .batch_norm import BatchNorm
+from .dropout import Dropout
+from .attention import SelfAttention, position_covariance
 
-__all__ = [
-    "Layer", "Nonlinearity", "Serial", "Parallel", "FanOut", "FanInSum", "FanInProd",
-    "FanInConcat", "Repeat", "Dense", "Identity", "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf",
-    "SigmoidLike", "Gelu", "Sin", "Cos", "Rbf", "Sign", "Exp", "Gaussian", "Monomial",
-    "RectifiedMonomial", "Hermite", "Polynomial", "Elementwise", "Tanh",
-    "Conv", "AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten",
-    "LayerNorm", "BatchNorm", "Dropout", "SelfAttention", "position_covariance",
-]
+# Every name imported above, in import order (not the submodules, which the imports also bind).
+__all__ = [name for name, value in dict(globals()).items()
+           if not name.startswith("_") and not isinstance(value, _ModuleType)]

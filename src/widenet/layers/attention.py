@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
-from .. import _exact, _scratch
+from .._engine import Flow, Tile, exact, pair_sandwich, sandwich
 from .._validate import check_choice, check_float, check_int
-from ..errors import LayerOrderError, NoClosedFormError, ParameterError
-from ._base import Flow, Layer, Spec
-from ._modules import SelfAttentionModule
-from .conv import spatial_of
+from ..errors import LayerOrderError, NoClosedFormError, ParameterError, ShapeError
+from ._geometry import spatial_of
+from ._init import standard_normal
+from ._masks import current_keep, masking, zero_padding
+from .base import Build, Layer, Spec
 
-__all__ = ["SelfAttention", "position_covariance"]
+__all__ = ["SelfAttention", "SelfAttentionModule", "position_covariance"]
 
 _MECHANISMS = ("softmax", "identity", "relu", "abs")
-
 
 def position_covariance(spatial: tuple, decay: Optional[Callable] = None, p: float = 2.0, *,
                         dtype=torch.float64, device=None) -> torch.Tensor:
@@ -157,7 +159,7 @@ class SelfAttention(Layer):
             return n_in / total, pe_var * n_pe / total
         return 1.0, pe_var
 
-    def _apply(self, flow: Flow) -> Flow:
+    def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of("SelfAttention", w)
         if not w.is_full:
@@ -173,90 +175,70 @@ class SelfAttention(Layer):
                 f"Carlo over finite networks with wn.monte_carlo(net, x1, x2, n_samples=...)"
             )
         n = math.prod(spatial)
-        dtype, device = w.cov1.dtype, w.cov1.device
-        b_var = 0.0 if self.b_std is None else self.b_std**2
-        ov_var = (self.W_out_std * self.W_value_std) ** 2
-        qk = self.W_query_std * self.W_key_std
-        w_in, w_pe = self._weights(w.width)
         R = None
         if self.pos_emb is not None:
-            R = position_covariance(spatial, self.pos_emb_decay, self.pos_emb_p, dtype=dtype, device=device)
-
-        same = w.cov2 is w.cov1
-        flat1 = lambda k: None if k is None else k.reshape(k.shape[0], n)  # noqa: E731
-        keep1, keep2 = flat1(w.keep1), flat1(w.keep2)
-        cov1 = w.cov1.reshape(-1, n, n)
-        cov2 = cov1 if same else w.cov2.reshape(-1, n, n)
-
-        def own_interp(cov, keep):
-            if R is None:
-                return cov
-            out = cov * w_in + R * w_pe
-            return out if keep is None else out * keep[:, :, None] * keep[:, None, :]
-
-        def pair_interp(t):  # (B, C, n, n) tile with the embeddings' covariance added
-            if R is None or t is None:
-                return t
-            out = t * w_in + R * w_pe
-            if keep1 is not None:
-                out = out * (keep1[:, None, :, None] * keep2[None, :, None, :])
-            return out
-
-        i1 = own_interp(cov1, keep1)
-        i2 = i1 if same else own_interp(cov2, keep2)
-        tiles = w.nngp is not None
-        nngp = ntk = None
-        if tiles:
-            nngp = w.nngp.reshape(w.nngp.shape[:2] + (n, n))
+            R = position_covariance(spatial, self.pos_emb_decay, self.pos_emb_p,
+                                    dtype=w.cov1.dtype, device=w.cov1.device)
+        flat = lambda k: None if k is None else k.reshape(k.shape[0], n)  # noqa: E731
+        side1 = _Side(self, w.cov1.reshape(-1, n, n), flat(w.keep1), R, w.width)
+        side2 = side1 if w.cov2 is w.cov1 else _Side(self, w.cov2.reshape(-1, n, n), flat(w.keep2), R, w.width)
+        if w.nngp is not None:
+            shape = w.nngp.shape
+            nngp = w.nngp.reshape(shape[:2] + (n, n))
             ntk = None if w.ntk is None else w.ntk.reshape(nngp.shape)
-
-        if self.scaling == "linear":
-            g1 = self._weighting(i1, keep1, qk)
-            g2 = g1 if same else self._weighting(i2, keep2, qk)
-            v1 = i1 if self.values_pos_emb else cov1
-            v2 = i2 if self.values_pos_emb else cov2
-            new_cov1 = _sandwich(g1, v1, g1).mul_(ov_var).add_(b_var)
-            new_cov2 = new_cov1 if same else _sandwich(g2, v2, g2).mul_(ov_var).add_(b_var)
-            if tiles:
-                vn = pair_interp(nngp) if self.values_pos_emb else nngp
-                k = _pair_sandwich(g1, vn, g2).mul_(ov_var).add_(b_var)
-                if ntk is not None:
-                    vt = pair_interp(ntk) if self.values_pos_emb else ntk
-                    ntk = _pair_sandwich(g1, vt, g2).mul_(ov_var).add_(k, alpha=2.0).sub_(b_var)
-                nngp = k
-        else:
-            std2 = (qk * self.W_out_std * self.W_value_std) ** 2
-            vals = self.values_pos_emb
-            d11 = _exact.sum(i1 * (i1 if vals else cov1), (1, 2))
-            new_cov1 = (i1 * d11[:, None, None]).mul_(std2).add_(b_var)
-            if same:
-                new_cov2 = new_cov1
-            else:
-                d22 = _exact.sum(i2 * (i2 if vals else cov2), (1, 2))
-                new_cov2 = (i2 * d22[:, None, None]).mul_(std2).add_(b_var)
-            if tiles:
-                ni = pair_interp(nngp)
-                d12 = _exact.pair_sum(ni * (ni if vals else nngp), 1)[:, :, None, None]
-                if ntk is not None:
-                    ti = pair_interp(ntk)
-                    if vals or R is None:
-                        dt = 2 * _exact.pair_sum(ni * ti, 1)
-                    else:
-                        dt = _exact.pair_sum(ni * ntk, 1) + _exact.pair_sum(nngp * ti, 1)
-                    ntk = (ni * dt[:, :, None, None] + d12 * (ti + 4 * ni)).mul_(std2).add_(b_var)
-                nngp = (ni * d12).mul_(std2).add_(b_var)
-
+            nngp, ntk = (self._linear_tile if self.scaling == "linear" else self._sqrt_tile)(
+                nngp, ntk, side1, side2, R, w.width)
+            w.nngp = nngp.reshape(shape)
+            w.ntk = None if ntk is None else ntk.reshape(shape)
         pair = w.pair_shape
-        if tiles:
-            w.nngp = nngp.reshape(nngp.shape[:2] + pair)
-            if ntk is not None:
-                w.ntk = ntk.reshape(nngp.shape[:2] + pair)
-        w.cov1 = new_cov1.reshape((-1,) + pair)
-        w.cov2 = w.cov1 if same else new_cov2.reshape((-1,) + pair)
+        w.set_covs(lambda c: side1.own().reshape((-1,) + pair), lambda c: side2.own().reshape((-1,) + pair))
         w.is_gaussian = True
         w.width = self.out_features
         w.sync_diagonal()
         return w
+
+    def _variances(self) -> tuple:
+        """``(b_var, OV_std^2, QK_std)`` of the linear scaling; ``std2 = (QK OV)^2`` of "sqrt"."""
+        b_var = 0.0 if self.b_std is None else self.b_std**2
+        return b_var, (self.W_out_std * self.W_value_std) ** 2, self.W_query_std * self.W_key_std
+
+    def _interp(self, t: torch.Tensor, R: Optional[torch.Tensor], width: int, keep1, keep2) -> torch.Tensor:
+        """The pair tile ``(B, C, n, n)`` of the attention's input with the embeddings'
+        covariance added (``t`` itself without embeddings)."""
+        if R is None:
+            return t
+        w_in, w_pe = self._weights(width)
+        out = t * w_in + R * w_pe
+        if keep1 is not None:
+            out = out * (keep1[:, None, :, None] * keep2[None, :, None, :])
+        return out
+
+    def _linear_tile(self, nngp, ntk, side1: "_Side", side2: "_Side", R, width):
+        """``K' = OV^2 G(x) K G(x')^T + b^2`` and ``Theta' = OV^2 G(x) Theta G(x')^T + 2 K' - b^2``."""
+        b_var, ov_var, _ = self._variances()
+        interp = lambda t: self._interp(t, R, width, side1.keep, side2.keep)  # noqa: E731
+        vn = interp(nngp) if self.values_pos_emb else nngp
+        k = pair_sandwich(side1.g, vn, side2.g).mul_(ov_var).add_(b_var)
+        if ntk is not None:
+            vt = interp(ntk) if self.values_pos_emb else ntk
+            ntk = pair_sandwich(side1.g, vt, side2.g).mul_(ov_var).add_(k, alpha=2.0).sub_(b_var)
+        return k, ntk
+
+    def _sqrt_tile(self, nngp, ntk, side1: "_Side", side2: "_Side", R, width):
+        """The identity mechanism with 1/sqrt(d_key) logits (see the class docstring)."""
+        b_var = 0.0 if self.b_std is None else self.b_std**2
+        std2 = (self.W_query_std * self.W_key_std * self.W_out_std * self.W_value_std) ** 2
+        vals = self.values_pos_emb
+        ni = self._interp(nngp, R, width, side1.keep, side2.keep)
+        d12 = exact.pair_sum(ni * (ni if vals else nngp), 1)[:, :, None, None]
+        if ntk is not None:
+            ti = self._interp(ntk, R, width, side1.keep, side2.keep)
+            if vals or R is None:
+                dt = 2 * exact.pair_sum(ni * ti, 1)
+            else:
+                dt = exact.pair_sum(ni * ntk, 1) + exact.pair_sum(nngp * ti, 1)
+            ntk = (ni * dt[:, :, None, None] + d12 * (ti + 4 * ni)).mul_(std2).add_(b_var)
+        return (ni * d12).mul_(std2).add_(b_var), ntk
 
     def _weighting(self, cov: torch.Tensor, keep: Optional[torch.Tensor], qk: float) -> torch.Tensor:
         """The limit attention weights ``G = mechanism(QK_std K(x, x))``, ``(B, n, n)``."""
@@ -274,9 +256,10 @@ class SelfAttention(Layer):
         return logits
 
     # ---- finite twin --------------------------------------------------------------------------
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        spec = self._single_spec(spec)
         module = SelfAttentionModule(
-            self._single_spec(spec), self.out_features, heads=self.heads,
+            spec.features, self.out_features, heads=self.heads,
             key_features=self.key_features, value_features=self.value_features,
             QK_std=self.W_query_std * self.W_key_std, OV_std=self.W_out_std * self.W_value_std,
             b_std=self.b_std, scaling=self.scaling, mechanism=self.mechanism,
@@ -285,51 +268,181 @@ class SelfAttention(Layer):
             pos_emb_covariance=None if self.pos_emb is None or self.pos_emb_decay is None else (
                 lambda spatial, dtype, device: position_covariance(
                     spatial, self.pos_emb_decay, self.pos_emb_p, dtype=dtype, device=device)),
-            values_pos_emb=self.values_pos_emb, seed=next(seeds),
-            dtype=factory["dtype"], device=factory["device"],
+            values_pos_emb=self.values_pos_emb, seed=build.seed(),
+            dtype=build.dtype, device=build.device,
         )
-        return module, self.out_features
+        return module, spec.with_features(self.out_features)
 
 
-def _sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """``g1 @ k @ g2^T`` over the last two axes (broadcasting the leading ones). In
-    reproducible mode, the mean of both ways of associating it, with exact products: the
-    transposed operands then give the transposed result, bit for bit."""
-    if _exact.active():
-        g2t = g2.transpose(-1, -2)
-        one = _exact.matmul(_exact.matmul(g1, k), g2t)
-        return one.add_(_exact.matmul(g1, _exact.matmul(k, g2t))).mul_(0.5)
-    return torch.matmul(torch.matmul(g1, k), g2.transpose(-1, -2))
+class _Side:
+    """One side's (row or column inputs') own covariances ``(B, n, n)`` as the attention sees
+    them: with the embeddings (``interp``), the limit weights ``g`` and, on demand, the own
+    covariance after the layer."""
+
+    def __init__(self, layer: "SelfAttention", cov: torch.Tensor, keep, R, width: int) -> None:
+        self.layer, self.cov, self.keep = layer, cov, keep
+        self.interp = cov
+        if R is not None:
+            w_in, w_pe = layer._weights(width)
+            self.interp = cov * w_in + R * w_pe
+            if keep is not None:
+                self.interp = self.interp * keep[:, :, None] * keep[:, None, :]
+        b_var, self.ov_var, qk = layer._variances()
+        self.b_var = b_var
+        self.g = layer._weighting(self.interp, keep, qk) if layer.scaling == "linear" else None
+
+    def own(self) -> torch.Tensor:
+        """The own covariance after the layer, ``(B, n, n)``."""
+        layer, i = self.layer, self.interp
+        values = i if layer.values_pos_emb else self.cov
+        if layer.scaling == "linear":
+            return sandwich(self.g, values, self.g).mul_(self.ov_var).add_(self.b_var)
+        std2 = (layer.W_query_std * layer.W_key_std * layer.W_out_std * layer.W_value_std) ** 2
+        d = exact.sum(i * values, (1, 2))
+        return (i * d[:, None, None]).mul_(std2).add_(self.b_var)
 
 
-def _pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """``g1[i] @ k[i, j] @ g2[j]^T`` for every pair of a ``(B, C, n, n)`` tile, contiguous.
+class SelfAttentionModule(LazyModuleMixin, nn.Module):
+    """Multi-head self-attention over the positions of ``(N, C, *S)`` inputs, with widenet's
+    (Neural Tangents') NTK parameterization; see :class:`widenet.SelfAttention`.
 
-    As a batch of B * C products of n x n matrices this runs far from the matrix-multiply
-    peak for sequence lengths of tens, and broadcasting copies ``g1`` and ``g2`` C and B
-    times. Instead each row input's weights multiply all its columns in one (n x n) @
-    (n x C n) product, and each column input's weights all its rows in one (B n x n) @
-    (n x n) product."""
-    if _exact.active():
-        return _exact_pair_sandwich(g1, k, g2)
-    b, c, n, _ = k.shape
-    by_row = _scratch.clone(k.transpose(1, 2)).view(b, n, c * n)  # (b, t, c, u)
-    left = _scratch.call(torch.bmm, g1, by_row, shape=(b, n, c * n))  # (b, s, c, u)
-    by_col = _scratch.clone(left.view(b, n, c, n).permute(2, 0, 1, 3)).view(c, b * n, n)
-    right = _scratch.call(torch.bmm, by_col, g2.transpose(1, 2), shape=(c, b * n, n))
-    return _scratch.clone(right.view(c, b, n, n).transpose(0, 1))
+    Parameters, all drawn standard normal from the module's seed: ``W_key``
+    ``(heads, n_in_k, key_features)``, ``W_query`` (same shape, only for scaling "sqrt"; the
+    "linear" scaling ties queries to keys), ``W_value`` ``(heads, n_in_v, value_features)``,
+    ``W_out`` ``(out, heads * value_features)``, ``bias`` ``(out,)`` and ``pos_emb``
+    ``(pos_emb_features, *S)`` (correlated by ``pos_emb_covariance(spatial, dtype, device)``
+    when given; independent otherwise). The parameters materialize on the first call when the input
+    channels or (with positional embeddings) the positions are not known before.
+    ``forward(x, mask=None)`` takes the same padding masks as :class:`SerialModule`.
+    """
 
+    cls_to_become = None
 
-def _exact_pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """:func:`_pair_sandwich` in reproducible mode: the mean of ``(g1 k) g2^T`` and
-    ``g1 (k g2^T)``, with exact-then-rounded products laid out as in :func:`_pair_sandwich`
-    (a product's rounding depends only on its rows and columns, not on the batch around it)."""
-    b, c, n, _ = k.shape
-    mm = _exact.matmul
-    g2t = g2.transpose(1, 2)
-    left = mm(g1, k.transpose(1, 2).reshape(b, n, c * n)).view(b, n, c, n)  # (b, s, c, u): g1 k
-    one = mm(left.permute(2, 0, 1, 3).reshape(c, b * n, n), g2t)  # (c, b s, v): (g1 k) g2^T
-    right = mm(k.transpose(0, 1).reshape(c, b * n, n), g2t).view(c, b, n, n)  # (c, b, t, v): k g2^T
-    two = mm(g1, right.permute(1, 2, 0, 3).reshape(b, n, c * n)).view(b, n, c, n)  # g1 (k g2^T)
-    out = one.view(c, b, n, n).transpose(0, 1).add(two.transpose(1, 2))
-    return out.mul_(0.5).contiguous()
+    def __init__(self, in_features: Optional[int], out_features: int, *, heads: int, key_features: int,
+                 value_features: int, QK_std: float, OV_std: float, b_std: Optional[float],
+                 scaling: str, mechanism: str, pos_emb: Optional[str], pos_emb_std: float,
+                 pos_emb_features: Optional[int], pos_emb_covariance: Optional[Callable],
+                 values_pos_emb: bool, seed: int, dtype: Optional[torch.dtype] = None,
+                 device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.heads, self.key_features, self.value_features = heads, key_features, value_features
+        self.QK_std, self.OV_std, self.b_std = QK_std, OV_std, b_std
+        self.scaling, self.mechanism = scaling, mechanism
+        self.pos_emb_type, self.pos_emb_std = pos_emb, pos_emb_std
+        self.pos_emb_features, self.pos_emb_covariance = pos_emb_features, pos_emb_covariance
+        self.values_pos_emb, self.seed = values_pos_emb, seed
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        lazy = lambda: UninitializedParameter(**factory)  # noqa: E731
+        self.W_key = lazy()
+        self.W_query = lazy() if scaling == "sqrt" else None
+        self.W_value = lazy()
+        self.W_out = nn.Parameter(torch.empty(out_features, heads * value_features, **factory))
+        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_features, **factory))
+        self.pos_emb = None if pos_emb is None else lazy()
+        if in_features is not None and pos_emb is None:
+            self._materialize(in_features, ())
+
+    def _channels(self, n_in: int) -> tuple[int, int, int]:
+        """Channels of the embeddings, of the key/query input and of the value input."""
+        if self.pos_emb_type is None:
+            return 0, n_in, n_in
+        n_pe = n_in if self.pos_emb_features is None else self.pos_emb_features
+        if self.pos_emb_type == "sum":
+            return n_in, n_in, n_in
+        n_k = n_in + n_pe
+        return n_pe, n_k, n_k if self.values_pos_emb else n_in
+
+    def _materialize(self, n_in: int, spatial: tuple) -> None:
+        self.in_features = n_in
+        n_pe, n_k, n_v = self._channels(n_in)
+        shapes = {"W_key": (self.heads, n_k, self.key_features),
+                  "W_query": (self.heads, n_k, self.key_features),
+                  "W_value": (self.heads, n_v, self.value_features),
+                  "pos_emb": (n_pe,) + tuple(spatial)}
+        with torch.no_grad():
+            for name, shape in shapes.items():
+                param = getattr(self, name)
+                if isinstance(param, UninitializedParameter):
+                    param.materialize(shape)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Redraws every parameter from the module's seed (in a fixed order)."""
+        if self.has_uninitialized_params():
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            for name in ("W_key", "W_query", "W_value", "W_out", "bias", "pos_emb"):
+                param = getattr(self, name)
+                if param is not None:
+                    param.copy_(standard_normal(param.shape, generator))
+
+    def initialize_parameters(self, x: torch.Tensor, mask=None) -> None:  # LazyModuleMixin
+        if self.has_uninitialized_params():
+            self._check(x)
+            self._materialize(int(x.shape[1]), tuple(x.shape[2:]))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim < 3:
+            raise ShapeError(f"SelfAttentionModule: expected inputs (N, C, *S) with positions to "
+                             f"attend over (got shape {tuple(x.shape)})")
+        if self.in_features is not None and x.shape[1] != self.in_features:
+            raise ShapeError(f"SelfAttentionModule: input has {x.shape[1]} channels but the layer "
+                             f"was built for {self.in_features} (input shape {tuple(x.shape)})")
+        if self.pos_emb is not None and not isinstance(self.pos_emb, UninitializedParameter) \
+                and tuple(self.pos_emb.shape[1:]) != tuple(x.shape[2:]):
+            raise ShapeError(f"SelfAttentionModule: positional embeddings were built for positions "
+                             f"{tuple(self.pos_emb.shape[1:])} but the input has {tuple(x.shape[2:])}; "
+                             f"pad variable-length inputs and pass mask=")
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with masking(x, mask, "SelfAttentionModule"):
+            self._check(x)
+            return zero_padding(self._attend(zero_padding(x)))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n_in, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        n = math.prod(spatial)
+        keep = current_keep(x)
+        keep = None if keep is None else keep.reshape(batch, n).to(x.dtype)
+        xf = x.reshape(batch, n_in, n).transpose(1, 2)  # (N, n, C)
+        xk = xv = xf
+        if self.pos_emb is not None:
+            pe = self.pos_emb.reshape(self.pos_emb.shape[0], n).T  # (n, n_pe)
+            if self.pos_emb_covariance is not None:  # correlated embeddings: L z, R = L L^T
+                r = self.pos_emb_covariance(spatial, torch.float64, None)
+                pe = torch.linalg.cholesky(r).to(pe) @ pe
+            pe = (pe * self.pos_emb_std).expand(batch, n, pe.shape[1])
+            if keep is not None:
+                pe = pe * keep[:, :, None]
+            xk = xf + pe if self.pos_emb_type == "sum" else torch.cat([xf, pe], dim=-1)
+            if self.values_pos_emb:
+                xv = xk
+        n_k = xk.shape[-1]
+        keys = torch.einsum("bnc,hcd->hbnd", xk, self.W_key)
+        queries = keys if self.W_query is None else torch.einsum("bnc,hcd->hbnd", xk, self.W_query)
+        power = 1.0 if self.scaling == "linear" else 0.5
+        logits = torch.matmul(queries, keys.transpose(-1, -2)) * (
+            self.QK_std / (n_k * self.key_features**power))  # (H, N, n, n)
+        if self.mechanism == "softmax":
+            if keep is not None:
+                logits = logits.masked_fill(keep[None, :, None, :] == 0, -math.inf)
+            weights = torch.softmax(logits, dim=-1)
+        else:
+            weights = {"identity": lambda t: t, "relu": torch.relu, "abs": torch.abs}[self.mechanism](logits)
+            if keep is not None:
+                weights = weights * keep[None, :, None, :]
+        values = torch.einsum("bnc,hcd->hbnd", xv, self.W_value)
+        heads = torch.matmul(weights, values)  # (H, N, n, dv)
+        heads = heads.permute(1, 2, 0, 3).reshape(batch, n, self.heads * self.value_features)
+        scale = self.OV_std / math.sqrt(self.value_features * self.heads * xv.shape[-1])
+        out = torch.nn.functional.linear(heads, self.W_out) * scale
+        if self.bias is not None:
+            out = out + self.b_std * self.bias
+        return out.transpose(1, 2).reshape((batch, self.out_features) + spatial)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, heads={self.heads}, key_features={self.key_features}, "
+                f"value_features={self.value_features}, scaling={self.scaling!r}, mechanism={self.mechanism!r}, "
+                f"pos_emb={self.pos_emb_type!r}")

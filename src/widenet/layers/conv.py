@@ -4,41 +4,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
-from .. import _exact, _scratch
+from .._engine import Flow, exact, scratch, window_sum, spatial_axes
 from .._validate import check_choice, check_float, check_int
 from ..errors import ShapeError
-from ..kernel import Work
-from ._base import Flow, Layer, Spec
-from ._modules import ConvModule
-from ._spatial import PADDINGS, as_tuple, pads_for, spatial_axes, window_sum
+from ._geometry import PADDINGS, Size, as_tuple, check_size, pad_input, pads_for, spatial_of, spatial_pads
+from ._init import draw_affine
+from ._masks import require_no_padding
+from .base import Build, Layer, Spec
 
-__all__ = ["Conv"]
-
-Size = Union[int, Sequence[int]]
-
-
-def _check_size(owner: str, name: str, value: Size) -> Size:
-    if isinstance(value, (list, tuple)):
-        if not 1 <= len(value) <= 3:
-            from ..errors import ParameterError
-
-            raise ParameterError(f"{owner}: {name} must be an int or 1 to 3 ints (got {value!r})")
-        return tuple(check_int(owner, f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
-    return check_int(owner, name, value, minimum=1)
-
-
-def spatial_of(owner: str, w: Work) -> tuple[int, ...]:
-    if not w.spatial:
-        raise ShapeError(
-            f"{owner}: needs inputs with spatial axes, (N, C, *S) with 1 to 3 spatial axes; this "
-            f"layer's input has none (after Flatten or global pooling, or (N, features) inputs)"
-        )
-    return w.spatial
+__all__ = ["Conv", "ConvModule"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +46,12 @@ class Conv(Layer):
         padding: "same", "valid" or "circular".
         W_std: weight standard deviation (>= 0); b_std: bias standard deviation, or None.
         parameterization: "ntk" or "standard".
+
+    Example::
+
+        >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+        >>> cnn.kernel(torch.randn(4, 1, 8, 8)).ntk.shape
+        torch.Size([4, 4])
     """
 
     out_channels: int
@@ -80,7 +67,7 @@ class Conv(Layer):
         set_ = object.__setattr__
         set_(self, "out_channels", check_int("Conv", "out_channels", self.out_channels, minimum=1))
         for name in ("kernel_size", "stride", "dilation"):
-            set_(self, name, _check_size("Conv", name, getattr(self, name)))
+            set_(self, name, check_size("Conv", name, getattr(self, name)))
         check_choice("Conv", "padding", self.padding, PADDINGS)
         set_(self, "W_std", check_float("Conv", "W_std", self.W_std, minimum=0.0, tensor=True))
         set_(self, "b_std", check_float("Conv", "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
@@ -94,7 +81,7 @@ class Conv(Layer):
         geo = [pads_for("Conv", n, k, s, r, self.padding) for n, k, s, r in zip(spatial, window, stride, dilation)]
         return window, stride, dilation, [(lo, hi) for lo, hi, _ in geo], tuple(o for _, _, o in geo)
 
-    def _apply(self, flow: Flow) -> Flow:
+    def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of("Conv", w)
         window_size, stride, dilation, pads, out_spatial = self._geometry(spatial)
@@ -123,30 +110,119 @@ class Conv(Layer):
                 if self.parameterization == "standard":
                     # C_in prod(kernel_size) A[K] is C_in times the window sum k.
                     if theta is None:
-                        theta = _scratch.call(torch.mul, k, float(w.width))
+                        theta = scratch.call(torch.mul, k, float(w.width))
                     else:
                         theta.mul_(k_scale).add_(k, alpha=float(w.width))
                     if self.b_std is not None:
                         theta.add_(1.0)
-                    k = _exact.scale_add_(k, k_scale, b_var)
+                    k = exact.scale_add_(k, k_scale, b_var)
                 else:
-                    k = _exact.scale_add_(k, k_scale, b_var)
-                    theta = _scratch.clone(k) if theta is None else _exact.scale_add_(theta, k_scale, k)
+                    k = exact.scale_add_(k, k_scale, b_var)
+                    theta = scratch.clone(k) if theta is None else exact.scale_add_(theta, k_scale, k)
                 w.ntk = theta
             else:
-                k = _exact.scale_add_(k, k_scale, b_var)
+                k = exact.scale_add_(k, k_scale, b_var)
             w.nngp = k
-        w.set_covs(lambda c: _exact.scale_add_(window(c), k_scale, b_var))
+        w.set_covs(lambda c: exact.scale_add_(window(c), k_scale, b_var))
         w.spatial = out_spatial
         w.is_gaussian = True
         w.width = self.out_channels
         return w
 
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        spec = self._single_spec(spec)
         module = ConvModule(
-            self._single_spec(spec), self.out_channels, self.kernel_size, self.stride, self.dilation,
-            self.padding, self.W_std, self.b_std, self.parameterization, next(seeds),
-            ndim=factory.get("ndim"), dtype=factory["dtype"], device=factory["device"],
-            init=factory.get("init", "gaussian"),
+            spec.features, self.out_channels, self.kernel_size, self.stride, self.dilation,
+            self.padding, self.W_std, self.b_std, self.parameterization, build.seed(),
+            ndim=spec.ndim, dtype=build.dtype, device=build.device, init=build.init,
         )
-        return module, self.out_channels
+        return module, spec.with_features(self.out_channels)
+
+
+class ConvModule(LazyModuleMixin, nn.Module):
+    """N-d convolution with widenet's initialization and padding rules.
+
+    Its parameters are laid out like ``nn.ConvNd``'s: ``weight`` ``(out, in, *kernel_size)``
+    and ``bias`` ``(out,)``; the forward pass pads (zeros for "same", wrap-around for
+    "circular", nothing for "valid", with the SAME rule's split) and calls
+    ``torch.nn.functional.convNd``. Parameterization "ntk": ``W, b ~ N(0, 1)`` and the output
+    is ``W_std / sqrt(in * prod(kernel_size)) * conv(x, W) + b_std * b``; "standard":
+    ``W ~ N(0, W_std^2 / (in * prod(kernel_size)))``, ``b ~ N(0, b_std^2)``, a plain ``nn.ConvNd``.
+    """
+
+    cls_to_become = None
+
+    def __init__(self, in_channels: Optional[int], out_channels: int, kernel_size, stride, dilation,
+                 padding: str, W_std: float, b_std: Optional[float], parameterization: str, seed: int,
+                 ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None,
+                 init: str = "gaussian") -> None:
+        super().__init__()
+        self.init = init
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self._sizes = (kernel_size, stride, dilation)
+        self.kernel_size = self.stride = self.dilation = None
+        self.padding = padding
+        self.W_std, self.b_std, self.parameterization, self.seed = W_std, b_std, parameterization, seed
+        if ndim is None and isinstance(kernel_size, tuple):
+            ndim = len(kernel_size)
+        if ndim is not None:
+            self._resolve(ndim)
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        if in_channels is None or ndim is None:
+            self.weight = UninitializedParameter(**factory)
+        else:
+            self.weight = nn.Parameter(torch.empty((out_channels, in_channels) + self.kernel_size, **factory))
+        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_channels, **factory))
+        if not self.has_uninitialized_params():
+            self.reset_parameters()
+
+    def _resolve(self, ndim: int) -> None:
+        as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * ndim  # noqa: E731
+        self.kernel_size, self.stride, self.dilation = (as_tuple(v) for v in self._sizes)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * math.prod(self.kernel_size)
+
+    def reset_parameters(self) -> None:
+        """Redraws the parameters from this module's seed (the same values every time)."""
+        if not self.has_uninitialized_params():
+            draw_affine(self, self.fan_in)
+
+    def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.in_channels = int(input.shape[1])
+                if self.kernel_size is None:
+                    self._resolve(input.ndim - 2)
+                self.weight.materialize((self.out_channels, self.in_channels) + self.kernel_size)
+                self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = len(self.kernel_size)
+        if self.padding != "same" or any(s != 1 for s in self.stride):
+            require_no_padding(x, "ConvModule", "moves or wraps positions (masks need "
+                                                "padding='same' and stride 1)")
+        if x.ndim != d + 2 or x.shape[1] != self.in_channels:
+            raise ShapeError(
+                f"ConvModule: expected input (N, {self.in_channels}, <{d} spatial sizes>) "
+                f"(got {tuple(x.shape)})"
+            )
+        pads = spatial_pads(x.shape[2:], self.kernel_size, self.stride, self.dilation, self.padding, "ConvModule")
+        x = pad_input(x, pads, self.padding)
+        conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[d - 1]
+        if self.parameterization == "ntk":
+            y = conv(x, self.weight, None, self.stride, 0, self.dilation) * (self.W_std / math.sqrt(self.fan_in))
+            if self.bias is not None:
+                y = y + (self.b_std * self.bias).reshape((1, -1) + (1,) * d)
+            return y
+        return conv(x, self.weight, self.bias, self.stride, 0, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, dilation={self.dilation}, W_std={self.W_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r}"
+            + ("" if self.init == "gaussian" else f", init={self.init!r}")
+        )

@@ -1,18 +1,23 @@
-"""Fully connected (affine) layers."""
+"""Fully connected (affine) layers, ``nn.Linear`` on the feature axis."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
+import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
-from .. import _exact
+from .._engine import Flow, exact
 from .._validate import check_choice, check_float, check_int
-from ._base import Flow, Layer, Spec
-from ._modules import DenseModule
+from ..errors import ShapeError
+from ._init import draw_affine
+from .base import Build, Layer, Shape, Spec
 
-__all__ = ["Dense"]
+__all__ = ["Dense", "DenseModule"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class Dense(Layer):
         W_std: weight standard deviation (>= 0).
         b_std: bias standard deviation (>= 0), or None for no bias.
         parameterization: "ntk" or "standard".
+
+    Example::
+
+        >>> net = wn.Serial(wn.Dense(512, W_std=1.5, b_std=0.05), wn.Relu(), wn.Dense(1))
+        >>> net.kernel(torch.randn(20, 10)).nngp.shape
+        torch.Size([20, 20])
     """
 
     out_features: int
@@ -55,18 +66,18 @@ class Dense(Layer):
         set_(self, "b_std", check_float("Dense", "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
         check_choice("Dense", "parameterization", self.parameterization, ("ntk", "standard"))
 
-    def _apply(self, flow: Flow) -> Flow:
+    def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
         w_var = self.W_std**2
         b_var = 0.0 if self.b_std is None else self.b_std**2
         if w.nngp is not None:
             if self.parameterization == "ntk":
-                _exact.scale_add_(w.nngp, w_var, b_var)
+                exact.scale_add_(w.nngp, w_var, b_var)
                 if w.ntk is not None:
                     if w.ntk_is_zero:  # the input layer's NTK: W_std^2 * 0 + K' is K'
                         w.ntk.copy_(w.nngp)
                     else:
-                        _exact.scale_add_(w.ntk, w_var, w.nngp)
+                        exact.scale_add_(w.ntk, w_var, w.nngp)
             else:
                 if w.ntk is not None:
                     w.ntk.mul_(w_var).add_(w.nngp, alpha=float(w.width))
@@ -78,10 +89,80 @@ class Dense(Layer):
         w.width = self.out_features
         return w
 
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
-        in_features = self._single_spec(spec)
-        module = DenseModule(
-            in_features, self.out_features, self.W_std, self.b_std, self.parameterization,
-            next(seeds), dtype=factory["dtype"], device=factory["device"], init=factory.get("init", "gaussian"),
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        spec = self._single_spec(spec)
+        module = DenseModule(spec.features, self.out_features, self.W_std, self.b_std,
+                             self.parameterization, build.seed(), dtype=build.dtype,
+                             device=build.device, init=build.init)
+        return module, spec.with_features(self.out_features)
+
+
+class DenseModule(LazyModuleMixin, nn.Module):
+    """``y = x W^T + b`` on axis 1 (features, or channels at each position), like
+    ``nn.Linear``, with widenet's initialization.
+
+    parameterization "ntk": ``W, b ~ N(0, 1)``, ``y = (W_std / sqrt(in)) x W^T + b_std b``.
+    parameterization "standard": ``W ~ N(0, W_std^2 / in)``, ``b ~ N(0, b_std^2)``,
+    ``y = x W^T + b``. ``b_std=None`` means no bias parameter.
+    With ``in_features=None`` the weight materializes on the first call (a lazy module).
+    """
+
+    cls_to_become = None
+
+    def __init__(self, in_features: Optional[int], out_features: int, W_std: float,
+                 b_std: Optional[float], parameterization: str, seed: int,
+                 dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
+                 init: str = "gaussian") -> None:
+        super().__init__()
+        self.init = init
+        self.in_features = in_features
+        self.out_features = out_features
+        self.W_std = W_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.seed = seed
+        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
+        if in_features is None:
+            self.weight = UninitializedParameter(**factory)
+        else:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_features, **factory))
+        if in_features is not None:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Redraws the parameters from this module's seed (the same values every time)."""
+        if not self.has_uninitialized_params():
+            draw_affine(self, self.in_features)
+
+    def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.in_features = int(input.shape[1])
+                self.weight.materialize((self.out_features, self.in_features))
+                self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2 or x.shape[1] != self.in_features:
+            raise ShapeError(
+                f"DenseModule: input has {x.shape[1] if x.ndim >= 2 else 0} features on axis 1 but "
+                f"the layer was built for {self.in_features} (input shape {tuple(x.shape)})"
+            )
+        if x.ndim > 2:  # per position, on the channel axis
+            return self._linear(x.movedim(1, -1)).movedim(-1, 1)
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parameterization == "ntk":
+            y = torch.nn.functional.linear(x, self.weight) * (self.W_std / math.sqrt(self.in_features))
+            if self.bias is not None:
+                y = y + self.b_std * self.bias
+            return y
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
+            + ("" if self.init == "gaussian" else f", init={self.init!r}")
         )
-        return module, self.out_features

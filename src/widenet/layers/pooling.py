@@ -1,30 +1,27 @@
-"""Pooling and flattening: layers that combine positions.
+"""Window pooling: average, sum and max pooling over windows of positions.
 
 Average and sum pooling mix positions, so the kernel of their input must hold every pair of
 positions (the full layout); widenet switches to it automatically when such a layer is
-present. Flatten needs only the spatial diagonal.
+present.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .. import _exact
+from .._engine import Flow, exact, spatial_axes, window_sum
 from .._validate import check_choice
 from ..errors import NoClosedFormError
-from ._base import Flow, Layer, Spec
-from ._modules import FlattenModule, GlobalPoolModule, PoolModule
-from ._spatial import PADDINGS, as_tuple, pads_for, spatial_axes, window_sum
-from .conv import _check_size, spatial_of
+from ._geometry import PADDINGS, Size, as_tuple, check_size, pad_input, pads_for, spatial_of, spatial_pads, torch_pads
+from ._masks import require_no_padding
+from .base import Build, Layer, Spec
 
-__all__ = ["AvgPool", "SumPool", "MaxPool", "GlobalAvgPool", "GlobalSumPool", "Flatten"]
-
-Size = Union[int, Sequence[int]]
+__all__ = ["AvgPool", "SumPool", "MaxPool", "PoolModule"]
 
 
 class _Pool(Layer):
@@ -36,11 +33,11 @@ class _Pool(Layer):
     stride: Optional[Size]
     padding: str
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "window", _check_size(self._name, "window", self.window))
+        set_(self, "window", check_size(self._name, "window", self.window))
         if self.stride is not None:
-            set_(self, "stride", _check_size(self._name, "stride", self.stride))
+            set_(self, "stride", check_size(self._name, "stride", self.stride))
         check_choice(self._name, "padding", self.padding, PADDINGS)
 
     def _needs_full(self) -> bool:
@@ -53,7 +50,7 @@ class _Pool(Layer):
         geo = [pads_for(self._name, n, k, s, 1, self.padding) for n, k, s in zip(spatial, window, stride)]
         return window, stride, [(lo, hi) for lo, hi, _ in geo], tuple(o for _, _, o in geo)
 
-    def _apply(self, flow: Flow) -> Flow:
+    def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
         spatial = spatial_of(self._name, w)
         w.require_unmasked(self._name, "pools windows of positions")
@@ -66,7 +63,7 @@ class _Pool(Layer):
             first, second = spatial_axes(t.ndim, d, True)
             args = (window * 2, stride * 2, (1,) * (2 * d), pads * 2, circular)
             out = window_sum(t, [[a] for a in first + second], *args)
-            if _exact.active():
+            if exact.active():
                 # The windows of x are summed before those of x'; the kernel of (x', x) would
                 # sum them the other way round, to other roundings. Reproducible mode takes
                 # the mean of both orders, which is the same for both pairs.
@@ -78,15 +75,98 @@ class _Pool(Layer):
         w.spatial = out_spatial
         return w
 
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
-        d = factory.get("ndim")
-        window = self.window if isinstance(self.window, tuple) or d is None else (self.window,) * d
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        spec = self._single_spec(spec)
+        d = spec.ndim
+        if d is None and not isinstance(self.window, tuple):
+            return _LazyPool(self._mode, self.window, self.stride, self.padding), spec
+        window = self.window if isinstance(self.window, tuple) else (self.window,) * d
         stride = window if self.stride is None else self.stride
-        if d is None and not isinstance(window, tuple):
-            return _LazyPool(self._mode, self.window, self.stride, self.padding), self._single_spec(spec)
-        d = len(window)
-        stride = stride if isinstance(stride, tuple) else (stride,) * d
-        return PoolModule(self._mode, window, stride, self.padding), self._single_spec(spec)
+        stride = stride if isinstance(stride, tuple) else (stride,) * len(window)
+        return PoolModule(self._mode, window, stride, self.padding), spec
+
+
+@dataclass(frozen=True)
+class AvgPool(_Pool):
+    """Average pooling over windows, like ``nn.AvgPool1d/2d/3d`` (``stride`` defaults to the
+    window). "same" padding counts the padded zeros in the average (``count_include_pad``);
+    "circular" wraps around. Needs the full layout (chosen automatically).
+
+    Example::
+
+        >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.AvgPool(2), wn.Flatten(), wn.Dense(1))
+    """
+
+    window: Size = 2
+    stride: Optional[Size] = None
+    padding: str = "valid"
+    _mode = "avg"
+
+
+@dataclass(frozen=True)
+class SumPool(_Pool):
+    """Sum over windows (average pooling times the window size); see :class:`AvgPool`.
+
+    Example::
+
+        >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.SumPool(2), wn.Flatten(), wn.Dense(1))
+    """
+
+    window: Size = 2
+    stride: Optional[Size] = None
+    padding: str = "valid"
+    _mode = "sum"
+
+
+@dataclass(frozen=True)
+class MaxPool(_Pool):
+    """Max pooling, like ``nn.MaxPool1d/2d/3d`` (``stride`` defaults to the window; "same"
+    pads with -inf). Its finite-width twin is exact, but the maximum of correlated Gaussians
+    has no closed-form kernel: ``kernel()`` raises rather than approximate. Estimate its kernels
+    by Monte Carlo over finite networks (``wn.monte_carlo``).
+
+    Example::
+
+        >>> net = wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.MaxPool(2), wn.Flatten(), wn.Dense(1))
+        >>> mc = wn.monte_carlo(net, torch.randn(4, 1, 8, 8), n_samples=16)
+    """
+
+    window: Size = 2
+    stride: Optional[Size] = None
+    padding: str = "valid"
+    _mode = "max"
+
+    def _rule(self, flow: Flow) -> Flow:
+        raise NoClosedFormError(
+            "MaxPool: the infinite-width kernel of max pooling has no closed form; estimate it "
+            "by Monte Carlo over finite networks with wn.monte_carlo(net, x1, x2, n_samples=...)"
+        )
+
+
+class PoolModule(nn.Module):
+    """Average, sum or max pooling with widenet's padding rules ("valid", "same" with zeros
+    counted in the average, "circular")."""
+
+    def __init__(self, mode: str, window: Sequence[int], stride: Sequence[int], padding: str) -> None:
+        super().__init__()
+        self.mode, self.window, self.stride, self.padding = mode, tuple(window), tuple(stride), padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_no_padding(x, "PoolModule", "pools windows of positions")
+        d = len(self.window)
+        pads = spatial_pads(x.shape[2:], self.window, self.stride, (1,) * d, self.padding, "PoolModule")
+        if self.mode == "max" and self.padding == "same":
+            x = torch.nn.functional.pad(x, torch_pads(pads), value=-math.inf)
+        else:
+            x = pad_input(x, pads, self.padding)
+        F = torch.nn.functional
+        if self.mode == "max":
+            return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[d - 1](x, self.window, self.stride)
+        y = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[d - 1](x, self.window, self.stride)
+        return y * math.prod(self.window) if self.mode == "sum" else y
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, window={self.window}, stride={self.stride}, padding={self.padding!r}"
 
 
 class _LazyPool(nn.Module):
@@ -105,139 +185,3 @@ class _LazyPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, window={self.window}, stride={self.stride}, padding={self.padding!r}"
-
-
-@dataclass(frozen=True)
-class AvgPool(_Pool):
-    """Average pooling over windows, like ``nn.AvgPool1d/2d/3d`` (``stride`` defaults to the
-    window). "same" padding counts the padded zeros in the average (``count_include_pad``);
-    "circular" wraps around. Needs the full layout (chosen automatically)."""
-
-    window: Size = 2
-    stride: Optional[Size] = None
-    padding: str = "valid"
-    _mode = "avg"
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-
-@dataclass(frozen=True)
-class SumPool(_Pool):
-    """Sum over windows (average pooling times the window size); see :class:`AvgPool`."""
-
-    window: Size = 2
-    stride: Optional[Size] = None
-    padding: str = "valid"
-    _mode = "sum"
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-
-@dataclass(frozen=True)
-class MaxPool(_Pool):
-    """Max pooling, like ``nn.MaxPool1d/2d/3d`` (``stride`` defaults to the window; "same"
-    pads with -inf). Its finite-width twin is exact, but the maximum of correlated Gaussians
-    has no closed-form kernel: ``kernel()`` raises rather than approximate. Estimate its kernels
-    by Monte Carlo over finite networks (``wn.monte_carlo``)."""
-
-    window: Size = 2
-    stride: Optional[Size] = None
-    padding: str = "valid"
-    _mode = "max"
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-    def _apply(self, flow: Flow) -> Flow:
-        raise NoClosedFormError(
-            "MaxPool: the infinite-width kernel of max pooling has no closed form; estimate it "
-            "by Monte Carlo over finite networks with wn.monte_carlo(net, x1, x2, n_samples=...)"
-        )
-
-
-class _GlobalPool(Layer):
-    _mode = "avg"
-
-    def _needs_full(self) -> bool:
-        return True
-
-    def _apply(self, flow: Flow) -> Flow:
-        w = self._single(flow)
-        spatial = spatial_of(self._name, w)
-        n = math.prod(spatial)
-        scale = 1.0 / (n * n) if self._mode == "avg" else 1.0
-
-        def pool(t: torch.Tensor) -> torch.Tensor:
-            return _exact.pair_sum(t, len(spatial))
-
-        if w.masked and self._mode == "avg":
-            # Padded positions hold zeros; the mean is over each input's real positions.
-            n1 = w.keep1.reshape(w.keep1.shape[0], -1).sum(1)
-            n2 = w.keep2.reshape(w.keep2.shape[0], -1).sum(1)
-            if w.nngp is not None:
-                counts = n1[:, None] * n2[None, :]
-                w.map_tiles(lambda t: pool(t).div_(counts))
-            w.set_covs(lambda c: pool(c).div_(n1 * n1), lambda c: pool(c).div_(n2 * n2))
-        else:
-            w.map_tiles(lambda t: pool(t).mul_(scale))
-            w.set_covs(lambda t: pool(t).mul_(scale))
-        w.spatial = ()
-        w.unmask()
-        return w
-
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
-        factory["ndim"] = 0
-        return GlobalPoolModule(self._mode), self._single_spec(spec)
-
-
-@dataclass(frozen=True)
-class GlobalAvgPool(_GlobalPool):
-    """Mean over every spatial position: ``(N, C, *S) -> (N, C)``. Its kernel is the mean of
-    the input kernel over all position pairs (full layout, chosen automatically)."""
-
-    _mode = "avg"
-
-
-@dataclass(frozen=True)
-class GlobalSumPool(_GlobalPool):
-    """Sum over every spatial position: ``(N, C, *S) -> (N, C)``."""
-
-    _mode = "sum"
-
-
-@dataclass(frozen=True)
-class Flatten(Layer):
-    """``(N, C, *S) -> (N, C * prod(S))`` in PyTorch's order (``x.flatten(1)``).
-
-    The next affine layer averages over channels and positions alike, so the kernel becomes
-    the mean over positions of the spatial diagonal ``K(s, s)``: only the diagonal layout is
-    needed (Novak et al. 2019). The flattened features have position-dependent variances, so
-    they are not one Gaussian law: put an affine layer (Dense) after Flatten before any
-    nonlinearity.
-    """
-
-    def _apply(self, flow: Flow) -> Flow:
-        w = self._single(flow)
-        if not w.spatial:
-            return w
-        w.require_unmasked("Flatten", "flattens positions into features, padding included")
-        n, full, d = w.npos, w.is_full, len(w.spatial)
-
-        def flat(t: torch.Tensor) -> torch.Tensor:
-            lead = t.shape[: t.ndim - (2 * d if full else d)]
-            if full:
-                return t.reshape(lead + (n, n)).diagonal(dim1=-2, dim2=-1).mean(-1)
-            return t.reshape(lead + (n,)).mean(-1)
-
-        w.map_tiles(flat)
-        w.set_covs(flat)
-        w.spatial = ()
-        w.width = w.width * n
-        w.is_gaussian = w.is_gaussian and n == 1
-        return w
-
-    def _build(self, spec: Spec, seeds: Iterator[int], factory: dict) -> tuple[nn.Module, Spec]:
-        factory["ndim"] = 0
-        return FlattenModule(1), None

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
-from .. import _exact
+from .._engine import Tile, exact, safe_sqrt
+from .._hermite import gauss_hermite
 from .._validate import check_int
 from ..errors import ParameterError
-from ..kernel import Work
-from ._autodiff import safe_sqrt
-from .elementwise import Nonlinearity
+from .nonlinearity import Nonlinearity, autograd_derivative
 
 __all__ = ["Elementwise", "Tanh"]
 
 # Bound on the (entries x degree^2) evaluations held in memory at once.
 _QUADRATURE_CHUNK = 1 << 21
-
-
-@lru_cache(maxsize=None)
-def _gauss_hermite(degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights for ``E[f(z)]``, ``z ~ N(0, 1)``: ``sum_i w_i f(sqrt(2) x_i)``.
-    scipy's rule stays accurate at any degree (numpy's overflows beyond about 150 nodes)."""
-    from scipy.special import roots_hermite
-
-    x, w = roots_hermite(degree)
-    return x * math.sqrt(2.0), w / math.sqrt(math.pi)
-
-
-def _autograd_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def derivative(x: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(fn(x).sum(), x)
-        return grad
-
-    return derivative
 
 
 @dataclass(frozen=True)
@@ -60,6 +37,11 @@ class Elementwise(Nonlinearity):
         dfn: its derivative; by default computed with autograd.
         degree: number of quadrature nodes per dimension (>= 2).
         name: a label for reprs.
+
+    Example::
+
+        >>> softplus = wn.Elementwise(torch.nn.functional.softplus, name="softplus")
+        >>> net = wn.Serial(wn.Dense(512), softplus, wn.Dense(1))
     """
 
     fn: Callable[[torch.Tensor], torch.Tensor] = field(default=torch.tanh)
@@ -79,10 +61,13 @@ class Elementwise(Nonlinearity):
         return f"{type(self).__name__}({label}, degree={self.degree})"
 
     def _derivative(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return self.dfn if self.dfn is not None else _autograd_derivative(self.fn)
+        return self.dfn if self.dfn is not None else autograd_derivative(self.fn)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return self._derivative()(x)
 
     def _nodes(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, w = _gauss_hermite(self.degree)
+        x, w = gauss_hermite(self.degree)
         return (torch.as_tensor(x, dtype=like.dtype, device=like.device),
                 torch.as_tensor(w, dtype=like.dtype, device=like.device))
 
@@ -90,25 +75,25 @@ class Elementwise(Nonlinearity):
         """``E[f(u) f(v)]`` for flat tensors of equal length."""
         prod = q1 * q2
         rho = torch.where(prod > 0, K / torch.sqrt(torch.where(prod > 0, prod, 1)), 0).clamp_(-1, 1)
-        if _exact.active():
+        if exact.active():
             # Reproducible mode: every evaluation on the vectorized path, sums in a fixed
             # order per entry, and the mean of both orders of the pair, so that (x', x)
             # gives the value of (x, x') bit for bit.
-            f = partial(_exact.elementwise, f)
+            f = partial(exact.elementwise, f)
         u = f(torch.sqrt(q1)[:, None] * x[None, :]) * w  # (E, deg)
         mean = (rho[:, None] * x[None, :])[:, :, None]  # (E, deg, 1)
         spread = safe_sqrt(1 - rho * rho)[:, None, None] * x[None, None, :]
         v = f(torch.sqrt(q2)[:, None, None] * (mean + spread))  # (E, deg, deg)
-        if not _exact.active():
+        if not exact.active():
             return torch.einsum("ei,eij,j->e", u, v, w)
-        return _exact.sum(u * _exact.sum(v * w, -1), -1)
+        return exact.sum(u * exact.sum(v * w, -1), -1)
 
     def _expect_pair(self, f, q1, q2, K, x, w) -> torch.Tensor:
-        if not _exact.active():
+        if not exact.active():
             return self._expect(f, q1, q2, K, x, w)
         return self._expect(f, q1, q2, K, x, w).add_(self._expect(f, q2, q1, K, x, w)).mul_(0.5)
 
-    def _tile(self, w: Work) -> None:
+    def _tile(self, w: Tile) -> None:
         x, wts = self._nodes(w.nngp)
         r, c = w.outer(w.var1, w.var2)
         q1, q2 = r.expand_as(w.nngp).reshape(-1), c.expand_as(w.nngp).reshape(-1)
@@ -128,9 +113,9 @@ class Elementwise(Nonlinearity):
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         x, wts = self._nodes(q)
-        values = _exact.elementwise(self.fn, torch.sqrt(q).reshape(-1, 1) * x[None, :])
-        if _exact.active():
-            return _exact.sum(values * values * wts, -1).reshape(q.shape)
+        values = exact.elementwise(self.fn, torch.sqrt(q).reshape(-1, 1) * x[None, :])
+        if exact.active():
+            return exact.sum(values * values * wts, -1).reshape(q.shape)
         return ((values * values) @ wts).reshape(q.shape)
 
 
@@ -141,7 +126,12 @@ def _tanh_derivative(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Tanh(Elementwise):
-    """``phi(x) = tanh(x)``, by Gauss-Hermite quadrature (no closed form exists)."""
+    """``phi(x) = tanh(x)``, by Gauss-Hermite quadrature (no closed form exists).
+
+    Example::
+
+        >>> net = wn.Serial(wn.Dense(512, W_std=1.2), wn.Tanh(), wn.Dense(1))
+    """
 
     fn: Callable = field(default=torch.tanh, init=False, repr=False)
     dfn: Optional[Callable] = field(default=None, init=False, repr=False)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 
+from .._hermite import gauss_hermite
 from .._validate import as_tensor, check_choice, check_int
 from ..errors import ParameterError, ShapeError
 from ._signal import _phi, _variances, fixed_point_q
@@ -134,13 +135,11 @@ def jacobian_moments(phi: Any, weight_var: float, bias_var: float, depth: int, *
     q = float(fixed_point_q(phi, w, b))
     if not math.isfinite(q):
         raise ParameterError(f"{owner}: q* is infinite at weight_var={float(w)}, bias_var={float(b)} (no fixed point)")
-    from ..layers.quadrature import _autograd_derivative, _gauss_hermite
-
-    nodes, weights = _gauss_hermite(200)
+    nodes, weights = gauss_hermite(200)
     wt = torch.as_tensor(weights, dtype=D)
     # q* = 0 (no bias, ordered side): the limit q -> 0+ (for ReLU, any q: phi' is scale-free).
     h = math.sqrt(max(q, 1e-200)) * torch.as_tensor(nodes, dtype=D)
-    d2 = _autograd_derivative(phi.fn)(h) ** 2
+    d2 = phi.derivative(h) ** 2
     mu1, mu2 = float((wt * d2).sum()), float((wt * d2 ** 2).sum())
     chi = float(w) * mu1
     v_w = 1.0 if init == "gaussian" else 0.0

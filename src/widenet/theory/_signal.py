@@ -27,14 +27,13 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from ..kernel import Work
 
 D = torch.float64
 _TINY = 1e-100  # stands for a zero variance where a correlation-1 slope is evaluated
 
 
 def _phi(owner: str, phi: Any):
-    from ..layers.elementwise import Nonlinearity
+    from ..layers import Nonlinearity
 
     if isinstance(phi, type):
         phi = phi()
@@ -59,14 +58,10 @@ def _variances(owner: str, weight_var: Any, bias_var: Any) -> Tuple[torch.Tensor
 
 def dual(phi: Any, q1: Any, q2: Any, k: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """``E[phi(u) phi(v)]`` and ``E[phi'(u) phi'(v)]`` for ``(u, v) ~ N(0, [[q1, k], [k, q2]])``,
-    elementwise over broadcast tensors, by the layer's own kernel rule."""
+    elementwise over broadcast tensors, by the layer's own kernel rule
+    (:meth:`widenet.layers.Nonlinearity.dual`)."""
     phi = _phi("theory.dual", phi)
-    q1, q2, k = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=D) for v in (q1, q2, k)))
-    shape = q1.shape
-    w = Work(k.reshape(-1).clone(), torch.ones(k.numel(), dtype=D), q1.reshape(-1).clone(), q2.reshape(-1).clone(),
-             self_mode=True, is_gaussian=True)
-    phi._tile(w)
-    return w.nngp.reshape(shape), w.ntk.reshape(shape)
+    return phi.dual(*(torch.as_tensor(v, dtype=D) for v in (q1, q2, k)))
 
 
 def length_map(phi: Any, weight_var: Any, bias_var: Any, q: Any) -> torch.Tensor:
@@ -75,7 +70,7 @@ def length_map(phi: Any, weight_var: Any, bias_var: Any, q: Any) -> torch.Tensor
     w, b = _variances("theory.length_map", weight_var, bias_var)
     q = torch.as_tensor(q, dtype=D)
     w, b, q = torch.broadcast_tensors(w, b, q)
-    return w * phi._diag(q.reshape(-1)).reshape(q.shape) + b
+    return w * phi.variance(q) + b
 
 
 def correlation_map(phi: Any, weight_var: Any, bias_var: Any, c: Any, q: Any = None) -> torch.Tensor:
@@ -88,7 +83,7 @@ def correlation_map(phi: Any, weight_var: Any, bias_var: Any, c: Any, q: Any = N
     c = torch.as_tensor(c, dtype=D)
     w, b, q, c = torch.broadcast_tensors(w, b, q, c)
     t, _ = dual(phi, q, q, c * q)
-    return (w * t + b) / (w * phi._diag(q.reshape(-1)).reshape(q.shape) + b)
+    return (w * t + b) / (w * phi.variance(q) + b)
 
 
 def fixed_point_q(phi: Any, weight_var: Any, bias_var: Any, *, tol: float = 1e-14,
@@ -340,7 +335,7 @@ def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthP
     The network's outputs must have no spatial axes (pool or flatten them in ``stem``/``block``
     otherwise)."""
     from .._validate import as_tensor, check_int
-    from ..layers._base import Layer, _input_work, _run_single
+    from ..layers import Identity, Layer
 
     owner = "theory.depth_profile"
     for name, layer in (("block", block), ("stem", stem)):
@@ -350,17 +345,14 @@ def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthP
         raise ParameterError(f"{owner}: block must be a widenet layer (got None)")
     depth = check_int(owner, "depth", depth, minimum=1)
     x = as_tensor(owner, "x", x)
-    work = _input_work(x, x, same=True, full=False, tile=True, diagonal=0)
-    work.ntk = torch.zeros_like(work.nngp)
-    if stem is not None:
-        work = _run_single(stem, work)
+    kernel = (Identity() if stem is None else stem).kernel(x, layout="diagonal")
     cond_k, cond_t, mean_c, change = [], [], [], []
     previous = None
     off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     for d in range(depth + 1):
         if d:
-            work = _run_single(block, work)
-        nngp, ntk = work.nngp.to(D), work.ntk.to(D)
+            kernel = block.apply(kernel)
+        nngp, ntk = kernel.nngp.to(D), kernel.ntk.to(D)
         if nngp.ndim != 2:
             raise ParameterError(
                 f"{owner}: the network's kernel must be (N, N) at every depth (got {tuple(nngp.shape)}): pool or "

@@ -44,7 +44,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from . import _scratch
+from . import scratch
 
 # Contractions up to this length are summed term by term instead of sliced.
 _SHORT = 4
@@ -105,7 +105,7 @@ def _slices(x: torch.Tensor, beta: int, count: int) -> list[torch.Tensor]:
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b`` (broadcasting batch axes like ``torch.matmul``; into ``out`` if given, as
-    :func:`widenet._scratch.call` passes it); within :func:`enabled`,
+    :func:`widenet.scratch.call` passes it); within :func:`enabled`,
     a value that depends only on the operands' values: for contractions of up to ``_SHORT``
     terms, their sum in the axis' order; for longer ones, the exact product rounded (then not
     even the order of the contraction axis matters).
@@ -182,7 +182,7 @@ def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
     if not active():
         return op(*args)
     tensors = [t for t in args if isinstance(t, torch.Tensor)]
-    shape = _scratch.broadcast_shape(*(t.shape for t in tensors))
+    shape = scratch.broadcast_shape(*(t.shape for t in tensors))
     n = math.prod(shape)
     if (isinstance(op, types.BuiltinFunctionType) and n >= _RUN
             and all(t.shape == shape and t.is_contiguous() for t in tensors)):
@@ -248,9 +248,9 @@ def _chunks(end: int, fn: Callable[[int, int], object], start: int = 0) -> None:
 
 
 def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-    """``op(*args)`` into a reused tile buffer (:func:`widenet._scratch.call`); within
+    """``op(*args)`` into a reused tile buffer (:func:`widenet.scratch.call`); within
     :func:`enabled`, by :func:`elementwise`."""
-    return elementwise(op, *args) if active() else _scratch.call(op, *args)
+    return elementwise(op, *args) if active() else scratch.call(op, *args)
 
 
 def apply_(op: Callable[..., torch.Tensor], t: torch.Tensor, *args) -> torch.Tensor:
@@ -272,7 +272,7 @@ def scale_add_(t: torch.Tensor, scale, shift) -> torch.Tensor:
     """
     if (torch.compiler.is_compiling() or not isinstance(scale, (int, float)) or active()
             or (isinstance(shift, torch.Tensor) and shift.shape != t.shape)
-            or not _scratch.plain(t, shift)):
+            or not scratch.plain(t, shift)):
         t.mul_(scale)
         return t if isinstance(shift, (int, float)) and shift == 0 else t.add_(shift)
     if isinstance(shift, (int, float)):

@@ -1,4 +1,4 @@
-"""Spatial geometry shared by convolution and pooling: padding rules and window sums.
+"""Window sums over the position axes of kernel tiles (convolution and pooling).
 
 Kernel tiles keep their spatial axes last: ``(..., *S)`` in the diagonal layout and
 ``(..., *S, *S')`` in the full one. Convolution sums a covariance over *tied* offsets (the
@@ -15,48 +15,9 @@ from typing import Sequence
 
 import torch
 
-from .. import _scratch
-from ..errors import ParameterError, ShapeError
+from . import scratch
 
-PADDINGS = ("same", "valid", "circular")
-
-
-def as_tuple(owner: str, name: str, value, ndim: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """``value`` (an int or a sequence of ``ndim`` ints, each >= ``minimum``) as a tuple."""
-    from .._validate import check_int
-
-    if isinstance(value, (list, tuple)):
-        if len(value) != ndim:
-            raise ParameterError(
-                f"{owner}: {name} must be an int or a sequence of {ndim} ints, one per spatial "
-                f"dimension (got {value!r})"
-            )
-        return tuple(check_int(owner, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
-    return (check_int(owner, name, value, minimum=minimum),) * ndim
-
-
-def pads_for(owner: str, size: int, window: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
-    """``(pad_before, pad_after, out_size)`` along one axis.
-
-    "same" and "circular" follow the usual SAME rule (output ``ceil(size / stride)``, the
-    padding split with the extra element after); "valid" pads nothing.
-    """
-    span = (window - 1) * dilation + 1
-    if padding == "valid":
-        if size < span:
-            raise ShapeError(
-                f"{owner}: with padding='valid' each spatial size must be at least the "
-                f"(dilated) window {span} (got {size})"
-            )
-        return 0, 0, (size - span) // stride + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + span - size, 0)
-    if padding == "circular" and total > size:
-        raise ShapeError(
-            f"{owner}: circular padding needs at most {size} wrapped positions per axis "
-            f"(window {span} on size {size} needs {total})"
-        )
-    return total // 2, total - total // 2, out
+__all__ = ["window_sum", "spatial_axes"]
 
 
 def _wrap_axes(t: torch.Tensor, axes: Sequence[int], lo: int, hi: int) -> torch.Tensor:
@@ -120,12 +81,12 @@ def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -
     flat = t.reshape(lead, -1)
     block = flat.shape[1]
     shifts = [o * dil - lo for o in range(k)]
-    out = _scratch.empty_like(flat)
+    out = scratch.empty_like(flat)
     # Windows without the unshifted offset start from zeros; the others from the input, which
     # the first shifted offset reads while it adds (one pass instead of a copy and a pass).
     # ``out=`` does not carry forward-mode tangents: outside the buffer pool (which is off for
     # them), the input is copied first.
-    start = flat if 0 in shifts and _scratch.active() else None
+    start = flat if 0 in shifts and scratch.active() else None
     if start is None and 0 in shifts:
         out.copy_(flat)
     elif start is None:
@@ -184,7 +145,7 @@ def _shifted_sum(t: torch.Tensor, axes: Sequence[int], k: int, st: int, dil: int
     shape = list(t.shape)
     for ax in axes:
         shape[ax] = n_out
-    out = _scratch.empty(shape, t)
+    out = scratch.empty(shape, t)
     # Output position p reads input p * st + o * dil - lo, when that lies inside [0, n).
     spans = []
     for o in range(k):

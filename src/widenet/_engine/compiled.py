@@ -4,7 +4,7 @@
 A nonlinearity's rule is a chain of elementwise ops over a tile (products of variances,
 ``sqrt``, ``atan2``, a few multiply-adds). Run eagerly, each op is a pass over memory;
 compiled, Inductor generates one loop from the same code. The eager rules use fused
-multiply-adds and a faster float64 square root (:func:`widenet.layers._autodiff.safe_sqrt`),
+multiply-adds and a faster float64 square root (:func:`widenet._engine.autodiff.safe_sqrt`),
 the compiled loop the plain ``sqrt``, so on the benchmark machine a whole pooled-CNN kernel
 compiled takes 0.8-1.1 of its eager time in float64 (window sums and the rest stay eager),
 and fully connected kernels take longer.
@@ -29,10 +29,10 @@ from typing import Callable
 
 import torch
 
-from . import _exact, _scratch
-from .errors import ParameterError
+from ..errors import ParameterError
+from . import exact, scratch
 
-__all__ = ["set_compile", "compile_enabled"]
+__all__ = ["set_compile", "compile_enabled", "run", "run_rule"]
 
 
 def _from_environment() -> bool:
@@ -102,8 +102,8 @@ def _load_inductor() -> None:
 def run(fn: Callable, *args):
     """``fn(*args)``, compiled when compiled rules are on and no tensor argument carries
     autograd or forward-mode state; eagerly (with the tile buffer pool) otherwise, and always
-    in reproducible mode (:mod:`widenet._exact`), whose elementwise ops must take one path."""
-    if not _enabled or _exact.active() or not _scratch.plain(*args):
+    in reproducible mode (:mod:`widenet._engine.exact`), whose elementwise ops must take one path."""
+    if not _enabled or exact.active() or not scratch.plain(*args):
         return fn(*args)
     compiled = _compiled.get(fn)
     if compiled is None:
@@ -116,5 +116,14 @@ def run(fn: Callable, *args):
     args = tuple(torch.tensor(a, dtype=like.dtype, device=like.device) if isinstance(a, float) else a
                  for a in args)
     # The compiled code allocates its own (few) temporaries: the pool stays out of the trace.
-    with _scratch.reusing(False), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+    with scratch.reusing(False), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
         return compiled(*args)
+
+
+def run_rule(rule: Callable, *args, **exact_ops):
+    """A rule written as a tensor function: compiled when asked (:func:`run`); in
+    reproducible mode (:mod:`widenet._engine.exact`) eagerly, with ``exact_ops`` (its
+    vector-path ops, by keyword) in place of its defaults."""
+    if exact.active():
+        return rule(*args, **exact_ops)
+    return run(rule, *args)
