@@ -54,6 +54,13 @@ class Plan:
         return cls(n1, n2, tile, tile, same)
 
     @property
+    def tile(self) -> int:
+        """The side of square tiles."""
+        if self.rows != self.cols:
+            raise ValueError(f"Plan: tiles are {self.rows} x {self.cols}, not square")
+        return self.rows
+
+    @property
     def grid(self) -> Tuple[int, int]:
         return math.ceil(self.n1 / self.rows), math.ceil(self.n2 / self.cols)
 

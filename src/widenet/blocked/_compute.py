@@ -188,7 +188,7 @@ def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
 
             workers = count(client)
         size = tile or _tile_size(n1, n2, per_pair, budget, workers)
-        plan = Plan(n1, n2, min(size, max(n1, n2)), same)
+        plan = Plan.square(n1, n2, min(size, max(n1, n2)), same)
         shapes = {k: tuple(v.shape[2:] if k in PAIR else v.shape[1:]) for k, v in arrays.items()}
         dtype = next(iter(arrays.values())).dtype
         if store is not None:

@@ -69,7 +69,7 @@ class Store:
         attrs = dict(group.attrs)["widenet"]
         self.fingerprint: Dict[str, Any] = attrs["fingerprint"]
         self.meta: Dict[str, Any] = attrs["meta"]
-        self.plan = Plan(*attrs["plan"])
+        self.plan = Plan.square(*attrs["plan"])
         self.names: Tuple[str, ...] = tuple(attrs["arrays"])
 
     # -- creation and opening -------------------------------------------------------------

@@ -1,53 +1,24 @@
-"""Tiles: how a kernel over ``x1 x x2`` is cut, what one tile computes, and how a tile's
-results are laid out, mirrored and assembled. Shared by the local and the Dask runners."""
+"""What one tile of a blocked computation computes, and how its results are laid out,
+mirrored and assembled; shared by the local and the Dask runners. The tiles themselves and
+the rule of symmetry are those of every widenet kernel (:mod:`widenet._engine.tiling`)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .._engine import tiling
+from .._engine.tiling import Plan
 from ..errors import ParameterError
 from ..kernel import Kernel
+
+__all__ = ["PAIR", "SINGLE", "Plan", "parts", "mirror", "run_tile", "placements", "Assembly", "build"]
 
 # The arrays one tile gives. Pair arrays are (rows, cols, *extra); per-input arrays (rows, *extra).
 PAIR = ("nngp", "ntk", "kernel")
 SINGLE = ("var1", "var2")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Tiles of ``tile x tile`` input pairs over ``n1 x n2`` (the last row and column of
-    tiles smaller when ``tile`` divides nothing); with ``same``, only tiles on or above the
-    diagonal are computed and the others mirrored from them."""
-
-    n1: int
-    n2: int
-    tile: int
-    same: bool
-
-    @property
-    def grid(self) -> Tuple[int, int]:
-        return math.ceil(self.n1 / self.tile), math.ceil(self.n2 / self.tile)
-
-    def tiles(self) -> List[Tuple[int, int]]:
-        rows, cols = self.grid
-        return [(i, j) for i in range(rows) for j in range(cols) if not (self.same and j < i)]
-
-    def rows(self, i: int) -> slice:
-        return slice(i * self.tile, min(self.n1, (i + 1) * self.tile))
-
-    def cols(self, j: int) -> slice:
-        return slice(j * self.tile, min(self.n2, (j + 1) * self.tile))
-
-    def pairs(self, i: int, j: int) -> int:
-        """Input pairs the tile stands for (mirrored ones included)."""
-        r, c = self.rows(i), self.cols(j)
-        count = (r.stop - r.start) * (c.stop - c.start)
-        return count * (2 if self.same and i != j else 1)
 
 
 def parts(owner: str, out: Any) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -76,19 +47,16 @@ def parts(owner: str, out: Any) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
 
 
 def mirror(name: str, block: torch.Tensor, meta: Dict[str, Any]) -> torch.Tensor:
-    """The block of the transposed pair of inputs: rows and columns exchanged and, where
-    the trailing axes pair two things up, those too: the two position halves of a Kernel's
-    "full" spatial layout, the two output axes of a 4-D tensor (an empirical NTK with
-    ``outputs="full"``)."""
-    order = [1, 0]
-    if meta["kind"] == "kernel" and meta["layout"] == "full" and meta["spatial"]:
-        s = meta["spatial"]
-        order += list(range(2 + s, 2 + 2 * s)) + list(range(2, 2 + s))
+    """The block of the transposed pair of inputs (:func:`widenet._engine.tiling.mirror`):
+    rows and columns exchanged and, where the trailing axes pair two things up, those too:
+    the two position halves of a Kernel's "full" spatial layout, the two output axes of a 4-D
+    tensor (an empirical NTK with ``outputs="full"``)."""
+    paired = 0
+    if meta["kind"] == "kernel" and meta["layout"] == "full":
+        paired = meta["spatial"]
     elif meta["kind"] == "tensor" and block.ndim == 4:
-        order += [3, 2]
-    else:
-        order += list(range(2, block.ndim))
-    return block.permute(order)
+        paired = 1
+    return tiling.mirror(block, paired)
 
 
 def run_tile(fn: Callable, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: Plan, i: int, j: int,
@@ -97,7 +65,7 @@ def run_tile(fn: Callable, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: P
     a symmetric computation (so that those tiles are exactly symmetric). Per-input arrays are
     kept only by the tiles that own them (var1: first column, or the diagonal; var2: first
     row)."""
-    rows, cols = plan.rows(i), plan.cols(j)
+    rows, cols = plan.row_slice(i), plan.col_slice(j)
     # Fresh copies: the allocator aligns them alike wherever the inputs came from (a Dask
     # worker's deserialized buffer, say), and BLAS rounding can depend on alignment.
     a = x1[rows].clone()
@@ -117,7 +85,7 @@ def run_tile(fn: Callable, x1: torch.Tensor, x2: Optional[torch.Tensor], plan: P
 def placements(plan: Plan, meta: Dict[str, Any], i: int, j: int, tile: Dict[str, Any]):
     """Where a tile's arrays go in the whole result: ``(name, index, tensor)`` for its block,
     the mirrored block of a symmetric computation, and the per-input arrays it owns."""
-    rows, cols = plan.rows(i), plan.cols(j)
+    rows, cols = plan.row_slice(i), plan.col_slice(j)
     for name, value in tile.items():
         value = torch.as_tensor(value)
         if name in PAIR:

@@ -2,81 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import jacrev, jvp, vjp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._engine import tiling
 from .._validate import as_tensor, check_choice, check_int, check_memory
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
 from ._cost import Probe, cheapest
+from ._model import ModelFunction, ParameterSelector, eval_mode, pushforward, select_parameters
 from ._structured import contract, cotangents, factors, layer_shape, outer_gram, record, structured_modules
 
 __all__ = ["ntk", "nngp", "kernel"]
-
-Selector = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
-
-
-def _select(owner: str, model: nn.Module, params: Selector) -> Dict[str, torch.Tensor]:
-    """The parameters the Jacobian is taken over: trainable ones, filtered by ``params``
-    (a predicate ``(name, tensor) -> bool`` or names / name prefixes such as ``"fc2."``)."""
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if params is None:
-        chosen = named
-    elif callable(params):
-        chosen = {n: p for n, p in named.items() if params(n, p)}
-    else:
-        if isinstance(params, str):
-            params = [params]
-        wanted = list(params)
-        chosen = {n: p for n, p in named.items() if any(n == w or n.startswith(w.rstrip(".") + ".") for w in wanted)}
-        unknown = [w for w in wanted if not any(n == w or n.startswith(w.rstrip(".") + ".") for n in named)]
-        if unknown:
-            raise ParameterError(
-                f"{owner}: params names no trainable parameter for {unknown} (the model has {list(named)[:8]}"
-                f"{' ...' if len(named) > 8 else ''})"
-            )
-    if not chosen:
-        raise ParameterError(f"{owner}: no trainable parameters selected (params={params!r})")
-    return {n: p.detach() for n, p in chosen.items()}
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Kernels of the deterministic network: dropout off, BatchNorm on its running statistics."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
-class _Fn:
-    """``f(params, x) -> (B, O)`` with the other parameters and buffers held fixed."""
-
-    def __init__(self, owner, model, chosen):
-        self.owner, self.model = owner, model
-        self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in chosen}
-        self.fixed.update(dict(model.named_buffers()))
-
-    def __call__(self, params, x):
-        out = functional_call(self.model, {**self.fixed, **params}, (x,))
-        if not isinstance(out, torch.Tensor):
-            raise ShapeError(
-                f"{self.owner}: the model must return one tensor of outputs (got {type(out).__name__}); "
-                f"wrap it so that forward returns the tensor to differentiate"
-            )
-        if out.ndim == 0 or out.shape[0] != x.shape[0]:
-            raise ShapeError(
-                f"{self.owner}: the model's output must have the batch as its first axis: input batch "
-                f"{x.shape[0]}, output shape {tuple(out.shape)}"
-            )
-        return out.reshape(out.shape[0], -1)
 
 
 def _contract(a: torch.Tensor, b: torch.Tensor, outputs: str) -> torch.Tensor:
@@ -100,13 +41,6 @@ class _NoDerivative(ParameterError):
     """NTK-vector products need a derivative rule the model lacks."""
 
 
-def double_backward_pushforward(fn, params, x):
-    """``t -> (J(x) t,)`` without forward-mode rules: the vector-Jacobian product of the
-    linear map ``u -> J(x)^T u`` (double backward). Built once, applied to any tangents."""
-    out, pullback = vjp(lambda p: fn(p, x), params)
-    return vjp(lambda u: pullback(u)[0], torch.zeros_like(out))[1]
-
-
 def _ntvp(fn, params, x1, x2, outputs):
     """Theta(x1, x2) without Jacobians in memory: J(x2)^T e by vector-Jacobian products for
     every output basis vector e of x2, then J(x1) (J(x2)^T e) by Jacobian-vector products."""
@@ -120,7 +54,7 @@ def _ntvp(fn, params, x1, x2, outputs):
         # An op without forward-mode AD (e.g. a fused attention kernel): J(x1) t as the
         # vector-Jacobian product of the linear map u -> J(x1)^T u, by double backward.
         try:
-            transpose = double_backward_pushforward(fn, params, x1)
+            transpose = pushforward(fn, params, x1)
             pushed = vmap(lambda t: transpose(t)[0])(cotangents)
         except (NotImplementedError, RuntimeError) as err:
             if isinstance(err, RuntimeError) and "not implemented" not in str(err):
@@ -136,12 +70,7 @@ def _ntvp(fn, params, x1, x2, outputs):
     return diag if outputs == "diagonal" else diag.mean(-1)
 
 
-def _blocks(n: int, size: int):
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
-def ntk(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean", params: Selector = None,
+def ntk(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean", params: ParameterSelector = None,
         method: str = "auto", block_size: Optional[int] = None, memory: Any = "1GB") -> torch.Tensor:
     """Empirical NTK ``J(x1) J(x2)^T`` of any ``torch.nn.Module``.
 
@@ -212,21 +141,21 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         raise ShapeError(f"{owner}: inputs and model must be on one device (got {x1.device} and {ref.device})")
     if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
         raise ShapeError(f"{owner}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})")
-    with _eval_mode(model):
+    with eval_mode(model):
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
             with torch.no_grad():
                 model(x1[:1])  # materialize lazy layers (their shapes come from the first input)
         if want == "nngp":
             with torch.no_grad():
-                f1 = _Fn(owner, model, {})({}, x1)
-                f2 = f1 if x2 is None else _Fn(owner, model, {})({}, x2)
+                f1 = ModelFunction(model, {}, owner)({}, x1)
+                f2 = f1 if x2 is None else ModelFunction(model, {}, owner)({}, x2)
             if outputs == "full":
                 return torch.einsum("ai,bj->abij", f1, f2)
             if outputs == "diagonal":
                 return torch.einsum("ai,bi->abi", f1, f2)
             return f1 @ f2.T / f1.shape[1]
-        chosen = _select(owner, model, params)
-        fn = _Fn(owner, model, chosen)
+        chosen = select_parameters(model, params, owner=owner)
+        fn = ModelFunction(model, chosen, owner)
         with torch.no_grad():
             probe = fn(chosen, x1[:1])
         n_params = sum(p.numel() for p in chosen.values())
@@ -271,51 +200,25 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
 def _tiled(x1, x2, block_size, outputs, side, pair):
     """The kernel over chunks of inputs: ``side(chunk)`` computes what one chunk needs (once
     per chunk of rows), ``pair(side_a, side_b)`` one block. With ``x2=None`` only blocks on or
-    above the diagonal are computed; diagonal blocks are symmetrized and the others mirrored,
-    so the result is exactly symmetric."""
-    same = x2 is None
-    xb = x1 if same else x2
-    n1, n2 = x1.shape[0], xb.shape[0]
-
-    def swap(block):
-        block = block.transpose(0, 1)
-        return block.transpose(2, 3) if outputs == "full" else block
-
-    out = None
-    for a0, a1 in _blocks(n1, block_size):
-        sa = side(x1[a0:a1])
-        for b0, b1 in _blocks(n2, block_size):
-            if same and b1 <= a0:
-                continue  # mirrored from the upper triangle
-            sb = sa if (same and b0 == a0) else side(xb[b0:b1])
-            block = pair(sa, sb).detach()
-            if out is None:
-                out = x1.new_empty((n1, n2) + tuple(block.shape[2:]))
-            if same and b0 == a0:
-                block = _symmetrize(block, outputs)
-            out[a0:a1, b0:b1] = block
-            if same and b0 != a0:
-                out[b0:b1, a0:a1] = swap(block)
-    return out
-
-
-def _symmetrize(block: torch.Tensor, outputs: str, tile: int = 512) -> torch.Tensor:
-    """``(K + K^T) / 2`` of a diagonal block, the transpose exchanging inputs (and outputs,
-    for "full"). A full block is averaged as the ``(B O, B O)`` matrix it is in memory, tile
-    pair by tile pair, so that the transposed reads stay in cache."""
-    if outputs != "full":
-        return 0.5 * (block + block.transpose(0, 1))
-    b, _, o, _ = block.shape
-    matrix = block.transpose(1, 2)  # (B, O, B, O)
-    matrix = (matrix if matrix.is_contiguous() else matrix.contiguous()).view(b * o, b * o)
-    n = b * o
-    for i in range(0, n, tile):
-        for j in range(i, n, tile):
-            upper, lower = matrix[i:i + tile, j:j + tile], matrix[j:j + tile, i:i + tile]
-            mean = 0.5 * (upper + lower.T)
-            upper.copy_(mean)
-            lower.copy_(mean.T)
-    return matrix.view(b, o, b, o).transpose(1, 2)
+    above the diagonal are computed, by the rule of symmetry of every widenet kernel
+    (:mod:`widenet._engine.tiling`): the result is exactly symmetric, outputs included."""
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    plan = tiling.Plan.square(n1, n2, block_size, x2 is None)
+    paired = 1 if outputs == "full" else 0
+    grid, sides = None, {}
+    for i, j in plan.tiles():
+        if i not in sides:
+            sides = {i: side(x1[plan.row_slice(i)])}  # one row of blocks at a time
+        if plan.on_diagonal(i, j):
+            block = tiling.symmetric_block(pair(sides[i], sides[i]).detach(), paired)
+        else:
+            other = side((x1 if x2 is None else x2)[plan.col_slice(j)])
+            block = pair(sides[i], other).detach()
+        if grid is None:
+            grid = tiling.PairGrid(plan, tuple(block.shape[2:]), x1, paired=paired)
+        grid.put(i, j, block)
+    return grid.result()
 
 
 def _factored_names(modules) -> set:

@@ -4,6 +4,7 @@ This is the one place a layer's public names are exported (``widenet`` re-export
 new layer adds one line here.
 """
 
+# ruff: noqa: F401 - the imports are the exports (__all__ below is computed from them)
 from types import ModuleType as _ModuleType
 
 from .base import Layer

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .._engine import Flow, Tile, exact, pair_sandwich, sandwich
+from .._engine import Flow, exact, pair_sandwich, sandwich
 from .._validate import check_choice, check_float, check_int
 from ..errors import LayerOrderError, NoClosedFormError, ParameterError, ShapeError
 from ._geometry import spatial_of

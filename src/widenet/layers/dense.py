@@ -15,7 +15,7 @@ from .._engine import Flow, exact
 from .._validate import check_choice, check_float, check_int
 from ..errors import ShapeError
 from ._init import draw_affine
-from .base import Build, Layer, Shape, Spec
+from .base import Build, Layer, Spec
 
 __all__ = ["Dense", "DenseModule"]
 

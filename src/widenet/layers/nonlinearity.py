@@ -15,7 +15,6 @@ precision.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -150,4 +149,3 @@ class ActivationModule(nn.Module):
         return self.name
 
 
-_PI = math.pi

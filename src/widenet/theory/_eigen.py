@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
 from .._validate import as_tensor, check_choice, check_float, check_int
-from ..empirical._ntk import Selector, _eval_mode, _Fn, _select, double_backward_pushforward
+from ..empirical import ModelFunction, ParameterSelector, eval_mode, pushforward, select_parameters
 from ..errors import NonFiniteInputError, ParameterError, ShapeError
 
 __all__ = ["Eigenpairs", "ntk_eigenpairs", "hessian_eigenpairs", "subspace_overlap"]
@@ -139,11 +139,11 @@ class NTKOperator:
     Jacobian of the flattened outputs in the chosen parameters), never forming ``J``. The
     vector-Jacobian product's graph is built once and reused by every product."""
 
-    def __init__(self, owner: str, model: nn.Module, x: torch.Tensor, params: Selector, scale: float) -> None:
-        chosen = _select(owner, model, params)
-        self.fn = _Fn(owner, model, chosen)
+    def __init__(self, owner: str, model: nn.Module, x: torch.Tensor, params: ParameterSelector, scale: float) -> None:
+        chosen = select_parameters(model, params, owner=owner)
+        self.fn = ModelFunction(model, chosen, owner)
         self.params, self.x, self.scale, self.owner = chosen, x, scale, owner
-        with _eval_mode(model):
+        with eval_mode(model):
             out, self._pullback = vjp(lambda p: self.fn(p, x), chosen)
         self.shape = tuple(out.shape)
         self.size = out.numel()
@@ -152,17 +152,17 @@ class NTKOperator:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         t = self._pullback(v.reshape(self.shape))[0]
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             try:
                 pushed = jvp(lambda p: self.fn(p, self.x), (self.params,), (t,))[1]
             except NotImplementedError:  # an op without forward-mode AD: J t by double backward
                 if self._double_backward is None:
-                    self._double_backward = double_backward_pushforward(self.fn, self.params, self.x)
+                    self._double_backward = pushforward(self.fn, self.params, self.x)
                 pushed = self._double_backward(t)[0]
         return self.scale * pushed.reshape(-1)
 
 
-def ntk_eigenpairs(model: nn.Module, x: Any, k: int = 1, *, normalize: bool = True, params: Selector = None,
+def ntk_eigenpairs(model: nn.Module, x: Any, k: int = 1, *, normalize: bool = True, params: ParameterSelector = None,
                    method: str = "auto", which: str = "largest", tol: Optional[float] = None, seed: int = 0,
                    maxiter: Optional[int] = None) -> Eigenpairs:
     """Top eigenpairs of a model's empirical NTK on the batch ``x``, over all its outputs.
@@ -215,8 +215,8 @@ class HessianOperator:
     double-backward fallback for ops that lack forward-mode rules."""
 
     def __init__(self, owner: str, model: nn.Module, loss: Callable, x: torch.Tensor, y: Any,
-                 params: Selector) -> None:
-        self.params = _select(owner, model, params)
+                 params: ParameterSelector) -> None:
+        self.params = select_parameters(model, params, owner=owner)
         fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.params}
         fixed.update(dict(model.named_buffers()))
         self.model, self.owner = model, owner
@@ -248,7 +248,7 @@ class HessianOperator:
         return torch.cat([h.reshape(-1) for h in hv])
 
 
-def hessian_eigenpairs(model: nn.Module, loss: Callable, x: Any, y: Any, k: int = 1, *, params: Selector = None,
+def hessian_eigenpairs(model: nn.Module, loss: Callable, x: Any, y: Any, k: int = 1, *, params: ParameterSelector = None,
                        method: str = "auto", which: str = "largest", tol: Optional[float] = None, seed: int = 0,
                        maxiter: Optional[int] = None) -> Eigenpairs:
     """Extreme eigenpairs of the Hessian of ``loss(model(x), y)`` in the model's parameters,

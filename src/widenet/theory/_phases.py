@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .._validate import as_tensor, check_float, check_int
-from ..empirical._ntk import Selector, _select
+from ..empirical import ParameterSelector, select_parameters
 from ..errors import ParameterError, ShapeError
 from ._eigen import _check_input, ntk_eigenpairs
 from ._progress import progress_bar
@@ -59,7 +59,7 @@ class LearningRateThresholds:
         return 4.0 / self.lambda0
 
 
-def learning_rate_thresholds(model: nn.Module, x: Any, *, params: Selector = None,
+def learning_rate_thresholds(model: nn.Module, x: Any, *, params: ParameterSelector = None,
                              method: str = "auto") -> LearningRateThresholds:
     """``lambda_0`` of ``model`` on the batch ``x`` (matrix-free, :func:`ntk_eigenpairs`) and
     the learning rates it predicts."""
@@ -152,7 +152,7 @@ def _classify(loss: np.ndarray, spike: float) -> tuple[str, float]:
 
 
 def catapult_probe(model: nn.Module, x: Any, y: Any, learning_rate: float, *, steps: int = 300,
-                   curvature_every: Optional[int] = None, spike: float = 2.0, params: Selector = None,
+                   curvature_every: Optional[int] = None, spike: float = 2.0, params: ParameterSelector = None,
                    lambda0: Optional[float] = None) -> CatapultRun:
     """Trains a copy of ``model`` by full-batch gradient descent on ``||f(x) - y||^2 / (2 N O)``
     at ``learning_rate`` for ``steps`` steps, tracking the loss and the curvature
@@ -180,7 +180,7 @@ def catapult_probe(model: nn.Module, x: Any, y: Any, learning_rate: float, *, st
                                                                          curvature_every, minimum=1)
     spike = check_float(owner, "spike", spike, minimum=1.0, exclusive_minimum=True)
     net = copy.deepcopy(model).eval()
-    names = set(_select(owner, model, params))
+    names = set(select_parameters(model, params, owner=owner))
     chosen = [p for n, p in net.named_parameters() if n in names]
 
     def curvature() -> float:
@@ -268,7 +268,7 @@ class LearningRateSweep:
 
 
 def learning_rate_sweep(model: nn.Module, x: Any, y: Any, ratios: Optional[Sequence[float]] = None, *,
-                        steps: int = 300, refine: int = 5, spike: float = 2.0, params: Selector = None,
+                        steps: int = 300, refine: int = 5, spike: float = 2.0, params: ParameterSelector = None,
                         progress: bool = False) -> LearningRateSweep:
     """Measures the phases of gradient descent across learning rates ``ratio / lambda_0``.
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._validate import as_tensor, check_float, check_int
-from ..empirical._ntk import Selector, _select
+from ..empirical import ParameterSelector, select_parameters
 from ..errors import NumericalError, ParameterError
 from ._eigen import HessianOperator, _check_input, _eigenpairs
 from ._progress import progress_bar
@@ -78,7 +78,7 @@ class HessianSubspace:
 def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Optional[int] = None,
                      steps: int = 1000, learning_rate: float = 0.1, batch_size: Optional[int] = None,
                      record: Union[int, Sequence[int], None] = None, optimizer: Optional[Callable] = None,
-                     params: Selector = None, seed: int = 0, tol: float = 1e-8,
+                     params: ParameterSelector = None, seed: int = 0, tol: float = 1e-8,
                      progress: bool = False) -> HessianSubspace:
     """Trains a copy of ``model`` on ``loss(model(x), y)`` and measures, at the recorded
     steps, the top-``k`` Hessian eigenpairs of the full-batch loss (Lanczos over
@@ -132,7 +132,7 @@ def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Opt
         if not marks or marks[-1] > steps:
             raise ParameterError(f"{owner}: record steps must lie in 0..steps={steps} (got {list(record)})")
     net = copy.deepcopy(model).eval()
-    names = set(_select(owner, model, params))
+    names = set(select_parameters(model, params, owner=owner))
     trained = [p for name, p in net.named_parameters() if name in names]
     size = sum(p.numel() for p in trained)
     if k is None:
