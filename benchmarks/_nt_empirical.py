@@ -53,7 +53,7 @@ def main(path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "src" / "widenet" / "testing" / "memory.py"
+    path = Path(__file__).resolve().parents[1] / "tests" / "nt" / "memory.py"
     spec = importlib.util.spec_from_file_location("_widenet_memory", path)
     memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(memory)

@@ -40,9 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The Neural Tangents bridge and the memory helper live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import widenet as wn
-from widenet.testing.memory import peak_rss
-from widenet.testing.nt import nt_kernel, nt_python
+from nt.memory import peak_rss
+from nt import nt_kernel, nt_python
 
 
 def fc_relu(depth: int = 3):
@@ -122,7 +125,8 @@ def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) 
 
 def _baseline_rss() -> int:
     """Peak RSS of a process that only imports torch and widenet (subtracted from peaks)."""
-    code = ("import widenet, torch; from widenet.testing.memory import peak_rss; "
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'tests')!r}); "
+            "import widenet, torch; from nt.memory import peak_rss; "
             "print(peak_rss())")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
 

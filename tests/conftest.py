@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    from widenet.testing.nt import nt_python
+    from nt import nt_python
 
     if any("nt" in item.keywords for item in items) and nt_python() is None:
         skip = pytest.mark.skip(reason="Neural Tangents environment not found (shared tools/nt-env.sh)")

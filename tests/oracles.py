@@ -6,6 +6,7 @@ Nothing here uses widenet's kernel code: the estimates come from the finite-widt
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.func import functional_call, jacrev
 
@@ -43,3 +44,8 @@ def monte_carlo(net, x1, x2, *, n_samples: int, seed: int = 0, ntk: bool = True,
 
 def rel_frobenius(estimate: torch.Tensor, exact: torch.Tensor) -> float:
     return float(torch.linalg.norm(estimate - exact) / torch.linalg.norm(exact))
+
+
+def ulps(a: torch.Tensor, exact: np.ndarray) -> np.ndarray:
+    """Distance of ``a`` from ``exact`` (float64 values) in units of the last place."""
+    return np.abs(a.numpy() - exact) / np.spacing(np.abs(exact))

@@ -16,11 +16,11 @@ layer. ``ARCHITECTURE.md`` draws the whole picture.
 """
 
 from . import compiled, exact, scratch, tiling
-from .autodiff import safe_sqrt
+from .autodiff import is_dual, safe_sqrt
 from .driver import Rule, compute, transform
 from .products import pair_sandwich, sandwich
 from .tile import Flow, Tile
 from .windows import spatial_axes, window_sum
 
 __all__ = ["Tile", "Flow", "Rule", "compute", "transform", "scratch", "exact", "compiled", "tiling",
-           "safe_sqrt", "window_sum", "spatial_axes", "sandwich", "pair_sandwich"]
+           "safe_sqrt", "is_dual", "window_sum", "spatial_axes", "sandwich", "pair_sandwich"]

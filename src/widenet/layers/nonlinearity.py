@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._engine import Flow, Tile, scratch
+from .._engine import Flow, Tile, is_dual, scratch
 from .._validate import check_float
 from ..errors import LayerOrderError
 from .base import Build, Layer, Spec
@@ -29,8 +29,16 @@ __all__ = ["Nonlinearity", "ActivationModule", "autograd_derivative"]
 
 
 def autograd_derivative(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> fn'(x)`` elementwise, by autograd."""
+    """``x -> fn'(x)`` elementwise, by autograd; itself differentiable (in reverse and forward
+    mode) when ``x`` carries derivatives, as kernels differentiated in their inputs or
+    hyperparameters need."""
     def derivative(x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:  # reverse mode: keep the derivative's own graph
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+            return grad
+        if is_dual(x):  # forward mode: the derivative's tangent too
+            return torch.func.grad(lambda t: fn(t).sum())(x)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(fn(x).sum(), x)

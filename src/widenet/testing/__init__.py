@@ -1,1 +1,0 @@
-"""Test and benchmark helpers (not needed by the library itself)."""
