@@ -5,9 +5,9 @@ A nonlinearity's rule is a chain of elementwise ops over a tile (products of var
 ``sqrt``, ``atan2``, a few multiply-adds). Run eagerly, each op is a pass over memory;
 compiled, Inductor generates one loop from the same code. The eager rules use fused
 multiply-adds and a faster float64 square root (:func:`widenet._engine.autodiff.safe_sqrt`),
-the compiled loop the plain ``sqrt``, so on the benchmark machine a whole pooled-CNN kernel
-compiled takes 0.8-1.1 of its eager time in float64 (window sums and the rest stay eager),
-and fully connected kernels take longer.
+the compiled loop the plain ``sqrt``; window sums and the rest stay eager. Whether compiling
+pays off depends on the machine and the network: ``benchmarks/run.py --variants
+eager,compiled`` measures it, and the README gives the figures.
 
 The rules are written once, as functions of tensors (:func:`run`'s ``fn``): eagerly they write
 their temporaries into the tile buffer pool; compiled, Inductor fuses them into one loop that

@@ -3,7 +3,7 @@
 A kernel call pushes hundreds of tiles of the same shape through the same rules, and each
 rule needs a few tile-sized temporaries. Allocated fresh, every temporary above the C
 allocator's mmap threshold is mapped from the operating system and faulted in page by page,
-then unmapped again when it dies: on a pooled CNN that was a third of the run time. Inside
+then unmapped again when it dies, which costs pooled CNNs much of their time. Inside
 :func:`reusing`, :func:`empty` hands out views of buffers kept from earlier tiles instead.
 
 The pool keeps at most ``limit`` bytes (a kernel call's memory budget): past it, free
@@ -152,8 +152,8 @@ def call(fn, *args, like: torch.Tensor | None = None, shape: Sequence[int] | Non
 @functools.lru_cache(maxsize=1024)
 def broadcast_shape(*shapes: tuple[int, ...]) -> torch.Size:
     """``torch.broadcast_shapes``, remembered: torch computes it through its symbolic-shape
-    reference code, about 30 us a call, which the few tile shapes of a kernel call repeat
-    thousands of times (about 4% of a pooled CNN's time, before this cache)."""
+    reference code, slow next to the small ops of a tile, and the few tile shapes of a kernel
+    call repeat it thousands of times."""
     return torch.broadcast_shapes(*shapes)
 
 

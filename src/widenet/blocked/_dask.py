@@ -50,9 +50,9 @@ _PREPARED = False
 def _malloc() -> None:
     """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes
     glibc's mmap threshold at 128 kB: every large temporary tensor is then mapped and unmapped
-    again, and kernel tiles run about 2.5x slower (measured on the pooled CNN of
-    benchmarks/blocked_scale.py). A worker running widenet's tiles maps only blocks over 64 MB
-    and keeps up to 256 MB of freed memory for reuse (glibc only; elsewhere nothing changes)."""
+    again, and kernel tiles run several times slower (``benchmarks/blocked_scale.py`` shows
+    it). A worker running widenet's tiles maps only blocks over 64 MB and keeps up to 256 MB
+    of freed memory for reuse (glibc only; elsewhere nothing changes)."""
     global _PREPARED
     if _PREPARED:
         return

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from .._engine import tiling
-from .._engine.tiling import Plan
 from ..errors import ParameterError
 from ..kernel import Kernel
+
+Plan = tiling.Plan  # the engine's, for the local and Dask runners
 
 __all__ = ["PAIR", "SINGLE", "Plan", "parts", "mirror", "run_tile", "placements", "Assembly", "build"]
 
