@@ -23,6 +23,7 @@ from .sign import Sign
 from .polynomial import Hermite, Monomial, Polynomial
 from .rectified_monomial import RectifiedMonomial
 from .quadrature import Elementwise, Tanh
+from .softplus import Softplus
 from .pooling import AvgPool, MaxPool, SumPool
 from .global_pool import GlobalAvgPool, GlobalSumPool
 from .flatten import Flatten
