@@ -16,7 +16,7 @@ import widenet as wn
 import widenet.datasets
 from widenet import theory
 from widenet.errors import ParameterError, ShapeError
-from widenet.theory import _spectra
+from widenet.theory import _learning as _spectra  # _pool_terms moved to _learning
 
 D = torch.float64
 

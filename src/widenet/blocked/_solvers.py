@@ -221,7 +221,12 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
                          budget, dtype)
     else:
         rows = _RectRows(_OnTheFly(fn, x, centers, get, budget), get, budget, dtype)
+    alpha, it, rel = _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype)
+    return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
 
+
+def _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype):
+    """``(a, iterations, residual)`` of ``(K_nM^T K_nM + lam n K_MM) a = K_nM^T y`` by Nystrom-preconditioned CG."""
     # T^T T = K_MM (a jitter of M eps keeps it factorizable), A^T A = T T^T / M + lam I.
     eye = torch.eye(m, dtype=dtype)
     jitter = m * torch.finfo(dtype).eps * float(kmm.diagonal().mean())
@@ -242,8 +247,7 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
     rhs = bt_apply(rows.transpose_matmul(y))
     beta, it, rel = conjugate_gradients(lambda v: bt_apply(h_apply(b_apply(v))), rhs, tol=tol, maxiter=maxiter,
                                         owner=owner)
-    alpha = b_apply(beta)
-    return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
+    return b_apply(beta), it, rel
 
 
 def _cholesky_upper(owner, k, what):

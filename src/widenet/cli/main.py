@@ -59,6 +59,27 @@ def _scores(pred: torch.Tensor, data) -> tuple[float, float]:
     return accuracy, float(((pred - y) ** 2).mean())
 
 
+def _check_options(dataset: str, activation: str, widths: List[int]) -> None:
+    """Rejects an unknown activation or dataset, or a width below 1, as a bad command-line option."""
+    if activation not in ACTIVATIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(ACTIVATIONS)} (got {activation!r})", param_hint="--activation")
+    if dataset not in DATASETS:
+        raise typer.BadParameter(f"must be one of {', '.join(DATASETS)} (got {dataset!r})", param_hint="--dataset")
+    for width in widths:
+        if width < 1:
+            raise typer.BadParameter(f"must be >= 1 (got {width})", param_hint="--width")
+
+
+def _table(dataset: str, rows: list) -> Table:
+    """The results table: one row per model with its test accuracy, test MSE and seconds."""
+    table = Table(title=f"Test performance on {dataset}")
+    for column in ("model", "test accuracy", "test MSE", "seconds"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, acc, mse, seconds in rows:
+        table.add_row(name, f"{acc:.2%}", f"{mse:.4f}", f"{seconds:.1f}")
+    return table
+
+
 @app.command()
 def run(
     dataset: str = typer.Option("digits", help=f"One of: {', '.join(DATASETS)}."),
@@ -75,13 +96,7 @@ def run(
 ) -> None:
     """Infinite-width NNGP and NTK predictions against finite networks trained by SGD."""
     console = Console()
-    if activation not in ACTIVATIONS:
-        raise typer.BadParameter(f"must be one of {', '.join(ACTIVATIONS)} (got {activation!r})", param_hint="--activation")
-    if dataset not in DATASETS:
-        raise typer.BadParameter(f"must be one of {', '.join(DATASETS)} (got {dataset!r})", param_hint="--dataset")
-    for width in widths:
-        if width < 1:
-            raise typer.BadParameter(f"must be >= 1 (got {width})", param_hint="--width")
+    _check_options(dataset, activation, widths)
     data = load(dataset, n_train=n_train, seed=seed)
     y_train = data.one_hot(data.y_train)
     console.print(
@@ -117,12 +132,7 @@ def run(
             pred = train_finite(finite, data, y_train, epochs=epochs, lr=lr, batch_size=batch_size,
                                 seed=seed, on_epoch=lambda: progress.advance(task))
             rows.append((f"finite width {width} (SGD, {epochs} epochs)", *_scores(pred, data), time.perf_counter() - t0))
-    table = Table(title=f"Test performance on {dataset}")
-    for column in ("model", "test accuracy", "test MSE", "seconds"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, acc, mse, seconds in rows:
-        table.add_row(name, f"{acc:.2%}", f"{mse:.4f}", f"{seconds:.1f}")
-    console.print(table)
+    console.print(_table(dataset, rows))
 
 
 @app.callback()

@@ -122,14 +122,8 @@ def _self_nngp(model, x, outputs):
     return torch.diagonal(k, dim1=0, dim2=1).movedim(-1, 0)
 
 
-def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, want):
-    if not isinstance(model, nn.Module):
-        raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
-    outputs = check_choice(owner, "outputs", outputs, ("mean", "diagonal", "full"))
-    method = check_choice(owner, "method", method, ("auto", "jacobian", "ntvp", "structured"))
-    if block_size is not None:
-        block_size = check_int(owner, "block_size", block_size, minimum=1)
-    budget = None if memory is None else check_memory(owner, "memory", memory)
+def _check_inputs(owner, model, x1, x2):
+    """``x1`` and ``x2`` as tensors checked against each other and the model's parameters (dtype, device)."""
     ref = next(iter(model.parameters()), None)
     if ref is None:
         raise ParameterError(f"{owner}: the model has no parameters")
@@ -141,19 +135,36 @@ def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, 
         raise ShapeError(f"{owner}: inputs and model must be on one device (got {x1.device} and {ref.device})")
     if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
         raise ShapeError(f"{owner}: x1 and x2 must have the same shape per input (got {tuple(x1.shape)} and {tuple(x2.shape)})")
+    return x1, x2
+
+
+def _output_gram(owner, model, x1, x2, outputs):
+    """The empirical NNGP ``f(x1) f(x2)^T`` of the model's outputs, in the ``outputs`` form."""
+    with torch.no_grad():
+        f1 = ModelFunction(model, {}, owner)({}, x1)
+        f2 = f1 if x2 is None else ModelFunction(model, {}, owner)({}, x2)
+    if outputs == "full":
+        return torch.einsum("ai,bj->abij", f1, f2)
+    if outputs == "diagonal":
+        return torch.einsum("ai,bi->abi", f1, f2)
+    return f1 @ f2.T / f1.shape[1]
+
+
+def _compute(owner, model, x1, x2, outputs, params, method, block_size, memory, want):
+    if not isinstance(model, nn.Module):
+        raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
+    outputs = check_choice(owner, "outputs", outputs, ("mean", "diagonal", "full"))
+    method = check_choice(owner, "method", method, ("auto", "jacobian", "ntvp", "structured"))
+    if block_size is not None:
+        block_size = check_int(owner, "block_size", block_size, minimum=1)
+    budget = None if memory is None else check_memory(owner, "memory", memory)
+    x1, x2 = _check_inputs(owner, model, x1, x2)
     with eval_mode(model):
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
             with torch.no_grad():
                 model(x1[:1])  # materialize lazy layers (their shapes come from the first input)
         if want == "nngp":
-            with torch.no_grad():
-                f1 = ModelFunction(model, {}, owner)({}, x1)
-                f2 = f1 if x2 is None else ModelFunction(model, {}, owner)({}, x2)
-            if outputs == "full":
-                return torch.einsum("ai,bj->abij", f1, f2)
-            if outputs == "diagonal":
-                return torch.einsum("ai,bi->abi", f1, f2)
-            return f1 @ f2.T / f1.shape[1]
+            return _output_gram(owner, model, x1, x2, outputs)
         chosen = select_parameters(model, params, owner=owner)
         fn = ModelFunction(model, chosen, owner)
         with torch.no_grad():

@@ -196,9 +196,36 @@ class ODEPredictor:
             (grad,) = torch.autograd.grad(value.reshape(()), f, allow_unused=True)
         return torch.zeros_like(f) if grad is None else grad
 
-    def __call__(self, t: Any, k_test_train: Any = None, fx_train_0: Any = 0.0, fx_test_0: Any = 0.0):
+    def _time_scale(self) -> tuple[float, float]:
+        """The time unit and the friction of the ODE: plain gradient flow, or heavy-ball momentum."""
+        if self._momentum is None:
+            return self._lr, 0.0
+        # Heavy-ball momentum in continuous time (Neural Tangents' convention): time in units
+        # of sqrt(learning_rate), friction (momentum - 1) / sqrt(learning_rate).
+        scale = self._lr ** 0.5
+        return scale, (self._momentum - 1.0) / scale
+
+    def _integrate(self, owner: str, rhs: Callable, tt: torch.Tensor, scale: float,
+                   start: torch.Tensor) -> torch.Tensor:
+        """The ODE's float64 states from ``start`` at the times ``tt`` (any order, times ``scale``), a row each."""
         from scipy.integrate import solve_ivp
 
+        order = torch.argsort(tt)
+        absolute = (tt[order] * scale).numpy()
+        state0 = start.cpu().double().numpy()
+        if absolute[-1] > 0:
+            sol = solve_ivp(rhs, (0.0, float(absolute[-1])), state0, method="DOP853", t_eval=absolute,
+                            rtol=self._rtol, atol=self._atol)
+            if not sol.success:
+                raise C.NumericalError(f"{owner}: the ODE solver failed: {sol.message}")
+            values = sol.y.T
+        else:
+            values = np.repeat(state0[None], len(absolute), 0)
+        states = torch.empty((len(tt), values.shape[1]), dtype=torch.float64)
+        states[order] = torch.from_numpy(np.ascontiguousarray(values))
+        return states
+
+    def __call__(self, t: Any, k_test_train: Any = None, fx_train_0: Any = 0.0, fx_test_0: Any = 0.0):
         owner = self._owner + " predictor"
         dtype = self._dtype
         o = self._o or 1  # rows of the flattened kernels per point
@@ -222,13 +249,7 @@ class ODEPredictor:
         sizes = [p.numel() for p in parts]
         total = sum(sizes)
         momentum = self._momentum
-        if momentum is None:
-            scale, friction = self._lr, 0.0
-        else:
-            # Heavy-ball momentum in continuous time (Neural Tangents' convention): time in units
-            # of sqrt(learning_rate), friction (momentum - 1) / sqrt(learning_rate).
-            scale = self._lr ** 0.5
-            friction = (momentum - 1.0) / scale
+        scale, friction = self._time_scale()
 
         def unpack(vector: torch.Tensor):
             out, start = [], 0
@@ -255,19 +276,7 @@ class ODEPredictor:
         start = torch.cat([p.reshape(-1) for p in parts])
         if momentum is not None:
             start = torch.cat([start, torch.zeros_like(start)])
-        order = torch.argsort(tt)
-        absolute = (tt[order] * scale).numpy()
-        state0 = start.cpu().double().numpy()
-        if absolute[-1] > 0:
-            sol = solve_ivp(rhs, (0.0, float(absolute[-1])), state0, method="DOP853", t_eval=absolute,
-                            rtol=self._rtol, atol=self._atol)
-            if not sol.success:
-                raise C.NumericalError(f"{owner}: the ODE solver failed: {sol.message}")
-            values = sol.y.T
-        else:
-            values = np.repeat(state0[None], len(absolute), 0)
-        states = torch.empty((len(tt), values.shape[1]), dtype=torch.float64)
-        states[order] = torch.from_numpy(np.ascontiguousarray(values))
+        states = self._integrate(owner, rhs, tt, scale, start)
         states = states[:, :total].to(dtype=self._out_dtype, device=self._device)
         train = states[:, :sizes[0]].reshape(t_shape + tuple(shapes[0]))
         if ktd is None:

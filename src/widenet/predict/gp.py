@@ -130,20 +130,7 @@ class GPPredictor:
                 )
             init_td = C.matrix(owner, "k_test_train", C.pick(owner, "k_test_train", k_test_train, "nngp"),
                                rows=m, cols=n // o, device=self._device, outputs=self._o)
-        ktt = None
-        if k_test_test is not None:
-            init = "ntk" if self._get == "ntkgp" else "nngp"
-            ktt = C.tensor(owner, "k_test_test", C.pick(owner, "k_test_test", k_test_test, init),
-                           device=self._device)
-            forms = ((m, m), (m,)) if self._o is None else ((m, m, o, o), (m, o, o))
-            if ktt.shape not in forms:
-                what = "variances only" if self._o is None else "each point's output covariance only"
-                raise C.ShapeError(
-                    f"{owner}: k_test_test must be {forms[0]} (covariance) or {forms[1]} ({what}) "
-                    f"for {m} test points (got {tuple(ktt.shape)})"
-                )
-            if self._o is not None and ktt.ndim == 4:
-                ktt = C.flatten(ktt)
+        ktt = None if k_test_test is None else self._test_test(owner, k_test_test, m)
         per_point = ktt is not None and ktt.ndim == (1 if self._o is None else 3)
         budget = self._memory if per_point else None
         means, covs = [], []
@@ -167,6 +154,23 @@ class GPPredictor:
             cov = self._points(self._covariance(ktd.to(self._dtype), None if init_td is None else init_td.to(self._dtype),
                                                 ktt.to(self._dtype)))
         return Gaussian(mean, cov.to(self._out_dtype))
+
+    def _test_test(self, owner: str, k_test_test: Any, m: int) -> torch.Tensor:
+        """``k_test_test`` checked for ``m`` test points (covariance or its diagonal), full outputs flattened."""
+        o = self._o or 1  # rows of the flattened kernels per point
+        init = "ntk" if self._get == "ntkgp" else "nngp"
+        ktt = C.tensor(owner, "k_test_test", C.pick(owner, "k_test_test", k_test_test, init),
+                       device=self._device)
+        forms = ((m, m), (m,)) if self._o is None else ((m, m, o, o), (m, o, o))
+        if ktt.shape not in forms:
+            what = "variances only" if self._o is None else "each point's output covariance only"
+            raise C.ShapeError(
+                f"{owner}: k_test_test must be {forms[0]} (covariance) or {forms[1]} ({what}) "
+                f"for {m} test points (got {tuple(ktt.shape)})"
+            )
+        if self._o is not None and ktt.ndim == 4:
+            ktt = C.flatten(ktt)
+        return ktt
 
     def _covariance(self, td, init_td, tt):
         if self._get in ("nngp", "ntkgp"):

@@ -35,8 +35,8 @@ from ._phases import (CatapultRun, LearningRateSweep, LearningRateThresholds, ca
 from ._posterior import PosteriorStudy, exact_posterior, wasserstein_to_gaussian
 from ._subspace import HessianSubspace, hessian_subspace
 from ._width import WidthStudy, finite_width_study
-from ._spectra import (KernelSpectrum, LearningCurve, LearningCurvePrediction, PowerLawFit, eigenlearning,
-                       fit_power_law, kare, kernel_spectrum, learning_curve)
+from ._spectra import KernelSpectrum, PowerLawFit, fit_power_law, kernel_spectrum
+from ._learning import LearningCurve, LearningCurvePrediction, eigenlearning, kare, learning_curve
 
 __all__ = ["dual", "length_map", "correlation_map", "fixed_point_q", "fixed_point_c", "signal_propagation",
            "SignalPropagation", "critical_line", "phase_diagram", "PhaseDiagram", "depth_profile", "DepthProfile",

@@ -162,6 +162,40 @@ def _gaps(samples: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> dict:
             "wasserstein": float((w1 / sd).mean())}, m, v
 
 
+def _accepted_draws(owner, net, width, x_train, x_all, yf, size, noise_var, samples, chunk_memory, gen, bar):
+    """Test outputs ``(accepted, size)`` of the prior draws of ``net`` (at ``width``) that rejection accepts."""
+    n, o = x_train.shape[0], yf.shape[1]
+    model = net.module(tuple(x_train.shape[1:]), seed=0, dtype=x_train.dtype, device=x_train.device)
+    laws = _prior_laws(owner, model)
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    per_draw = sum(math.prod(s) for s in shapes.values()) * x_train.element_size()
+    chunk = max(1, min(samples, chunk_memory // max(1, per_draw)))
+
+    def outputs(params):
+        return functional_call(model, params, (x_all,)).reshape(x_all.shape[0], -1)
+
+    batched = vmap(outputs)
+    accepted, done = [], 0
+    while done < samples:
+        s = min(chunk, samples - done)
+        params = {name: torch.randn((s,) + tuple(shape), generator=gen, dtype=x_train.dtype,
+                                    device=x_train.device) * laws[name] for name, shape in shapes.items()}
+        with torch.no_grad():
+            f = batched(params).to(D)  # (s, N + T, O)
+        if f.shape[-1] != o:
+            raise ShapeError(f"{owner}: the network has {f.shape[-1]} outputs but y_train has {o}")
+        log_like = -((f[:, :n] - yf) ** 2).sum((1, 2)) / (2 * noise_var)
+        coins = torch.rand(s, generator=gen, dtype=D, device=x_train.device)
+        accepted.append(f[torch.log(coins) < log_like, n:].reshape(-1, size).cpu())
+        done += s
+        bar.advance(s)
+    acc = torch.cat(accepted)
+    if acc.shape[0] < 2:
+        raise ParameterError(f"{owner}: {acc.shape[0]} of {samples} prior draws were accepted at width "
+                             f"{width}; raise samples or noise_var, or use fewer training points")
+    return acc
+
+
 def exact_posterior(architecture: Callable[[int], Any], x_train: Any, y_train: Any, x_test: Any, *,
                     widths: Sequence[int] = (1, 2, 4, 8, 16, 32), noise_var: float = 0.1,
                     samples: int = 1_000_000, seed: int = 0, chunk_memory: int = 2**28,
@@ -202,42 +236,14 @@ def exact_posterior(architecture: Callable[[int], Any], x_train: Any, y_train: A
     mu = gp_mean.reshape(-1)  # (T O), test point major
     var = gp_var.repeat_interleave(o)
     x_all = torch.cat([x_train, x_test])
-    n = x_train.shape[0]
     yf = y.to(D)
     gen = torch.Generator(device=x_train.device).manual_seed(seed)
     rows = {"acceptance": [], "accepted": [], "mean": [], "variance": [], **{g: [] for g in GAPS}}
     kept = []
     with progress_bar(len(widths) * samples, "rejection sampling", enabled=progress) as bar:
         for width in widths:
-            model = architecture(width).module(tuple(x_train.shape[1:]), seed=0, dtype=x_train.dtype,
-                                               device=x_train.device)
-            laws = _prior_laws(owner, model)
-            shapes = {name: p.shape for name, p in model.named_parameters()}
-            per_draw = sum(math.prod(s) for s in shapes.values()) * x_train.element_size()
-            chunk = max(1, min(samples, chunk_memory // max(1, per_draw)))
-
-            def outputs(params):
-                return functional_call(model, params, (x_all,)).reshape(x_all.shape[0], -1)
-
-            batched = vmap(outputs)
-            accepted, done = [], 0
-            while done < samples:
-                s = min(chunk, samples - done)
-                params = {name: torch.randn((s,) + tuple(shape), generator=gen, dtype=x_train.dtype,
-                                            device=x_train.device) * laws[name] for name, shape in shapes.items()}
-                with torch.no_grad():
-                    f = batched(params).to(D)  # (s, N + T, O)
-                if f.shape[-1] != o:
-                    raise ShapeError(f"{owner}: the network has {f.shape[-1]} outputs but y_train has {o}")
-                log_like = -((f[:, :n] - yf) ** 2).sum((1, 2)) / (2 * noise_var)
-                coins = torch.rand(s, generator=gen, dtype=D, device=x_train.device)
-                accepted.append(f[torch.log(coins) < log_like, n:].reshape(-1, mu.numel()).cpu())
-                done += s
-                bar.advance(s)
-            acc = torch.cat(accepted)
-            if acc.shape[0] < 2:
-                raise ParameterError(f"{owner}: {acc.shape[0]} of {samples} prior draws were accepted at width "
-                                     f"{width}; raise samples or noise_var, or use fewer training points")
+            acc = _accepted_draws(owner, architecture(width), width, x_train, x_all, yf, mu.numel(), noise_var,
+                                  samples, chunk_memory, gen, bar)
             gaps, m, v = _gaps(acc, mu.cpu(), var.cpu())
             kept.append(acc)
             rows["acceptance"].append(acc.shape[0] / samples)

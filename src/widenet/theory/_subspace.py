@@ -75,6 +75,58 @@ class HessianSubspace:
         return axes[0].figure
 
 
+def _check_problem(owner: str, model: Any, loss: Any, x: Any, y: Any):
+    """The checked model, loss, inputs ``x`` and targets ``y`` (one row per input) of a training run."""
+    if not isinstance(model, nn.Module):
+        raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
+    if not callable(loss):
+        raise ParameterError(f"{owner}: loss must be a callable (outputs, y) -> scalar (got {type(loss).__name__})")
+    x = _check_input(owner, model, x)
+    if isinstance(y, torch.Tensor) and y.is_floating_point():
+        y = as_tensor(owner, "y", y)
+    if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
+        raise ParameterError(f"{owner}: y must be a tensor with one row per input ({x.shape[0]}) "
+                             f"(got {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__})")
+    return x, y
+
+
+def _record_steps(owner: str, record: Union[int, Sequence[int], None], steps: int) -> list:
+    """The sorted steps to measure at: every ``record`` (default ``steps // 20``) and the last, or those listed."""
+    if record is None:
+        record = max(1, steps // 20)
+    if isinstance(record, (int, np.integer)):
+        every = check_int(owner, "record", record, minimum=1)
+        marks = sorted(set(range(0, steps + 1, every)) | {steps})
+    else:
+        marks = sorted(set(int(check_int(owner, "record", r, minimum=0)) for r in record))
+        if not marks or marks[-1] > steps:
+            raise ParameterError(f"{owner}: record steps must lie in 0..steps={steps} (got {list(record)})")
+    return marks
+
+
+def _subspace_dimension(owner: str, net: nn.Module, x: torch.Tensor, k: Optional[int], size: int) -> int:
+    """The checked subspace dimension ``k`` (default: the network's number of outputs), below ``size - 1``."""
+    if k is None:
+        with torch.no_grad():
+            k = int(net(x[:1]).reshape(1, -1).shape[1])
+    k = check_int(owner, "k", k, minimum=1)
+    if k >= size - 1:
+        raise ParameterError(f"{owner}: k must be < P - 1 = {size - 1} trained parameters (got {k})")
+    return k
+
+
+def _train_step(owner: str, net: nn.Module, loss: Callable, opt: Any, batch: tuple, t: int, lr: float) -> None:
+    """One optimizer step on ``loss(net(xb), yb)`` for ``batch = (xb, yb)``, refusing a non-finite loss."""
+    xb, yb = batch
+    opt.zero_grad(set_to_none=True)
+    value = loss(net(xb), yb)
+    if not torch.isfinite(value.detach()):
+        raise NumericalError(f"{owner}: the loss became non-finite at step {t} (learning_rate={lr}); "
+                             f"lower the learning rate")
+    value.backward()
+    opt.step()
+
+
 def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Optional[int] = None,
                      steps: int = 1000, learning_rate: float = 0.1, batch_size: Optional[int] = None,
                      record: Union[int, Sequence[int], None] = None, optimizer: Optional[Callable] = None,
@@ -104,16 +156,7 @@ def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Opt
         progress: show a progress bar.
     """
     owner = "theory.hessian_subspace"
-    if not isinstance(model, nn.Module):
-        raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
-    if not callable(loss):
-        raise ParameterError(f"{owner}: loss must be a callable (outputs, y) -> scalar (got {type(loss).__name__})")
-    x = _check_input(owner, model, x)
-    if isinstance(y, torch.Tensor) and y.is_floating_point():
-        y = as_tensor(owner, "y", y)
-    if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
-        raise ParameterError(f"{owner}: y must be a tensor with one row per input ({x.shape[0]}) "
-                             f"(got {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__})")
+    x, y = _check_problem(owner, model, loss, x, y)
     steps = check_int(owner, "steps", steps, minimum=1)
     lr = check_float(owner, "learning_rate", learning_rate, minimum=0.0, exclusive_minimum=True)
     seed = check_int(owner, "seed", seed, minimum=0)
@@ -122,25 +165,12 @@ def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Opt
     batch = n if batch_size is None else check_int(owner, "batch_size", batch_size, minimum=1)
     if batch > n:
         raise ParameterError(f"{owner}: batch_size must be <= the number of inputs {n} (got {batch})")
-    if record is None:
-        record = max(1, steps // 20)
-    if isinstance(record, (int, np.integer)):
-        every = check_int(owner, "record", record, minimum=1)
-        marks = sorted(set(range(0, steps + 1, every)) | {steps})
-    else:
-        marks = sorted(set(int(check_int(owner, "record", r, minimum=0)) for r in record))
-        if not marks or marks[-1] > steps:
-            raise ParameterError(f"{owner}: record steps must lie in 0..steps={steps} (got {list(record)})")
+    marks = _record_steps(owner, record, steps)
     net = copy.deepcopy(model).eval()
     names = set(select_parameters(model, params, owner=owner))
     trained = [p for name, p in net.named_parameters() if name in names]
     size = sum(p.numel() for p in trained)
-    if k is None:
-        with torch.no_grad():
-            k = int(net(x[:1]).reshape(1, -1).shape[1])
-    k = check_int(owner, "k", k, minimum=1)
-    if k >= size - 1:
-        raise ParameterError(f"{owner}: k must be < P - 1 = {size - 1} trained parameters (got {k})")
+    k = _subspace_dimension(owner, net, x, k, size)
     opt = torch.optim.SGD(trained, lr=lr) if optimizer is None else optimizer(trained)
     gen = torch.Generator().manual_seed(seed)
     order, cursor = torch.randperm(n, generator=gen), 0
@@ -173,14 +203,7 @@ def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Opt
                     order, cursor = torch.randperm(n, generator=gen), 0
                 idx = order[cursor:cursor + batch]
                 cursor += batch
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            opt.zero_grad(set_to_none=True)
-            value = loss(net(xb), yb)
-            if not torch.isfinite(value.detach()):
-                raise NumericalError(f"{owner}: the loss became non-finite at step {t} (learning_rate={lr}); "
-                                     f"lower the learning rate")
-            value.backward()
-            opt.step()
+            _train_step(owner, net, loss, opt, (x, y) if idx is None else (x[idx], y[idx]), t, lr)
             bar.advance(1)
     stack = torch.stack(spans)  # (T, k, P)
     overlap = torch.einsum("skp,tjp->stkj", stack, stack).pow(2).sum((2, 3)) / k
