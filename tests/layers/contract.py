@@ -189,11 +189,15 @@ class KernelContract(LayerContract):
 
         assert torch.autograd.gradcheck(kernel, values, fast_mode=True)
 
+    def nt_network(self) -> wn.Layer:
+        """The network compared with Neural Tangents (by default the tested one)."""
+        return self.net(64)
+
     @pytest.mark.nt
     def test_matches_neural_tangents(self):
         from nt import NoCounterpart, nt_kernel
 
-        net, (x1, x2) = self.net(64), self.pair(5, 4, seed=9)
+        net, (x1, x2) = self.nt_network(), self.pair(5, 4, seed=9)
         try:
             theirs = nt_kernel(net, x1, x2)
         except NoCounterpart as err:

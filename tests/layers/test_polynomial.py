@@ -38,6 +38,11 @@ class TestHermite(NonlinearityContract):
     def dual_cases(self):
         return [{"degree": 0}, {"degree": 2}, {"degree": 5}]
 
+    def nt_network(self):
+        # Neural Tangents' Hermite kernel is K^n, exact for unit-variance inputs only (widenet's
+        # is exact for any variance): LayerNorm gives them unit variance.
+        return wn.Serial(wn.Dense(64, 1.3, 0.2), wn.LayerNorm(), wn.Hermite(3), wn.Dense(64, 0.9, 0.1))
+
 
 def test_hermite_is_a_power_of_the_correlation_for_unit_variances():
     q = torch.ones(5, dtype=torch.float64)
