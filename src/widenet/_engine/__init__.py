@@ -15,12 +15,12 @@ layer. ``ARCHITECTURE.md`` draws the whole picture.
   :mod:`widenet.blocked` and :mod:`widenet.empirical`.
 """
 
-from . import compiled, exact, scratch, tiling
+from . import compiled, exact, fused, scratch, tiling
 from .autodiff import is_dual, safe_sqrt
 from .driver import Rule, compute, transform
 from .products import pair_sandwich, sandwich
 from .tile import Flow, Tile
 from .windows import spatial_axes, window_sum
 
-__all__ = ["Tile", "Flow", "Rule", "compute", "transform", "scratch", "exact", "compiled", "tiling",
+__all__ = ["Tile", "Flow", "Rule", "compute", "transform", "scratch", "exact", "compiled", "fused", "tiling",
            "safe_sqrt", "is_dual", "window_sum", "spatial_axes", "sandwich", "pair_sandwich"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._engine import Tile, compiled, exact
+from .._engine import Tile, compiled, exact, fused
 from ._arccos import PI, atan2, exact_atan2, root_of
 from .nonlinearity import Nonlinearity
 
@@ -34,6 +34,28 @@ def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=atan2):
     else:
         nngp.mul_(tdot).add_(root, alpha=factor)
     return nngp, ntk
+
+
+def _fused(w: Tile, var1: torch.Tensor, var2: torch.Tensor, factor, half) -> bool:
+    """The rule as one pass (:mod:`widenet._engine.fused`) on a grid tile, where it applies."""
+    nngp, ntk = w.nngp, w.ntk
+    if (w.self_mode or compiled.compile_enabled() or not nngp.is_contiguous()
+            or (ntk is not None and not ntk.is_contiguous())
+            or not fused.enabled(nngp, ntk, var1, var2, factor, half)):
+        return False
+    b, c = nngp.shape[:2]
+    if w.is_full:  # rows (b, c, s): q1 one variance per (b, s), q2 a row of position variances
+        n = w.npos
+        fused.abrelu(nngp, ntk, var1.reshape(b * n), var2.reshape(c, n), C=c, S=n, L=n, q1_scalar=True,
+                     factor=float(factor), half=float(half))
+    elif w.spatial:  # rows (b, c): both rows of variances at the same positions
+        n = w.npos
+        fused.abrelu(nngp, ntk, var1.reshape(b, n), var2.reshape(c, n), C=c, S=1, L=n, q1_scalar=False,
+                     factor=float(factor), half=float(half))
+    else:  # rows b: q1 one variance per row, q2 the column inputs'
+        fused.abrelu(nngp, ntk, var1.reshape(b), var2.reshape(1, c), C=1, S=1, L=c, q1_scalar=True,
+                     factor=float(factor), half=float(half))
+    return True
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,8 @@ class ABRelu(Nonlinearity):
         factor = (self.a - self.b) ** 2 / (2 * PI)
         half = (self.a**2 + self.b**2) / 2
         var1, var2 = w.var1, w.var2
+        if _fused(w, var1, var2, factor, half):
+            return
         w.nngp, w.ntk = compiled.run_rule(_abrelu_rule, w.nngp, w.ntk, *w.outer(var1, var2),
                                           w.zero_variance_mask(var1, var2), factor, half,
                                           atan2=exact_atan2)

@@ -1,0 +1,104 @@
+"""Fused kernel rules: the hottest rules as one C++ pass over a tile (``fused.cpp``).
+
+Run eagerly, a rule is a pass over the tile per torch operation (about a dozen for the ReLU
+family's); fused, it reads and writes each entry once, with ATen's vectorized types. It also
+takes SLEEF's ``atan2`` with a 3.5-ulp bound instead of torch's 1-ulp one, which costs about
+twice as much and is most of the rule's time: entries agree with the eager rule to a few
+units in the last place (the tests bound it), and an input against itself still has an angle
+of exactly 0.
+
+The extension is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and
+ninja; tens of seconds, cached on disk for later processes, keyed by the source and the CPU
+features). Where it cannot be built, or with ``WIDENET_FUSED=0`` in the environment, rules
+run eagerly. Fused rules serve only plain calls: no autograd or forward-mode state, not
+reproducible mode, CPU tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import ParameterError
+from . import exact, scratch
+
+__all__ = ["enabled", "abrelu"]
+
+_SOURCE = Path(__file__).with_name("fused.cpp")
+_LOCK = threading.Lock()
+_MODULE = None
+_FAILED: Optional[str] = None
+
+
+def _from_environment() -> bool:
+    value = os.environ.get("WIDENET_FUSED", "1").strip().lower()
+    if value in ("1", "true", "yes", "on", ""):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ParameterError(f"widenet: the environment variable WIDENET_FUSED must be 0 or 1 (got {value!r})")
+
+
+_ENABLED = _from_environment()
+
+
+def _flags() -> list[str]:
+    """Compiler flags for the vector instructions torch itself uses on this CPU (and OpenMP,
+    which ATen's parallel_for needs to use more than one thread). No contraction of a product
+    and a sum into a fused multiply-add where the source does not ask for one: an input
+    against itself needs q1 q2 - K^2 to be exactly 0."""
+    base = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512":
+        return base + ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma",
+                       "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
+    if capability == "AVX2":
+        return base + ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return base
+
+
+def _load():
+    """The compiled extension, or None (and the reason in ``_FAILED``) if it cannot be built."""
+    global _MODULE, _FAILED
+    if _MODULE is not None or _FAILED is not None:
+        return _MODULE
+    with _LOCK:
+        if _MODULE is not None or _FAILED is not None:
+            return _MODULE
+        flags = _flags()
+        key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+        try:
+            from torch.utils import cpp_extension
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _MODULE = cpp_extension.load(name=f"widenet_fused_{key}", sources=[str(_SOURCE)],
+                                             extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                             verbose=False)
+        except Exception as err:  # no compiler, no ninja, a broken toolchain: rules run eagerly
+            _FAILED = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return _MODULE
+
+
+def enabled(*tensors: torch.Tensor) -> bool:
+    """Whether a fused rule may run on these tensors (and the extension is built)."""
+    if not _ENABLED or exact.active() or not scratch.plain(*tensors):
+        return False
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64)):
+            return False
+    return _load() is not None
+
+
+def abrelu(nngp: torch.Tensor, ntk: Optional[torch.Tensor], q1: torch.Tensor, q2: torch.Tensor, *,
+           C: int, S: int, L: int, q1_scalar: bool, factor: float, half: float) -> None:
+    """ABRelu's rule in place on a contiguous tile of ``R = B * C * S`` rows of ``L`` entries
+    (see ``fused.cpp``): ``q1`` holds ``B * S`` variances (``q1_scalar``) or ``B`` rows of
+    ``L``, ``q2`` ``C`` rows of ``L``."""
+    _MODULE.abrelu(nngp, ntk, q1.contiguous(), q2.contiguous(), C, S, L, q1_scalar, float(factor), float(half))
