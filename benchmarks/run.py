@@ -21,10 +21,13 @@ widenet runs once per variant and workload: "eager" (its default rules), "compil
 (``wn.set_compile(True)``; the row also prints the seconds its warm-up call took, compilation
 included, and a cold Inductor cache costs more than a warm one) and, when asked,
 "reproducible" (``kernel(reproducible=True)``: every entry's bits independent of tiles and
-threads, at the cost of exact matrix products).
+threads, at the cost of exact matrix products) and "differentiable" (the inputs require a
+gradient: the kernel recorded by autograd plus the backward pass of the sum of both kernels;
+its time against "eager" is the price of reverse mode, and its peak memory that of the
+recorded graph).
 
 Usage: python benchmarks/run.py [--only cnn-pool,fc] [--dtypes float64,float32] [--repeats 3]
-                                [--variants eager,compiled,reproducible]
+                                [--variants eager,compiled,reproducible,differentiable]
 """
 
 from __future__ import annotations
@@ -103,18 +106,29 @@ def _matmul_peak(dtype: torch.dtype) -> float:
 def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
     net = WORKLOADS[name][0]()
-    if variant not in ("eager", "compiled", "reproducible"):
-        raise SystemExit(f"unknown variant {variant!r}: eager, compiled or reproducible")
+    if variant not in ("eager", "compiled", "reproducible", "differentiable"):
+        raise SystemExit(f"unknown variant {variant!r}: eager, compiled, reproducible or differentiable")
     wn.set_compile(variant == "compiled")
     reproducible = variant == "reproducible"
+
+    def kernel(inputs):
+        if variant != "differentiable":
+            return net.kernel(inputs, reproducible=reproducible)
+        # Autograd records the kernel of inputs that require a gradient; the backward pass
+        # of a scalar of both kernels is part of the time.
+        inputs = inputs.clone().requires_grad_()
+        k = net.kernel(inputs)
+        (k.nngp.sum() + k.ntk.sum()).backward()
+        return wn.Kernel(k.nngp.detach(), k.ntk.detach(), k.var1.detach())
+
     start = time.perf_counter()
-    net.kernel(x[:16], reproducible=reproducible)  # warm-up (and compilation)
+    kernel(x[:16])  # warm-up (and compilation)
     warmup = time.perf_counter() - start
     before = peak_rss()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        k = net.kernel(x, reproducible=reproducible)
+        k = kernel(x)
         times.append(time.perf_counter() - start)
     np.save(out + ".nngp.npy", k.nngp.numpy())
     np.save(out + ".ntk.npy", k.ntk.numpy())

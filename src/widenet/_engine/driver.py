@@ -36,11 +36,11 @@ Rule = Callable[[Flow], Flow]
 # the outputs however large N is. Tiles with many position pairs per input pair (the full
 # layout, or large images) hold at least _TILE_PAIRS input pairs, up to _TILE_ENTRIES_MAX
 # entries: their rules and window sums cost a few dozen small ops per tile whatever its
-# size, and the row and column covariances are carried per pair (benchmarks/run.py's
-# workloads were fastest so).
+# size, and the row and column covariances are carried per pair. (benchmarks/run.py's pooled
+# CNNs, swept after the ReLU rule was fused, ran fastest with up to 2^19 entries.)
 _TILE_ENTRIES = 1 << 18
 _TILE_PAIRS = 512
-_TILE_ENTRIES_MAX = 3 << 18
+_TILE_ENTRIES_MAX = 2 << 18
 
 # Bytes of working memory per tile entry, in units of the dtype's size: the NNGP and NTK
 # tiles, the temporaries of the heaviest rules (about five tile-sized tensors) and the padded
