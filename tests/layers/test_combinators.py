@@ -139,3 +139,18 @@ def test_branch_errors():
         wn.Serial(wn.FanOut(3), wn.Parallel(wn.Dense(2), wn.Dense(2))).kernel(X)
     with pytest.raises(ShapeError, match=r"FanInSum: branches must have equal widths \(got 3, 5\)"):
         wn.Serial(wn.FanOut(2), wn.Parallel(wn.Dense(3), wn.Dense(5)), wn.FanInSum()).kernel(X)
+
+
+def test_a_branch_that_removes_positions_does_not_change_how_the_others_are_built():
+    """Twins are built from a Shape per branch: a global pool in one branch used to set the
+    spatial dimensions of every layer built after it, the other branches' included."""
+    net = wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.FanOut(2),
+                    wn.Parallel(wn.Serial(wn.GlobalAvgPool(), wn.Dense(8)),
+                                wn.Serial(wn.AvgPool(2), wn.BatchNorm(), wn.Flatten(), wn.Dense(8))),
+                    wn.FanInSum())
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = net.module((2, 6, 6), seed=0, dtype=torch.float64)
+    assert model(x).shape == (3, 8)
+    assert "PoolModule(mode='avg', window=(2, 2), stride=(2, 2)" in repr(model) and "BatchNorm2d" in repr(model)
+    lazy = net.module(seed=0, dtype=torch.float64)  # shapes learned from the first input
+    assert lazy(x).shape == (3, 8)
