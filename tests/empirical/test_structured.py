@@ -75,3 +75,14 @@ def test_structured_convolutions(name, route, monkeypatch):
     factored = _structured.structured_modules(model, dict(model.named_parameters()))
     assert all(any(m is f for f in factored.values()) for m in convs)
     _assert_structured_matches_autograd(model, x1, x2, block_size=2)
+
+
+def test_structured_with_no_layer_to_factor_contracts_jacobians():
+    """widenet's own twins have no nn.Linear or nn.Conv to factor: "structured" then takes
+    every parameter by Jacobians, as "jacobian" does (it raised autograd's empty-input error)."""
+    import widenet as wn
+
+    model = wn.Serial(wn.Dense(16, 1.3, 0.1), wn.Relu(), wn.Dense(2)).module(3, seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    structured = wn.empirical.ntk(model, x, method="structured")
+    assert torch.allclose(structured, wn.empirical.ntk(model, x, method="jacobian"), rtol=1e-12, atol=0)

@@ -75,6 +75,8 @@ def record(model: nn.Module, modules: Dict[str, nn.Module], x: torch.Tensor):
 
 def cotangents(out: torch.Tensor, seen: dict) -> Dict[str, torch.Tensor]:
     """d f_c / d y for every output unit c, batched: name -> (O, B, *y.shape[1:])."""
+    if not seen:  # nothing to factor: every parameter goes by Jacobians
+        return {}
     b, o = out.shape
     basis = torch.zeros((o, b, o), dtype=out.dtype, device=out.device)
     basis[torch.arange(o), :, torch.arange(o)] = 1
