@@ -85,3 +85,18 @@ def test_the_extension_refuses_variances_that_do_not_match_the_tile():
     with pytest.raises(RuntimeError, match="variances do not match the tile"):
         fused.abrelu(K, T, torch.ones(3, 4, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64),
                      C=3, S=1, L=4, q1_scalar=False, factor=0.1, half=0.5)
+
+
+@pytest.mark.parametrize("shape,groups,k,dil,lo", [((3, 4, 9, 9), [[2, 3]], 3, 1, 1), ((2, 2, 4, 5, 4, 5), [[2, 4], [3, 5]], 3, 1, 1),
+                                                   ((2, 3, 6, 6), [[2], [3]], 2, 1, 0), ((2, 7, 11), [[2]], 3, 2, 2),
+                                                   ((2, 2, 3, 3), [[2, 3]], 5, 1, 2)])
+def test_fused_window_sums_equal_the_eager_ones_bit_for_bit(monkeypatch, shape, groups, k, dil, lo):
+    from widenet._engine import windows
+
+    t = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    args = ([k] * len(groups), [1] * len(groups), [dil] * len(groups), [(lo, (k - 1) * dil - lo)] * len(groups), False)
+    with scratch.reusing():
+        ours = windows.window_sum(t, groups, *args)
+        monkeypatch.setattr(fused, "_ENABLED", False)
+        eager = windows.window_sum(t, groups, *args)
+    assert torch.equal(ours, eager)

@@ -25,7 +25,10 @@
 
 #include <sleef.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <vector>
 
 namespace {
 
@@ -111,8 +114,60 @@ void abrelu(torch::Tensor nngp, c10::optional<torch::Tensor> ntk, torch::Tensor 
   });
 }
 
+// ---- Window sums: every offset of a flat shifted sum in one pass ------------------------------
+//
+// windows.py's flat-offset window sum (stride 1, size preserving): each row of the flattened
+// tile gets out[i] = in[i] (when the window holds the unshifted offset, else 0), then
+// out[i] += in[i + delta] * mask[i] for every other offset in order, where the 0/1 mask keeps
+// the positions whose source lies inside the input. The same additions in the same order as
+// the eager path, which makes a pass over the tile per offset: the same numbers, bit for bit.
+
+template <typename scalar_t>
+void shifted_rows(const scalar_t* in, scalar_t* out, int64_t block, const std::vector<int64_t>& deltas,
+                  const std::vector<const scalar_t*>& masks, bool has_zero, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* src = in + r * block;
+    scalar_t* dst = out + r * block;
+    if (has_zero) {
+      std::copy(src, src + block, dst);
+    } else {
+      std::fill(dst, dst + block, scalar_t(0));
+    }
+    for (size_t k = 0; k < deltas.size(); ++k) {
+      const int64_t delta = deltas[k];
+      const scalar_t* m = masks[k];
+      const int64_t first = delta > 0 ? 0 : -delta, last = delta > 0 ? block - delta : block;
+      for (int64_t i = first; i < last; ++i) dst[i] = dst[i] + src[i + delta] * m[i];
+    }
+  }
+}
+
+void shifted_sum(torch::Tensor flat, torch::Tensor out, std::vector<int64_t> deltas, std::vector<torch::Tensor> masks,
+                 bool has_zero) {
+  TORCH_CHECK(flat.dim() == 2 && flat.is_contiguous() && out.is_contiguous() && out.sizes() == flat.sizes(),
+              "fused.shifted_sum: a contiguous (rows, block) tile and an output like it");
+  TORCH_CHECK(masks.size() == deltas.size(), "fused.shifted_sum: one mask per offset");
+  const int64_t rows = flat.size(0), block = flat.size(1);
+  for (size_t k = 0; k < deltas.size(); ++k) {
+    TORCH_CHECK(std::abs(deltas[k]) < block && deltas[k] != 0, "fused.shifted_sum: offsets within the block, not 0");
+    TORCH_CHECK(masks[k].is_contiguous() && masks[k].numel() == block && masks[k].scalar_type() == flat.scalar_type(),
+                "fused.shifted_sum: masks of the block's size and the tile's dtype");
+  }
+  AT_DISPATCH_FLOATING_TYPES(flat.scalar_type(), "fused.shifted_sum", [&] {
+    std::vector<const scalar_t*> m;
+    for (auto& t : masks) m.push_back(t.data_ptr<scalar_t>());
+    const scalar_t* in = flat.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(block, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      shifted_rows<scalar_t>(in, o, block, deltas, m, has_zero, begin, end);
+    });
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("abrelu", &abrelu, "ABRelu's kernel rule on a tile, in place, in one pass");
+  m.def("shifted_sum", &shifted_sum, "A flat-offset window sum, every offset in one pass");
 }

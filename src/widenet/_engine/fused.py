@@ -1,7 +1,7 @@
 """Fused kernel rules: the hottest rules as one C++ pass over a tile (``fused.cpp``).
 
 Run eagerly, a rule is a pass over the tile per torch operation (about a dozen for the ReLU
-family's); fused, it reads and writes each entry once, with ATen's vectorized types. It also
+family's, one per filter offset for a window sum); fused, it reads and writes each entry once, with ATen's vectorized types. It also
 takes SLEEF's ``atan2`` with a 3.5-ulp bound instead of torch's 1-ulp one, which costs about
 twice as much and is most of the rule's time: entries agree with the eager rule to a few
 units in the last place (the tests bound it), and an input against itself still has an angle
@@ -28,7 +28,7 @@ import torch
 from ..errors import ParameterError
 from . import exact, scratch
 
-__all__ = ["enabled", "abrelu"]
+__all__ = ["enabled", "abrelu", "shifted_sum"]
 
 _SOURCE = Path(__file__).with_name("fused.cpp")
 _LOCK = threading.Lock()
@@ -102,3 +102,10 @@ def abrelu(nngp: torch.Tensor, ntk: Optional[torch.Tensor], q1: torch.Tensor, q2
     (see ``fused.cpp``): ``q1`` holds ``B * S`` variances (``q1_scalar``) or ``B`` rows of
     ``L``, ``q2`` ``C`` rows of ``L``."""
     _MODULE.abrelu(nngp, ntk, q1.contiguous(), q2.contiguous(), C, S, L, q1_scalar, float(factor), float(half))
+
+
+def shifted_sum(flat: torch.Tensor, out: torch.Tensor, deltas: list[int], masks: list[torch.Tensor],
+                has_zero: bool) -> None:
+    """``out`` = ``flat`` (``has_zero``, else 0) plus ``flat`` shifted by each ``delta`` times
+    its 0/1 ``mask``, in order, row by row of ``(rows, block)`` tiles (see ``fused.cpp``)."""
+    _MODULE.shifted_sum(flat, out, deltas, masks, has_zero)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from . import scratch
+from . import fused, scratch
 
 __all__ = ["window_sum", "spatial_axes"]
 
@@ -82,6 +82,13 @@ def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -
     block = flat.shape[1]
     shifts = [o * dil - lo for o in range(k)]
     out = scratch.empty_like(flat)
+    if flat.is_contiguous() and fused.enabled(flat):
+        strides = sum(t.stride(ax) for ax in axes)
+        offsets = [(s * strides, s) for s in shifts if s != 0 and abs(s * strides) < block]
+        masks = [_shift_mask(tuple(t.shape[first:]), tuple(ax - first for ax in axes), s, t.dtype, t.device)
+                 for _, s in offsets]
+        fused.shifted_sum(flat, out, [d for d, _ in offsets], masks, 0 in shifts)
+        return out.view(t.shape)
     # Windows without the unshifted offset start from zeros; the others from the input, which
     # the first shifted offset reads while it adds (one pass instead of a copy and a pass).
     # ``out=`` does not carry forward-mode tangents: outside the buffer pool (which is off for
