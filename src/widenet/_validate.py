@@ -6,6 +6,7 @@ Messages follow one pattern: ``"<Owner>: <parameter> must be <rule> (got <value>
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 from typing import Any
 
@@ -168,3 +169,19 @@ def check_mask(owner: str, name: str, mask: Any, x: torch.Tensor) -> torch.Tenso
         raise ShapeError(f"{owner}: {name} must have shape {want} to match its inputs of "
                          f"shape {tuple(x.shape)} (got {tuple(m.shape)})")
     return m
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The on/off switch in environment variable ``name`` (1/0, true/false, yes/no, on/off;
+    unset or empty: ``default``), or a ParameterError naming the variable and its value."""
+    value = os.environ.get(name, "").strip().lower()
+    if value == "":
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ParameterError(
+        f"widenet: the environment variable {name} must be 0 or 1 (also true/false, yes/no, "
+        f"on/off) (got {value!r})"
+    )

@@ -147,15 +147,19 @@ def test_set_compile_is_a_switch_and_a_context_manager():
     assert wn.compile_enabled() is False
 
 
-@pytest.mark.parametrize("value, expected", [("1", True), ("on", True), ("0", False), ("", False),
-                                             ("2", "must be 0 or 1")])
-def test_the_environment_variable_sets_the_initial_value(value, expected):
-    code = "import widenet as wn; print(wn.compile_enabled())"
+@pytest.mark.parametrize("variable, probe, default", [
+    ("WIDENET_COMPILE", "wn.compile_enabled()", False),
+    ("WIDENET_FUSED", "__import__('widenet._engine.fused', fromlist=['_'])._ENABLED", True),
+])
+@pytest.mark.parametrize("value, expected", [("1", True), ("on", True), ("0", False), ("off", False),
+                                             ("", None), ("2", "must be 0 or 1")])
+def test_the_environment_variables_set_the_initial_value(variable, probe, default, value, expected):
+    code = f"import widenet as wn; print({probe})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"WIDENET_COMPILE": value, "PATH": ""})
-    if isinstance(expected, bool):
+                          env={variable: value, "PATH": ""})
+    if expected is None or isinstance(expected, bool):
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == str(expected)
+        assert done.stdout.strip() == str(default if expected is None else expected)
     else:
         assert done.returncode != 0
-        assert f"WIDENET_COMPILE {expected}" in done.stderr and "'2'" in done.stderr
+        assert f"{variable} {expected}" in done.stderr and "'2'" in done.stderr

@@ -16,19 +16,9 @@ import widenet as wn
 import widenet.layers.dense as dense_module
 from widenet.errors import NonFiniteInputError, ParameterError, ShapeError
 
+from nets import NETS, inputs as _x
+
 X = torch.randn(4, 3, dtype=torch.float64)
-
-NETS = {
-    "relu": wn.Serial(wn.Dense(512, 1.5, 0.05), wn.Relu(), wn.Dense(512, 1.5, 0.05), wn.Relu(), wn.Dense(1, 1.5, 0.05)),
-    "erf-standard": wn.Serial(wn.Dense(64, 1.2, 0.3, "standard"), wn.Erf(), wn.Dense(8, 0.9, None, "standard")),
-    "residual": wn.Serial(wn.Dense(64), wn.FanOut(2), wn.Parallel(wn.Serial(wn.Gelu(), wn.Dense(64)), wn.Identity()),
-                          wn.FanInSum(), wn.Tanh(), wn.Dense(1)),
-}
-
-
-def _x(n, d=5, seed=0, dtype=torch.float64):
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_same_inputs_kernel_is_exactly_symmetric_and_psd(name):

@@ -23,12 +23,12 @@ or forward-mode tangents always run eagerly.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Callable
 
 import torch
 
+from .._validate import env_flag
 from ..errors import ParameterError
 from . import exact, scratch
 
@@ -36,15 +36,7 @@ __all__ = ["set_compile", "compile_enabled", "run", "run_rule"]
 
 
 def _from_environment() -> bool:
-    value = os.environ.get("WIDENET_COMPILE", "0").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ParameterError(
-        f"widenet: the environment variable WIDENET_COMPILE must be 0 or 1 (also true/false, "
-        f"yes/no, on/off) (got {value!r})"
-    )
+    return env_flag("WIDENET_COMPILE", False)
 
 
 _enabled = _from_environment()

@@ -17,7 +17,6 @@ reproducible mode, CPU tensors.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ParameterError
+from .._validate import env_flag
 from . import exact, scratch
 
 __all__ = ["enabled", "abrelu", "shifted_sum"]
@@ -37,12 +36,7 @@ _FAILED: Optional[str] = None
 
 
 def _from_environment() -> bool:
-    value = os.environ.get("WIDENET_FUSED", "1").strip().lower()
-    if value in ("1", "true", "yes", "on", ""):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ParameterError(f"widenet: the environment variable WIDENET_FUSED must be 0 or 1 (got {value!r})")
+    return env_flag("WIDENET_FUSED", True)
 
 
 _ENABLED = _from_environment()
