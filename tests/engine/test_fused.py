@@ -100,3 +100,16 @@ def test_fused_window_sums_equal_the_eager_ones_bit_for_bit(monkeypatch, shape, 
         monkeypatch.setattr(fused, "_ENABLED", False)
         eager = windows.window_sum(t, groups, *args)
     assert torch.equal(ours, eager)
+
+
+def test_the_build_folder_holds_its_own_copy_of_the_source(monkeypatch, tmp_path):
+    # Every checkout of the same source builds in, and reuses, one folder named by the source,
+    # flags and versions; the copy there is what ninja sees, whatever the checkout's path.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = fused._build_directory("widenet_fused_test")
+    assert folder == tmp_path / "widenet_fused_test"
+    assert (folder / "fused.cpp").read_bytes() == fused._SOURCE.read_bytes()
+    (folder / "fused.cpp").write_bytes(b"// stale")
+    assert fused._build_directory("widenet_fused_test") == folder
+    assert (folder / "fused.cpp").read_bytes() == fused._SOURCE.read_bytes()
+    assert [p.name for p in folder.iterdir()] == ["fused.cpp"]

@@ -1,22 +1,26 @@
 """Fused kernel rules: the hottest rules as one C++ pass over a tile (``fused.cpp``).
 
 Run eagerly, a rule is a pass over the tile per torch operation (about a dozen for the ReLU
-family's, one per filter offset for a window sum); fused, it reads and writes each entry once, with ATen's vectorized types. It also
-takes SLEEF's ``atan2`` with a 3.5-ulp bound instead of torch's 1-ulp one, which costs about
-twice as much and is most of the rule's time: entries agree with the eager rule to a few
-units in the last place (the tests bound it), and an input against itself still has an angle
-of exactly 0.
+family's, one per filter offset for a window sum); fused, it reads and writes each entry
+once, with ATen's vectorized types. It also takes SLEEF's ``atan2`` with a 3.5-ulp bound
+instead of torch's 1-ulp one, which costs about twice as much and is most of the rule's time:
+entries agree with the eager rule to a few units in the last place (the tests bound it), and
+an input against itself still has an angle of exactly 0.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and
-ninja; tens of seconds, cached on disk for later processes, keyed by the source and the CPU
-features). Where it cannot be built, or with ``WIDENET_FUSED=0`` in the environment, rules
-run eagerly. Fused rules serve only plain calls: no autograd or forward-mode state, not
-reproducible mode, CPU tensors.
+ninja; tens of seconds, announced by a logged warning) and cached on disk for later processes
+and every checkout, keyed by the source, the CPU features and torch's and Python's versions.
+Where it cannot be built, or with ``WIDENET_FUSED=0`` in the environment, rules run eagerly.
+Fused rules serve only plain calls: no autograd or forward-mode state, not reproducible mode,
+CPU tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -33,6 +37,7 @@ _SOURCE = Path(__file__).with_name("fused.cpp")
 _LOCK = threading.Lock()
 _MODULE = None
 _FAILED: Optional[str] = None
+_LOG = logging.getLogger("widenet")
 
 
 def _from_environment() -> bool:
@@ -57,6 +62,21 @@ def _flags() -> list[str]:
     return base
 
 
+def _build_directory(name: str) -> Path:
+    """Where the extension is built: torch's extension cache (``TORCH_EXTENSIONS_DIR``, by
+    default ``~/.cache/torch_extensions``), one folder per source and flags. The source is
+    copied there, so every checkout and installation of the same source shares one build."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "fused.cpp"
+    if not source.exists() or source.read_bytes() != _SOURCE.read_bytes():
+        partial = folder / f"fused.cpp.{os.getpid()}"
+        partial.write_bytes(_SOURCE.read_bytes())
+        partial.replace(source)  # atomic: a concurrent build never reads half a file
+    return folder
+
+
 def _load():
     """The compiled extension, or None (and the reason in ``_FAILED``) if it cannot be built."""
     global _MODULE, _FAILED
@@ -66,15 +86,21 @@ def _load():
         if _MODULE is not None or _FAILED is not None:
             return _MODULE
         flags = _flags()
-        key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+        # The build links against this torch and Python: both are part of its name.
+        identity = f"{' '.join(flags)} torch {torch.__version__} python {sys.version_info[:2]}"
+        name = "widenet_fused_" + hashlib.sha256(_SOURCE.read_bytes() + identity.encode()).hexdigest()[:12]
         try:
             from torch.utils import cpp_extension
 
+            folder = _build_directory(name)
+            if not (folder / f"{name}.so").exists():
+                _LOG.warning("widenet: building the fused kernel rules in %s (once for this source "
+                             "and CPU; about 20 s; WIDENET_FUSED=0 skips it)", folder)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _MODULE = cpp_extension.load(name=f"widenet_fused_{key}", sources=[str(_SOURCE)],
+                _MODULE = cpp_extension.load(name=name, sources=[str(folder / "fused.cpp")],
                                              extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                                             verbose=False)
+                                             build_directory=str(folder), verbose=False)
         except Exception as err:  # no compiler, no ninja, a broken toolchain: rules run eagerly
             _FAILED = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return _MODULE
