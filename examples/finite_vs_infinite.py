@@ -60,13 +60,12 @@ def main():
     print(study.table())
     fig = study.plot()
     fig.axes[0].set_title("two-hidden-layer ReLU network on digits: finite vs infinite width", fontsize=9)
-    fig.tight_layout()
     fig.savefig(out / "finite_width_gaps.png", dpi=120)
 
     xtr = torch.tensor([[-1.0], [0.3], [1.2]], dtype=D)
     ytr = torch.tensor([-0.6, 0.4, 0.9], dtype=D)
     xte = torch.tensor([[-0.3], [0.8], [2.0]], dtype=D)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), layout="constrained")
     for row, (name, act) in zip(axes, (("erf", wn.Erf()), ("ReLU", wn.Relu()))):
         def arch(width, act=act):
             return wn.Serial(wn.Dense(width, W_std=1.5, b_std=0.5), act, wn.Dense(1, W_std=1.5, b_std=0.2))
@@ -81,7 +80,6 @@ def main():
             slope, err = post.slope(g, widths=[1, 2, 4, 8, 16])
             print(f"{g:>8.8}" + "".join(f"{float(v):9.4f}" for v in values)
                   + f"  {post.floor[g]:.4f}   {slope:+.2f} +- {err:.2f}")
-    fig.tight_layout()
     fig.savefig(out / "exact_posterior.png", dpi=120)
     print(f"\nfigures in {out.resolve()}")
 

@@ -52,7 +52,7 @@ def main():
                     wn.Dense(32, W_std=math.sqrt(2), b_std=0.0, parameterization="standard"), wn.Relu(),
                     wn.Dense(10, parameterization="standard"))
     model = net.module(64, seed=0, dtype=D)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for row, (name, batch) in zip(axes, (("SGD, batch 64", 64), ("full-batch GD", None))):
         run = theory.hessian_subspace(model, F.cross_entropy, x, y, k=10, steps=args.steps, learning_rate=0.1,
                                       batch_size=batch, record=25, progress=True)
@@ -64,7 +64,6 @@ def main():
               f"subspace after step 100: mean {float(late.mean()):.3f}, min {float(late.min()):.3f} "
               f"(random: {run.random_fraction:.4f}); overlap of the subspaces at steps {int(run.steps[ref])} and "
               f"{int(run.steps[-1])}: {float(run.overlap[ref, -1]):.3f}")
-    fig.tight_layout()
     fig.savefig(out / "hessian_subspace.png", dpi=120)
     print(f"figure in {out.resolve()}")
 

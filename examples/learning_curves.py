@@ -63,8 +63,8 @@ def main():
 
     data = wn.datasets.load("mnist1d")
     x, y = data.x_train, data.one_hot(data.y_train)  # 4000 points
-    curves, fig_s, axes_s = [], *plt.subplots(1, 2, figsize=(10, 3.8))
-    fig_c, axes_c = plt.subplots(1, 2, figsize=(10, 3.8))
+    curves, fig_s, axes_s = [], *plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig_c, axes_c = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     rows = []
     print("| kernel | ridge / mean K(x,x) | n | predicted test MSE | measured (± s.e.) | relative error |")
     print("|---|---|---|---|---|---|")
@@ -86,7 +86,6 @@ def main():
         ax_c.set_title(f"MNIST-1D, {name}")
         curves.append(name)
     for fig, name in ((fig_c, "learning_curves_mnist1d.png"), (fig_s, "spectra_mnist1d.png")):
-        fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
 

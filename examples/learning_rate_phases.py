@@ -55,7 +55,7 @@ def main():
     th = theory.learning_rate_thresholds(uv, x1)
     print(f"two-layer linear network, width 512: lambda_0 = {th.lambda0:.4f}, "
           f"critical 2/lambda_0 = {th.critical:.4f}, maximal 4/lambda_0 = {th.maximal:.4f}")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for ratio in (1.5, 3.0, 3.9, 4.2):
         run = theory.catapult_probe(uv, x1, y1, ratio / th.lambda0, steps=120, curvature_every=2)
         run.plot(axes)
@@ -64,7 +64,6 @@ def main():
     axes[0].set_title("two-layer linear network: training loss")
     axes[1].set_title(r"curvature: catapults end below $\eta\lambda = 2$")
     axes[1].set_ylim(0, 5)
-    fig.tight_layout()
     fig.savefig(out / "catapult_linear.png", dpi=120)
 
     x = torch.randn(16, 10, dtype=D, generator=torch.Generator().manual_seed(0))
@@ -73,14 +72,13 @@ def main():
     for depth in (1, 2, 3):
         nets[f"ReLU, {depth} hidden"] = (relu_net(depth, args.width).module(10, seed=0, dtype=D), x, y)
     ratios = [0.5 * i for i in range(1, 41)]
-    fig, axes = plt.subplots(len(nets), 2, figsize=(10, 3.0 * len(nets)))
+    fig, axes = plt.subplots(len(nets), 2, figsize=(10, 3.0 * len(nets)), layout="constrained")
     rows = []
     for (name, (model, xs, ys)), ax in zip(nets.items(), axes):
         sweep = theory.learning_rate_sweep(model, xs, ys, ratios, steps=300, refine=5, progress=True)
         sweep.plot(ax, label=name)
         ax[0].set_title(name, fontsize=9)
         rows.append((name, sweep))
-    fig.tight_layout()
     fig.savefig(out / "max_learning_rate.png", dpi=120)
     print(f"\n{'network':<18} {'lambda_0':>9} {'first catapult':>15} {'eta_max lambda_0':>17}")
     for name, sweep in rows:

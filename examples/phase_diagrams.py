@@ -34,14 +34,13 @@ def main():
     for name, phi in (("tanh", wn.Tanh()), ("erf", wn.Erf()), ("relu", wn.Relu())):
         diagram = theory.phase_diagram(phi, weight_vars, bias_vars)
         fig = diagram.plot()
-        fig.tight_layout()
         fig.savefig(out / f"phase_{name}.png", dpi=120)
         plt.close(fig)
         line = ", ".join(f"{b:.2f}: {w:.4f}" for b, w in zip(bias_vars[::15], diagram.critical_weight_var[::15]))
         print(f"{name}: critical sigma_w^2 at sigma_b^2 = {line}")
 
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), layout="constrained")
     for row, (weight_var, label) in zip(axes, ((1.0, "ordered"), (2.5, "chaotic"))):
         dense = wn.Dense(1, weight_var**0.5, 0.05**0.5)
         profile = theory.depth_profile(wn.Serial(wn.Tanh(), dense), x, 60, stem=dense)
@@ -51,7 +50,6 @@ def main():
         row[1].set_title(f"fitted depth scale {profile.depth_scale:.2f}, mean field xi_c = {xi:.2f}")
         print(f"tanh {label}: depth scale {profile.depth_scale:.3f} (mean field {xi:.3f}), "
               f"NTK condition at depth 60 {profile.ntk_condition[-1]:.3g}")
-    fig.tight_layout()
     fig.savefig(out / "depth_profile_tanh.png", dpi=120)
     print(f"figures in {out}/")
 

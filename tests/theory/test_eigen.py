@@ -100,3 +100,24 @@ def test_ops_without_forward_mode_fall_back_to_double_backward():
     top = torch.linalg.eigvalsh(hessian).flip(0)[:3]
     torch.testing.assert_close(theory.hessian_eigenpairs(model, F.mse_loss, x, y, 3, method="lanczos").values, top,
                                rtol=1e-8, atol=1e-12)
+
+
+def test_a_loss_whose_forward_over_reverse_fails_in_torch_falls_back_to_double_backward():
+    # torch's mse_loss backward writes into a ZeroTensor under forward-over-reverse (a
+    # RuntimeError, not NotImplementedError) behind a ReLU network: the Hessian-vector products
+    # then come from double backward, checked against the dense reverse-mode Hessian.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(12, 6, dtype=D)
+    y = torch.sign(x[:, :1])
+    names = [n for n, _ in model.named_parameters()]
+
+    def loss_of(*ps):
+        return F.mse_loss(torch.func.functional_call(model, dict(zip(names, ps)), (x,)), y)
+
+    blocks = torch.autograd.functional.hessian(loss_of, tuple(p.detach() for p in model.parameters()))
+    sizes = [p.numel() for p in model.parameters()]
+    dense = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
+                       for i in range(len(sizes))], 0)
+    top = theory.hessian_eigenpairs(model, F.mse_loss, x, y, 3, method="lanczos")
+    torch.testing.assert_close(top.values, torch.linalg.eigvalsh(dense).flip(0)[:3], rtol=1e-8, atol=1e-12)

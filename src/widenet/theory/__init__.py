@@ -1,28 +1,28 @@
 """The questions wide-network theory asks, answered for widenet architectures.
 
-Signal propagation (Poole et al. 2016; Schoenholz et al. 2017): :func:`length_map`,
-:func:`correlation_map`, their fixed points :func:`fixed_point_q` and :func:`fixed_point_c`,
-:func:`signal_propagation` (``chi1``, depth scales ``xi_q``, ``xi_c``), :func:`critical_line`
-and :func:`phase_diagram`, for any widenet nonlinearity; :func:`depth_profile` for any deep
+Signal propagation (Poole et al. 2016; Schoenholz et al. 2017): ``length_map``,
+``correlation_map``, their fixed points ``fixed_point_q`` and ``fixed_point_c``,
+``signal_propagation`` (``chi1``, depth scales ``xi_q``, ``xi_c``), ``critical_line``
+and ``phase_diagram``, for any widenet nonlinearity; ``depth_profile`` for any deep
 widenet architecture (how its NNGP and NTK degenerate with depth, Xiao et al. 2020).
 
-Spectra and learning curves: :func:`kernel_spectrum` on a data pool, :func:`fit_power_law` of
-its decay (and the data-scaling exponent of Bahri et al. 2021), :func:`eigenlearning`
+Spectra and learning curves: ``kernel_spectrum`` on a data pool, ``fit_power_law`` of
+its decay (and the data-scaling exponent of Bahri et al. 2021), ``eigenlearning``
 predictions of kernel regression's test and train error (Bordelon et al. 2020; Canatar et al.
-2021; Simon et al. 2021), :func:`kare` (Jacot et al. 2020), and :func:`learning_curve` to
+2021; Simon et al. 2021), ``kare`` (Jacot et al. 2020), and ``learning_curve`` to
 measure what they predict.
 
-Dynamical isometry: :func:`jacobian_spectrum` of any model (with ``net.module(init=
-"orthogonal" | "delta_orthogonal")`` for finite twins) against :func:`jacobian_moments`
-(Pennington et al. 2017); :func:`jacobian_norm`, each example's sensitivity (Novak et al. 2018).
+Dynamical isometry: ``jacobian_spectrum`` of any model (with ``net.module(init=
+"orthogonal" | "delta_orthogonal")`` for finite twins) against ``jacobian_moments``
+(Pennington et al. 2017); ``jacobian_norm``, each example's sensitivity (Novak et al. 2018).
 
-Training dynamics: :func:`ntk_eigenpairs` and :func:`hessian_eigenpairs` of any model,
+Training dynamics: ``ntk_eigenpairs`` and ``hessian_eigenpairs`` of any model,
 matrix-free (Lanczos over NTK- and Hessian-vector products); learning-rate phases
-(Lewkowycz et al. 2020): :func:`learning_rate_thresholds`, :func:`catapult_probe` and
-:func:`learning_rate_sweep`; :func:`hessian_subspace` (Gur-Ari et al. 2018), the gradient's
-fraction in the top Hessian subspace during training; :func:`finite_width_study`, finite
+(Lewkowycz et al. 2020): ``learning_rate_thresholds``, ``catapult_probe`` and
+``learning_rate_sweep``; ``hessian_subspace`` (Gur-Ari et al. 2018), the gradient's
+fraction in the top Hessian subspace during training; ``finite_width_study``, finite
 networks against their linearization and their infinite-width limit as the width grows (Lee et
-al. 2019; Golubeva et al. 2020); :func:`exact_posterior`, rejection-sampled posteriors of
+al. 2019; Golubeva et al. 2020); ``exact_posterior``, rejection-sampled posteriors of
 finite Bayesian networks against the NNGP posterior (Hron et al. 2020).
 """
 

@@ -168,19 +168,19 @@ def ntk_eigenpairs(model: nn.Module, x: Any, k: int = 1, *, normalize: bool = Tr
     """Top eigenpairs of a model's empirical NTK on the batch ``x``, over all its outputs.
 
     The operator is ``J J^T`` on ``(N O)``-vectors (``J = d model(x) / d params``, outputs
-    flattened; the "full" NTK of :func:`widenet.empirical.ntk` as an ``(N O, N O)`` matrix),
+    flattened; the "full" NTK of ``widenet.empirical.ntk`` as an ``(N O, N O)`` matrix),
     applied by NTK-vector products without forming the kernel. With ``normalize`` it is
     divided by ``N O``: then its top eigenvalue ``lambda_0`` is the curvature of the loss
     ``||f - y||^2 / (2 N O)`` along the function, so that full-batch gradient descent at rate
     ``eta`` is stable in the linearized model exactly when ``eta < 2 / lambda_0`` (Lewkowycz
-    et al. 2020, and :func:`widenet.predict.max_learning_rate`).
+    et al. 2020, and ``widenet.predict.max_learning_rate``).
 
     Args:
         model: any ``torch.nn.Module`` mapping a batch to a batch (evaluated in eval mode).
         x: the batch.
         k: number of eigenpairs.
         normalize: divide by the number of outputs ``N O`` (see above).
-        params: which parameters (as in :func:`widenet.empirical.ntk`).
+        params: which parameters (as in ``widenet.empirical.ntk``).
         method: "lanczos" (ARPACK over NTK-vector products), "dense" (the matrix from ``N O``
             products, then ``eigh``) or "auto" (dense up to ``max(64, 2k + 2)`` outputs).
         which: "largest", "smallest" or "magnitude".
@@ -240,7 +240,11 @@ class HessianOperator:
         if self._forward:
             try:
                 return _flat(jvp(grad(self.objective), (self.params,), (tangent,))[1])
-            except NotImplementedError:
+            except (NotImplementedError, RuntimeError):
+                # An op without a forward-mode rule, or one whose rule fails under
+                # forward-over-reverse (torch 2.13's mse_loss backward writes into a
+                # ZeroTensor): double backward computes the same product. A real error
+                # in the loss raises again there.
                 self._forward = False
         p = {n: t.detach().requires_grad_(True) for n, t in self.params.items()}
         g = torch.autograd.grad(self.objective(p), list(p.values()), create_graph=True)
@@ -259,11 +263,11 @@ def hessian_eigenpairs(model: nn.Module, loss: Callable, x: Any, y: Any, k: int 
             a deterministic loss).
         loss: ``(outputs, y) -> scalar``, e.g. ``torch.nn.functional.cross_entropy``.
         x, y: the batch the loss is evaluated on (``y`` is passed through untouched).
-        k, params, method, which, tol, seed, maxiter: as in :func:`ntk_eigenpairs` ("auto"
+        k, params, method, which, tol, seed, maxiter: as in ``ntk_eigenpairs`` ("auto"
             forms the Hessian densely only up to ``max(64, 2k + 2)`` parameters).
 
     Returns:
-        :class:`Eigenpairs` whose ``vectors`` are flattened over the selected parameters in
+        ``Eigenpairs`` whose ``vectors`` are flattened over the selected parameters in
         ``model.named_parameters()`` order.
     """
     owner = "theory.hessian_eigenpairs"

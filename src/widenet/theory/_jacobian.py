@@ -25,6 +25,7 @@ from .._hermite import gauss_hermite
 from .._validate import as_tensor, check_choice, check_int
 from ..errors import ParameterError, ShapeError
 from ._signal import _phi, _variances, fixed_point_q
+from ._plot import legend, new_axes
 
 D = torch.float64
 
@@ -55,16 +56,14 @@ class JacobianSpectrum:
 
     def plot(self, ax: Optional[Any] = None, label: Optional[str] = None, bins: int = 60):
         """Histogram (density) of the singular values. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
+            ax = new_axes(figsize=(5, 3.5))
         s = self.singular_values.detach().cpu().numpy().ravel()
         ax.hist(s, bins=bins, density=True, histtype="step", lw=1.5, label=label)
         ax.set_xlabel("singular value of the input-output Jacobian")
         ax.set_ylabel("density")
         if label is not None:
-            ax.legend(fontsize=8)
+            legend(ax, fontsize=8)
         return ax.figure
 
 

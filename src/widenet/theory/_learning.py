@@ -4,7 +4,7 @@ On a data pool of ``P`` points with the spectrum of ``_spectra`` (eigenvalues ``
 ``K_pool / P``, target coefficients ``v_i``), kernel ridge regression on ``n`` points drawn from
 the pool, ``f(x) = K(x, X) (K(X, X) + ridge I)^-1 y``, has the test and train errors predicted
 by the eigenlearning equations (Bordelon, Canatar & Pehlevan 2020, arXiv 2002.02561; Canatar,
-Bordelon & Pehlevan 2021, arXiv 2006.13198; Simon et al. 2021, arXiv 2110.03922)::
+Bordelon & Pehlevan 2021, arXiv 2006.13198; Simon et al. 2021, arXiv 2110.03922):
 
     n = sum_i lambda_i / (lambda_i + kappa) + ridge / kappa         (effective regularization kappa)
     L_i = lambda_i / (lambda_i + kappa)                               (learnability of mode i)
@@ -28,6 +28,7 @@ import torch
 from .._validate import as_tensor, check_choice, check_float, check_int
 from ..errors import NumericalError, ParameterError, ShapeError
 from ._spectra import KernelSpectrum, PowerLawFit, _square, _targets, fit_power_law
+from ._plot import legend, new_axes
 
 D = torch.float64
 
@@ -166,7 +167,7 @@ SAMPLINGS = ("auto", "iid", "replace", "subsample")
 
 
 def _modes(owner: str, spectrum: Any, coefficients: Any, sampling: str):
-    """The checked eigenvalues, ``(P, O)`` target coefficients and resolved sampling of :func:`eigenlearning`."""
+    """The checked eigenvalues, ``(P, O)`` target coefficients and resolved sampling of ``eigenlearning``."""
     if isinstance(spectrum, KernelSpectrum):
         lam = spectrum.eigenvalues
         coef = spectrum.coefficients if coefficients is None else coefficients
@@ -198,8 +199,8 @@ def eigenlearning(spectrum: Any, n: Any, *, ridge: float = 0.0, noise: float = 0
     kernel's spectrum alone (the eigenlearning equations of Simon et al. 2021, equivalently
     Bordelon et al. 2020 and Canatar et al. 2021; see the module docstring).
 
-    ``spectrum`` is a :class:`KernelSpectrum` with target coefficients (from
-    :func:`kernel_spectrum` with ``y``), or eigenvalues of the integral operator with their
+    ``spectrum`` is a ``KernelSpectrum`` with target coefficients (from
+    ``kernel_spectrum`` with ``y``), or eigenvalues of the integral operator with their
     ``coefficients`` ``(P,)`` or ``(P, O)`` given separately (e.g. a synthetic power law).
     ``noise`` is the standard deviation of label noise; the predicted test MSE is measured
     against noisy labels (subtract ``noise**2`` for the error against the clean target).
@@ -208,8 +209,8 @@ def eigenlearning(spectrum: Any, n: Any, *, ridge: float = 0.0, noise: float = 0
     (the classical equations), ``"replace"`` as ``n`` draws with replacement from the ``P``
     pool points, ``"subsample"`` as ``n`` distinct pool points (both corrected for the pool's
     finiteness, which matters once ``n`` is a sizeable fraction of ``P``; they need
-    ``ridge > 0``). ``"auto"`` is ``"replace"`` for a :class:`KernelSpectrum` (as
-    :func:`learning_curve` draws by default) and ``"iid"`` for bare eigenvalues."""
+    ``ridge > 0``). ``"auto"`` is ``"replace"`` for a ``KernelSpectrum`` (as
+    ``learning_curve`` draws by default) and ``"iid"`` for bare eigenvalues."""
     owner = "theory.eigenlearning"
     ridge = check_float(owner, "ridge", ridge, minimum=0.0)
     noise = check_float(owner, "noise", noise, minimum=0.0)
@@ -305,10 +306,8 @@ class LearningCurve:
              label: str = "measured"):
         """Measured mean test (and train, if the ridge is > 0) MSE with error bars, and the
         prediction's curves if given, on log-log axes. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.8))
+            ax = new_axes(figsize=(5, 3.8))
         line = ax.errorbar(self.n, self.test_mean, yerr=self.test_sem, fmt="o", ms=4, label=f"{label}: test")
         if self.ridge > 0:
             ax.plot(self.n, self.train_mean, "s", ms=3, mfc="none", color=line[0].get_color(),
@@ -322,7 +321,7 @@ class LearningCurve:
         ax.set_yscale("log")
         ax.set_xlabel("training points n")
         ax.set_ylabel("MSE")
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
         return ax.figure
 
 
@@ -335,7 +334,7 @@ def learning_curve(kernel: Any, y: Any, n: Sequence[int], *, ridge: float = 0.0,
     test MSE over the whole pool (the population error of that distribution) and train MSE are
     recorded. ``noise`` adds Gaussian label noise of that standard deviation to the training
     labels (the test error is then measured against noisy labels, ``+ noise**2``, as
-    :func:`eigenlearning` predicts). ``kernel`` is the pool's ``(P, P)`` kernel matrix."""
+    ``eigenlearning`` predicts). ``kernel`` is the pool's ``(P, P)`` kernel matrix."""
     owner = "theory.learning_curve"
     k = _square(owner, "kernel", kernel)
     p = k.shape[0]

@@ -2,7 +2,7 @@
 
 Full-batch gradient descent on the loss ``||f - y||^2 / (2 N O)`` at rate ``eta``, with
 ``lambda_0`` the top eigenvalue of the NTK divided by ``N O`` at initialization
-(:func:`ntk_eigenpairs`):
+(``ntk_eigenpairs``):
 
 - lazy (``eta < 2 / lambda_0``): the loss falls monotonically and the kernel barely moves, as
   in the infinite-width limit;
@@ -13,8 +13,8 @@ Full-batch gradient descent on the loss ``||f - y||^2 / (2 N O)`` at rate ``eta`
 
 For the two-layer linear network ``f = v^T u x / sqrt(n)`` the maximal rate is exactly
 ``4 / lambda_0``; ReLU networks tolerate larger rates, ``eta_max lambda_0 ~ 12`` in the paper's
-wide networks. :func:`catapult_probe` classifies one rate by training a copy of the model;
-:func:`learning_rate_sweep` measures ``eta_max lambda_0``.
+wide networks. ``catapult_probe`` classifies one rate by training a copy of the model;
+``learning_rate_sweep`` measures ``eta_max lambda_0``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..empirical import ParameterSelector, select_parameters
 from ..errors import ParameterError, ShapeError
 from ._eigen import _check_input, ntk_eigenpairs
 from ._progress import progress_bar
+from ._plot import legend, new_axes
 
 __all__ = ["LearningRateThresholds", "learning_rate_thresholds", "CatapultRun", "catapult_probe",
            "LearningRateSweep", "learning_rate_sweep"]
@@ -46,7 +47,7 @@ class LearningRateThresholds:
     """``lambda_0`` and the rates it predicts: ``critical = 2 / lambda_0`` (the end of the lazy
     phase, for every model) and ``maximal = 4 / lambda_0`` (the end of the catapult phase,
     exact for the two-layer linear network; measure other models' with
-    :func:`learning_rate_sweep`)."""
+    ``learning_rate_sweep``)."""
 
     lambda0: float
 
@@ -61,7 +62,7 @@ class LearningRateThresholds:
 
 def learning_rate_thresholds(model: nn.Module, x: Any, *, params: ParameterSelector = None,
                              method: str = "auto") -> LearningRateThresholds:
-    """``lambda_0`` of ``model`` on the batch ``x`` (matrix-free, :func:`ntk_eigenpairs`) and
+    """``lambda_0`` of ``model`` on the batch ``x`` (matrix-free, ``ntk_eigenpairs``) and
     the learning rates it predicts."""
     return LearningRateThresholds(ntk_eigenpairs(model, x, 1, params=params, method=method).top)
 
@@ -104,10 +105,8 @@ class CatapultRun:
     def plot(self, axes: Optional[Sequence[Any]] = None, label: Optional[str] = None):
         """Loss (log scale) and ``eta lambda_t`` against the step, on two axes; the second
         marks ``eta lambda = 2``, below which the run can converge. Returns the figure."""
-        import matplotlib.pyplot as plt
-
         if axes is None:
-            _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+            axes = new_axes(2, figsize=(9, 3.5))
         label = label or f"$\\eta\\lambda_0$ = {self.ratio:.3g} ({self.phase})"
         loss = self.loss.cpu().numpy()
         axes[0].semilogy(np.arange(len(loss)), loss, label=label)
@@ -118,7 +117,7 @@ class CatapultRun:
         axes[1].axhline(2.0, color="k", lw=0.8, ls="--")
         axes[1].set_xlabel("step")
         axes[1].set_ylabel(r"$\eta\,\lambda_t$")
-        axes[0].legend(fontsize=7)
+        legend(axes[0], fontsize=7)
         return axes[0].figure
 
 
@@ -166,7 +165,7 @@ def catapult_probe(model: nn.Module, x: Any, y: Any, learning_rate: float, *, st
 
     The model is left untouched; the copy is trained in eval mode (deterministic). Only the
     parameters selected by ``params`` move. ``curvature_every`` (default ``steps // 20``) sets
-    how often ``lambda_t`` is measured (Lanczos, :func:`ntk_eigenpairs`); ``lambda0`` skips its
+    how often ``lambda_t`` is measured (Lanczos, ``ntk_eigenpairs``); ``lambda0`` skips its
     measurement at step 0 when already known.
     """
     owner = "theory.catapult_probe"
@@ -237,10 +236,8 @@ class LearningRateSweep:
         """Final loss and final curvature ``lambda_T / lambda_0`` against ``eta lambda_0``,
         points coloured by phase, with the linear model's boundaries 2 and 4 and the measured
         maximum. Returns the figure."""
-        import matplotlib.pyplot as plt
-
         if axes is None:
-            _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+            axes = new_axes(2, figsize=(9, 3.5))
         r = self.ratios.cpu().numpy()
         loss = self.final_loss.cpu().numpy()
         curv = self.final_curvature.cpu().numpy() / self.lambda0
@@ -262,8 +259,8 @@ class LearningRateSweep:
                        label=f"{label + ': ' if label else ''}measured max {self.max_ratio:.3g}")
         for phase, color in _COLORS.items():
             axes[0].scatter([], [], c=color, s=14, label=phase)
-        axes[0].legend(fontsize=7)
-        axes[1].legend(fontsize=7)
+        legend(axes[0], fontsize=7)
+        legend(axes[1], fontsize=7)
         return axes[0].figure
 
 
@@ -273,13 +270,13 @@ def learning_rate_sweep(model: nn.Module, x: Any, y: Any, ratios: Optional[Seque
     """Measures the phases of gradient descent across learning rates ``ratio / lambda_0``.
 
     Every rate trains a fresh copy of ``model`` (same initialization) with
-    :func:`catapult_probe` (curvature measured at the start and the end only). Between the
+    ``catapult_probe`` (curvature measured at the start and the end only). Between the
     largest ratio below the first divergent one and that divergent ratio, ``refine`` bisection
     steps locate ``eta_max lambda_0``.
 
     Args:
         ratios: rates in units of ``1 / lambda_0`` (default 0.5, 1, ..., 20).
-        steps, spike, params: as in :func:`catapult_probe`.
+        steps, spike, params: as in ``catapult_probe``.
         refine: bisection steps on the divergence boundary.
         progress: show a progress bar.
     """

@@ -5,7 +5,7 @@ Under a Gaussian likelihood ``y | f ~ N(f(X), noise_var I)``, drawing parameters
 prior and accepting each draw with probability ``exp(-||f(X) - y||^2 / (2 noise_var))`` (the
 likelihood over its maximum) gives exact, independent samples of the posterior. As the width
 grows the posterior of the outputs converges to the Gaussian-process posterior of the
-architecture's NNGP kernel; :func:`exact_posterior` measures how fast, on a few points.
+architecture's NNGP kernel; ``exact_posterior`` measures how fast, on a few points.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..errors import ParameterError, ShapeError
 from ._progress import progress_bar
 from ._spectra import fit_power_law
 from ._width import study_inputs
+from ._plot import legend, new_axes
 
 __all__ = ["PosteriorStudy", "exact_posterior", "wasserstein_to_gaussian"]
 
@@ -94,10 +95,8 @@ class PosteriorStudy:
         """Left: the posterior density of test output ``point`` at each width against the
         NNGP posterior. Right: the three gaps against width, with their Monte Carlo floors.
         Returns the figure."""
-        import matplotlib.pyplot as plt
-
         if axes is None:
-            _, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+            axes = new_axes(2, figsize=(10, 3.8))
         mu, sd = float(self.gp_mean[point]), math.sqrt(float(self.gp_variance[point]))
         grid = np.linspace(mu - 4 * sd, mu + 4 * sd, 200)
         for w, s in zip(self.widths.tolist(), self.samples):
@@ -107,7 +106,7 @@ class PosteriorStudy:
                      label="NNGP posterior")
         axes[0].set_xlabel(f"f(x*) at test point {point}")
         axes[0].set_ylabel("posterior density")
-        axes[0].legend(fontsize=7)
+        legend(axes[0], fontsize=7)
         w = self.widths.cpu().numpy()
         for name in GAPS:
             line, = axes[1].loglog(w, self.gaps[name].cpu().numpy(), "o-", ms=4, label=name.replace("_", " "))
@@ -115,7 +114,7 @@ class PosteriorStudy:
         axes[1].set_xscale("log", base=2)
         axes[1].set_xlabel("width")
         axes[1].set_ylabel("gap to the NNGP posterior (GP std units)")
-        axes[1].legend(fontsize=7, title="dotted: Monte Carlo floor", title_fontsize=7)
+        legend(axes[1], fontsize=7, title="dotted: Monte Carlo floor", title_fontsize=7)
         return axes[0].figure
 
 

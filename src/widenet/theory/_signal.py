@@ -4,7 +4,7 @@ nonlinearity (its own kernel rule: closed form or quadrature).
 
 A fully connected layer ``h^{l+1} = W phi(h^l) + b`` with ``W_ij ~ N(0, weight_var / N)`` and
 ``b_i ~ N(0, bias_var)`` maps the variance ``q`` of a pre-activation and the correlation ``c``
-of two inputs' pre-activations as::
+of two inputs' pre-activations as:
 
     q' = weight_var E[phi(sqrt(q) z)^2] + bias_var                        (length map)
     c' = (weight_var E[phi(u1) phi(u2)] + bias_var) / q*,                 (correlation map)
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
+from ._plot import legend, new_axes
 
 D = torch.float64
 _TINY = 1e-100  # stands for a zero variance where a correlation-1 slope is evaluated
@@ -59,7 +60,7 @@ def _variances(owner: str, weight_var: Any, bias_var: Any) -> Tuple[torch.Tensor
 def dual(phi: Any, q1: Any, q2: Any, k: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """``E[phi(u) phi(v)]`` and ``E[phi'(u) phi'(v)]`` for ``(u, v) ~ N(0, [[q1, k], [k, q2]])``,
     elementwise over broadcast tensors, by the layer's own kernel rule
-    (:meth:`widenet.layers.Nonlinearity.dual`)."""
+    (``widenet.layers.Nonlinearity.dual``)."""
     phi = _phi("theory.dual", phi)
     return phi.dual(*(torch.as_tensor(v, dtype=D) for v in (q1, q2, k)))
 
@@ -235,7 +236,7 @@ def critical_line(phi: Any, bias_var: Any, *, bracket: Tuple[float, float] = (1e
 
 @dataclass(frozen=True)
 class PhaseDiagram:
-    """:func:`signal_propagation` on a ``(bias_var, weight_var)`` grid (rows: bias_var), and
+    """``signal_propagation`` on a ``(bias_var, weight_var)`` grid (rows: bias_var), and
     the critical line; ``plot()`` draws it."""
 
     weight_vars: np.ndarray
@@ -247,11 +248,10 @@ class PhaseDiagram:
     def plot(self, ax: Optional[Any] = None, levels=(1, 2, 5, 10, 20, 50)):
         """``xi_c`` as colour with contours at ``levels`` layers, and the critical line
         ``chi1 = 1`` between the ordered and chaotic phases. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
         from matplotlib.colors import LogNorm
 
         if ax is None:
-            _, ax = plt.subplots(figsize=(5.5, 4.2))
+            ax = new_axes(figsize=(5.5, 4.2))
         xi = np.clip(self.result.xi_c.numpy(), 1e-2, 1e3)
         mesh = ax.pcolormesh(self.weight_vars, self.bias_vars, xi, norm=LogNorm(vmin=0.5, vmax=1e3), shading="auto",
                              cmap="viridis")
@@ -264,14 +264,14 @@ class PhaseDiagram:
         ax.set_xlabel(r"$\sigma_w^2$")
         ax.set_ylabel(r"$\sigma_b^2$")
         ax.set_title(f"{self.name}: ordered (left) and chaotic (right) phases")
-        ax.legend(loc="upper left", fontsize=8)
+        legend(ax, loc="upper left", fontsize=8)
         return ax.figure
 
 
 def phase_diagram(phi: Any, weight_vars: Any, bias_vars: Any) -> PhaseDiagram:
     """The order-to-chaos phase diagram of a deep network with nonlinearity ``phi`` over a
     grid of ``weight_vars`` x ``bias_vars`` (Poole et al. 2016 fig. 2; Schoenholz et al. 2017
-    fig. 1): every :class:`SignalPropagation` quantity as arrays ``(len(bias_vars),
+    fig. 1): every ``SignalPropagation`` quantity as arrays ``(len(bias_vars),
     len(weight_vars))`` and the critical line."""
     phi = _phi("theory.phase_diagram", phi)
     wv = np.asarray(weight_vars, dtype=float)
@@ -289,7 +289,7 @@ class DepthProfile:
     2020, arXiv 1912.13053): per depth, the kernels' condition numbers (trainability: the NTK's
     sets how fast gradient descent converges), the mean off-diagonal NNGP correlation, and the
     largest change of the NNGP correlation matrix from the previous depth, whose exponential
-    decay rate is the network's correlation depth scale (:attr:`depth_scale`)."""
+    decay rate is the network's correlation depth scale (``depth_scale``)."""
 
     depths: np.ndarray
     nngp_condition: np.ndarray
@@ -310,15 +310,13 @@ class DepthProfile:
 
     def plot(self, axes: Optional[Any] = None):
         """Condition numbers and correlation changes against depth (log scales)."""
-        import matplotlib.pyplot as plt
-
         if axes is None:
-            _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+            axes = new_axes(2, figsize=(9, 3.5))
         axes[0].semilogy(self.depths, self.nngp_condition, label="NNGP")
         axes[0].semilogy(self.depths, self.ntk_condition, label="NTK")
         axes[0].set_xlabel("depth")
         axes[0].set_ylabel("condition number")
-        axes[0].legend()
+        legend(axes[0])
         axes[1].semilogy(self.depths[1:], self.correlation_change[1:])
         axes[1].set_xlabel("depth")
         axes[1].set_ylabel("max change of NNGP correlations")
@@ -327,7 +325,7 @@ class DepthProfile:
 
 
 def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthProfile:
-    """:class:`DepthProfile` of ``stem`` followed by ``d`` copies of ``block`` for
+    """``DepthProfile`` of ``stem`` followed by ``d`` copies of ``block`` for
     ``d = 0 .. depth``, on the inputs ``x`` (all pairs at once, so keep ``x`` to a few hundred
     points). The kernels are carried from one depth to the next (each block applied once), so
     the whole profile costs one depth-``depth`` kernel. For example, a deep tanh network:

@@ -19,6 +19,7 @@ import torch
 
 from .._validate import as_tensor, check_int
 from ..errors import NumericalError, ParameterError, ShapeError
+from ._plot import legend, new_axes
 
 D = torch.float64
 
@@ -118,7 +119,7 @@ class KernelSpectrum:
         return int(self.eigenvalues.shape[0])
 
     def fit_power_law(self, start: int = 1, stop: Optional[int] = None) -> PowerLawFit:
-        """:func:`fit_power_law` of the eigenvalues over ``start..stop``."""
+        """``fit_power_law`` of the eigenvalues over ``start..stop``."""
         return fit_power_law(self.eigenvalues, start=start, stop=stop)
 
     def cumulative_power(self) -> torch.Tensor:
@@ -132,10 +133,8 @@ class KernelSpectrum:
     def plot(self, ax: Optional[Any] = None, fit: Optional[PowerLawFit] = None):
         """Eigenvalues (and the target's power per mode, if known) against the mode index on
         log-log axes, with a fitted power law. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.8))
+            ax = new_axes(figsize=(5, 3.8))
         i = np.arange(1, self.size + 1)
         lam = self.eigenvalues.cpu().numpy()
         keep = lam > 0
@@ -148,7 +147,7 @@ class KernelSpectrum:
             j = np.arange(fit.start, fit.stop + 1)
             ax.loglog(j, fit(j), "k--", label=rf"fit $i^{{-{fit.exponent:.3f}}}$, $R^2$ = {fit.r2:.3f}")
         ax.set_xlabel("mode index i")
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
         return ax.figure
 
 

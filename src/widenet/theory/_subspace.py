@@ -2,10 +2,10 @@
 
 After a short initial phase, the training gradient of a classifier lies mostly in the span of
 the Hessian's top ``k`` eigenvectors, with ``k`` the number of classes, and that span changes
-slowly. :func:`hessian_subspace` trains a copy of a model and measures both: the fraction
+slowly. ``hessian_subspace`` trains a copy of a model and measures both: the fraction
 ``||P_k g||^2 / ||g||^2`` of the full-batch gradient ``g`` inside the top-``k`` subspace
 (``k / P`` for a random direction in ``P`` parameters), and the overlap
-``||V_s V_t^T||_F^2 / k`` of the subspaces at two times (:func:`subspace_overlap`).
+``||V_s V_t^T||_F^2 / k`` of the subspaces at two times (``subspace_overlap``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..empirical import ParameterSelector, select_parameters
 from ..errors import NumericalError, ParameterError
 from ._eigen import HessianOperator, _check_input, _eigenpairs
 from ._progress import progress_bar
+from ._plot import legend, new_axes
 
 __all__ = ["HessianSubspace", "hessian_subspace"]
 
@@ -52,16 +53,14 @@ class HessianSubspace:
         random direction's ``k / P``), the top eigenvalues, and the overlap of each time's
         subspace with the one at ``reference`` (index into ``steps``; default the middle one).
         Returns the figure."""
-        import matplotlib.pyplot as plt
-
         if axes is None:
-            _, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+            axes = new_axes(3, figsize=(13, 3.5))
         s = self.steps.cpu().numpy()
         axes[0].plot(s, self.gradient_fraction.cpu().numpy(), ".-", label="top-k Hessian subspace")
         axes[0].axhline(self.random_fraction, color="k", ls=":", lw=0.8, label="random subspace, k/P")
         axes[0].set_ylim(0, 1.02)
         axes[0].set_ylabel(r"$\|P_k g\|^2 / \|g\|^2$")
-        axes[0].legend(fontsize=7)
+        legend(axes[0], fontsize=7)
         axes[1].plot(s, self.eigenvalues.cpu().numpy(), lw=0.8)
         axes[1].set_yscale("log")
         axes[1].set_ylabel(f"top {self.k} Hessian eigenvalues")
@@ -151,7 +150,7 @@ def hessian_subspace(model: nn.Module, loss: Callable, x: Any, y: Any, *, k: Opt
             steps. Step 0 is the initialization.
         optimizer: ``params -> torch.optim.Optimizer`` (default SGD at ``learning_rate``).
         params: which parameters train and span the Hessian (as in
-            :func:`widenet.empirical.ntk`).
+            ``widenet.empirical.ntk``).
         tol: Lanczos relative tolerance.
         progress: show a progress bar.
     """

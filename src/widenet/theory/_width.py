@@ -1,6 +1,6 @@
 """Finite networks against their infinite-width limit, as the width grows.
 
-:func:`finite_width_study` trains finite twins of one widenet architecture at several widths
+``finite_width_study`` trains finite twins of one widenet architecture at several widths
 by full-batch gradient descent on ``||f - y||^2 / (2 N O)`` and measures, per width and seed:
 
 - ``linearization_gap``: RMS difference of the trained network's outputs from its
@@ -16,7 +16,7 @@ by full-batch gradient descent on ``||f - y||^2 / (2 N O)`` and measures, per wi
   architecture's NNGP (Golubeva et al. 2020, arXiv 2010.14495, measured its squared
   pointwise distance).
 
-Each is fitted as ``C width^slope`` (:attr:`WidthStudy.slope`): every gap closes with width,
+Each is fitted as ``C width^slope`` (``WidthStudy.slope``): every gap closes with width,
 at ``width^-1/2`` for initialization fluctuations and parameter changes, and about
 ``width^-1`` for the NTK's change during training in the paper's experiments.
 """
@@ -36,6 +36,7 @@ from ..empirical import ntk as empirical_ntk
 from ..errors import NumericalError, ParameterError, ShapeError
 from ._progress import progress_bar
 from ._spectra import fit_power_law
+from ._plot import legend, new_axes
 
 __all__ = ["WidthStudy", "finite_width_study"]
 
@@ -83,10 +84,8 @@ class WidthStudy:
     def plot(self, ax: Optional[Any] = None, names: Optional[Sequence[str]] = None):
         """Every metric (mean and standard error over seeds) against width on log-log axes,
         with its fitted power law. Returns the figure."""
-        import matplotlib.pyplot as plt
-
         if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4.2))
+            ax = new_axes(figsize=(6, 4.2))
         w = self.widths.cpu().numpy()
         for name in self.measured if names is None else names:
             m, e = self.mean(name).numpy(), self.sem(name).numpy()
@@ -99,7 +98,7 @@ class WidthStudy:
         ax.set_yscale("log")
         ax.set_xlabel("width")
         ax.set_ylabel("relative change / distance, RMS gap")
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
         return ax.figure
 
     def _get(self, name: str) -> torch.Tensor:
