@@ -1,14 +1,14 @@
 """scikit-learn estimators backed by infinite-width kernels.
 
-* :class:`NNGPRegressor`: the posterior of an infinitely wide Bayesian network (Lee et al.
+* ``NNGPRegressor``: the posterior of an infinitely wide Bayesian network (Lee et al.
   2018, arXiv 1711.00165), with predictive standard deviations.
-* :class:`NTKRegressor`: the ensemble of infinitely wide networks trained by gradient descent
+* ``NTKRegressor``: the ensemble of infinitely wide networks trained by gradient descent
   on the MSE for time ``t`` (Lee et al. 2019, arXiv 1902.06720); ``t=None`` is convergence.
-* :class:`NNGPClassifier`, :class:`NTKClassifier`: the same as regression on centered
+* ``NNGPClassifier``, ``NTKClassifier``: the same as regression on centered
   one-hot targets (Lee et al. 2018; Arora et al. 2020, arXiv 1910.01663), with
   ``predict_proba`` from the Gaussian predictive distribution of the outputs.
 
-They take a widenet architecture (any :class:`widenet.Layer`; default a 2-hidden-layer ReLU
+They take a widenet architecture (any ``widenet.Layer``; default a 2-hidden-layer ReLU
 network) and work in ``Pipeline`` and ``GridSearchCV`` like any scikit-learn estimator.
 Test points are processed in chunks within ``memory``, so predicting on large sets never
 holds the whole test-train kernel.
@@ -193,14 +193,14 @@ class NNGPRegressor(_Regressor):
     """Regression with the posterior of an infinitely wide Bayesian network (NNGP).
 
     Args:
-        architecture: a widenet architecture (None: :func:`default_architecture`).
+        architecture: a widenet architecture (None: ``default_architecture``).
         diag_reg: observation noise as a ridge relative to the kernel's mean diagonal.
         normalize_y: center and scale the targets before fitting (the prior has mean zero).
         memory: working-memory budget of each kernel computation (bytes or "2GB"); with
             ``solver="auto"`` also what decides between the solvers.
         solver: "direct" (the N x N training kernels in memory: exact, any training time, with
             predictive variances), "falkon" (Nystrom-preconditioned conjugate gradients over
-            ``n_centers`` centers, :func:`widenet.blocked.falkon`: for N whose kernels do not
+            ``n_centers`` centers, ``widenet.blocked.falkon``: for N whose kernels do not
             fit in memory; converged means only) or "auto": FALKON when the two N x N training
             kernels exceed ``memory`` (default a quarter of the available RAM).
         n_centers: FALKON's number of centers (default: as many as half of ``memory`` holds
@@ -225,7 +225,7 @@ class NTKRegressor(_Regressor):
     to convergence, i.e. NTK kernel regression).
 
     Args:
-        architecture, diag_reg, normalize_y, memory, solver, n_centers: as :class:`NNGPRegressor`
+        architecture, diag_reg, normalize_y, memory, solver, n_centers: as ``NNGPRegressor``
             (FALKON needs ``t=None``).
         t: training time in steps, or None for infinity.
         learning_rate: step size (time is ``learning_rate * t``).
@@ -324,7 +324,7 @@ class NNGPClassifier(_Classifier):
     """Classification by NNGP regression on centered one-hot targets (Lee et al. 2018).
 
     Args:
-        architecture, diag_reg, memory, solver, n_centers: as :class:`NNGPRegressor` (FALKON
+        architecture, diag_reg, memory, solver, n_centers: as ``NNGPRegressor`` (FALKON
             gives ``predict`` and the decision function of several classes, not probabilities).
         calibrate: scale the predictive variances by the maximum-likelihood output scale of
             the NNGP prior, ``sum_c y_c^T K^-1 y_c / (N C)`` (closed form; means and ``predict``
@@ -350,8 +350,8 @@ class NTKClassifier(_Classifier):
 
     Args:
         architecture, diag_reg, t, learning_rate, memory, solver, n_centers: as
-            :class:`NTKRegressor` and :class:`NNGPClassifier`.
-        calibrate: as :class:`NNGPClassifier`.
+            ``NTKRegressor`` and ``NNGPClassifier``.
+        calibrate: as ``NNGPClassifier``.
     """
 
     _get = "ntk"

@@ -1,7 +1,7 @@
-"""The result of a kernel computation: :class:`Kernel`, an immutable dataclass.
+"""The result of a kernel computation: ``Kernel``, an immutable dataclass.
 
 While a kernel is being computed, layers transform its private, mutable counterpart on tiles
-of input pairs (:class:`widenet._engine.Tile`).
+of input pairs (``widenet._engine.Tile``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Kernel:
         return dataclasses.replace(self, **changes)
 
     def to(self, *args, **kwargs) -> "Kernel":
-        """Moves or casts every tensor, like :meth:`torch.Tensor.to`."""
+        """Moves or casts every tensor, like ``torch.Tensor.to``."""
         move = lambda t: None if t is None else t.to(*args, **kwargs)  # noqa: E731
         return self.replace(
             nngp=move(self.nngp), ntk=move(self.ntk), var1=move(self.var1), var2=move(self.var2)

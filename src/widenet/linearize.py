@@ -64,7 +64,7 @@ class TaylorModel(nn.Module):
 
 def taylor_expand(model: nn.Module, degree: int) -> TaylorModel:
     """The ``degree``-th order Taylor expansion of ``model`` in its parameters around their
-    current values (``degree=1``: :func:`linearize`; evaluating order ``k`` costs about
+    current values (``degree=1``: ``linearize``; evaluating order ``k`` costs about
     ``2^k`` forward passes)."""
     if not isinstance(model, nn.Module):
         raise ParameterError(f"taylor_expand: model must be a torch.nn.Module (got {type(model).__name__})")

@@ -3,16 +3,16 @@
 Layers use the engine through the names below and nothing else; the engine never imports a
 layer. ``ARCHITECTURE.md`` draws the whole picture.
 
-* :class:`Tile` (:mod:`.tile`): the kernel state of one tile of input pairs, which rules
+* ``Tile`` (``.tile``): the kernel state of one tile of input pairs, which rules
   transform; :data:`Flow` is a tile or a tuple of them (branches).
-* :func:`compute` and :func:`transform` (:mod:`.driver`): a rule over every tile of
-  ``x1 x x2``, or over an existing :class:`~widenet.Kernel`.
-* arithmetic for rules: :mod:`.scratch` (reused tile buffers), :mod:`.exact` (reproducible
-  products, elementwise ops and sums), :mod:`.compiled` (rules through ``torch.compile``),
-  :func:`safe_sqrt`, window sums (:mod:`.windows`) and weighted tile products
-  (:mod:`.products`).
-* :mod:`.tiling`: how pairs are cut into tiles and put back, shared with
-  :mod:`widenet.blocked` and :mod:`widenet.empirical`.
+* ``compute`` and ``transform`` (``.driver``): a rule over every tile of
+  ``x1 x x2``, or over an existing ``widenet.Kernel``.
+* arithmetic for rules: ``.scratch`` (reused tile buffers), ``.exact`` (reproducible
+  products, elementwise ops and sums), ``.compiled`` (rules through ``torch.compile``),
+  ``safe_sqrt``, window sums (``.windows``) and weighted tile products
+  (``.products``).
+* ``.tiling``: how pairs are cut into tiles and put back, shared with
+  ``widenet.blocked`` and ``widenet.empirical``.
 """
 
 from . import compiled, exact, fused, scratch, tiling

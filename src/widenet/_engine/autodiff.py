@@ -3,14 +3,14 @@
 Kernel rules update tiles in place to keep memory low. Forward-mode AD (``torch.func.jvp``,
 ``torch.autograd.forward_ad``) carries tangents through in-place ops as they are. Reverse mode
 cannot by itself: autograd saves some operands for the backward pass and refuses to use one
-that a later in-place op changed. Within :func:`recording` (the driver enters it when an input
+that a later in-place op changed. Within ``recording`` (the driver enters it when an input
 or hyperparameter requires a gradient), every tensor autograd saves is copied at that moment,
 so later in-place updates cannot reach it and the rules are differentiable as written. The
 copies cost memory (about one more tile per saved operand); the buffer pool is off there
 anyway, since ``out=`` carries no derivatives.
 
 Rules with square roots of ``q1 q2 - K^2`` (zero for an input against itself) use
-:func:`safe_sqrt`, whose derivative at 0 is taken as 0: the limits of those rules at
+``safe_sqrt``, whose derivative at 0 is taken as 0: the limits of those rules at
 ``rho = 1`` are smooth (their infinite partial derivatives cancel), and this gives that limit
 instead of ``inf - inf``.
 """

@@ -4,12 +4,12 @@
 A nonlinearity's rule is a chain of elementwise ops over a tile (products of variances,
 ``sqrt``, ``atan2``, a few multiply-adds). Run eagerly, each op is a pass over memory;
 compiled, Inductor generates one loop from the same code. The eager rules use fused
-multiply-adds and a faster float64 square root (:func:`widenet._engine.autodiff.safe_sqrt`),
+multiply-adds and a faster float64 square root (``widenet._engine.autodiff.safe_sqrt``),
 the compiled loop the plain ``sqrt``; window sums and the rest stay eager. Whether compiling
 pays off depends on the machine and the network: ``benchmarks/run.py --variants
 eager,compiled`` measures it, and the README gives the figures.
 
-The rules are written once, as functions of tensors (:func:`run`'s ``fn``): eagerly they write
+The rules are written once, as functions of tensors (``run``'s ``fn``): eagerly they write
 their temporaries into the tile buffer pool; compiled, Inductor fuses them into one loop that
 updates the tile in place. Compiled values agree with eager ones to a few units in the last
 place (the generated loops use the same vectorized math, in another order of evaluation).
@@ -50,7 +50,7 @@ _RECOMPILE_LIMIT = 64
 
 class set_compile:
     """Turns compiled kernel rules on or off, for the process or, as a context manager, for a
-    block (the previous setting comes back on exit)::
+    block (the previous setting comes back on exit):
 
         wn.set_compile(True)             # from now on
         with wn.set_compile(True):       # only inside the block
@@ -79,7 +79,7 @@ class set_compile:
 
 
 def compile_enabled() -> bool:
-    """Whether kernel rules currently run compiled (see :class:`set_compile`)."""
+    """Whether kernel rules currently run compiled (see ``set_compile``)."""
     return _enabled
 
 
@@ -94,7 +94,7 @@ def _load_inductor() -> None:
 def run(fn: Callable, *args):
     """``fn(*args)``, compiled when compiled rules are on and no tensor argument carries
     autograd or forward-mode state; eagerly (with the tile buffer pool) otherwise, and always
-    in reproducible mode (:mod:`widenet._engine.exact`), whose elementwise ops must take one path."""
+    in reproducible mode (``widenet._engine.exact``), whose elementwise ops must take one path."""
     if not _enabled or exact.active() or not scratch.plain(*args):
         return fn(*args)
     compiled = _compiled.get(fn)
@@ -113,8 +113,8 @@ def run(fn: Callable, *args):
 
 
 def run_rule(rule: Callable, *args, **exact_ops):
-    """A rule written as a tensor function: compiled when asked (:func:`run`); in
-    reproducible mode (:mod:`widenet._engine.exact`) eagerly, with ``exact_ops`` (its
+    """A rule written as a tensor function: compiled when asked (``run``); in
+    reproducible mode (``widenet._engine.exact``) eagerly, with ``exact_ops`` (its
     vector-path ops, by keyword) in place of its defaults."""
     if exact.active():
         return rule(*args, **exact_ops)

@@ -1,11 +1,11 @@
 """The tile driver: a kernel rule applied over every tile of input pairs.
 
-:func:`compute` validates the inputs and options, runs one pair through the rule (the probe:
+``compute`` validates the inputs and options, runs one pair through the rule (the probe:
 it checks the architecture against the inputs before any expensive work and tells the
 output's shape), sizes tiles to the cache and the memory budget, and drives the rule over
-the tiles of :mod:`widenet._engine.tiling`, with the buffer pool (:mod:`.scratch`),
-covariance replay (:mod:`.replay`), reproducible arithmetic (:mod:`.exact`) and the
-differentiable mode (:mod:`.autodiff`) around it. It knows rules only as callables
+the tiles of ``widenet._engine.tiling``, with the buffer pool (``.scratch``),
+covariance replay (``.replay``), reproducible arithmetic (``.exact``) and the
+differentiable mode (``.autodiff``) around it. It knows rules only as callables
 ``Flow -> Flow``: it never imports a layer.
 """
 
@@ -83,8 +83,8 @@ def compute(rule: Rule, x1: Any, x2: Any = None, *, owner: str, needs_full: bool
             parameters: Sequence[torch.Tensor] = (), want_ntk: bool = True,
             block_size: Optional[int] = None, memory: Any = None, layout: str = "auto",
             mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> Kernel:
-    """The :class:`~widenet.Kernel` of ``rule`` between ``x1`` and ``x2`` (see
-    :meth:`widenet.layers.Layer.kernel` for the options). ``needs_full``: the rule mixes
+    """The ``widenet.Kernel`` of ``rule`` between ``x1`` and ``x2`` (see
+    ``widenet.layers.Layer.kernel`` for the options). ``needs_full``: the rule mixes
     positions, so its input kernel must hold every pair of positions. ``parameters``: the
     rule's tensor hyperparameters (they decide, with the inputs, whether derivatives are
     carried)."""
@@ -123,7 +123,7 @@ def compute(rule: Rule, x1: Any, x2: Any = None, *, owner: str, needs_full: bool
 
 
 def transform(rule: Rule, kernel: Kernel, owner: str) -> Kernel:
-    """``rule`` applied to an existing :class:`~widenet.Kernel` (not modified) as one tile."""
+    """``rule`` applied to an existing ``widenet.Kernel`` (not modified) as one tile."""
     if not isinstance(kernel, Kernel):
         raise TypeError(f"{owner}: expected a widenet Kernel (got {type(kernel).__name__})")
     same = kernel.same_inputs

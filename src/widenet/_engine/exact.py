@@ -12,19 +12,19 @@ entries were computed with it:
   ``pow``, ``exp2``, ``sinh`` and others the two differ in the last place;
 * a sum with a single output is split across threads.
 
-Within :func:`enabled`, the engine calls the helpers here instead, which remove each cause:
+Within ``enabled``, the engine calls the helpers here instead, which remove each cause:
 
-* :func:`matmul` adds the terms of short contractions one by one, in order, and computes
+* ``matmul`` adds the terms of short contractions one by one, in order, and computes
   longer products exactly (Ozaki et al. 2012): each operand is scaled by a
   power of two per row (per column) and split into slices of at most ``beta`` bits, chosen
   so that every product of two slices, summed over the contraction axis in any order, is an
   integer below 2**53 times a power of two, which float64 holds exactly. The slice products
   are then added in one fixed order. The result depends only on the operands' values: not
   on the shapes, the BLAS, the threads, or even the order of the contraction axis.
-* :func:`elementwise` evaluates an op in runs of whole vectors only, so every element goes
+* ``elementwise`` evaluates an op in runs of whole vectors only, so every element goes
   through the same vectorized function (chunks below torch's parallel grain, spread over a
   pool of threads).
-* :func:`sum` never lets a reduction be split across threads.
+* ``sum`` never lets a reduction be split across threads.
 
 It costs several products per long product (6 for float64 operands, 3 for float32), a
 pass per short one's term, copies around the listed elementwise ops and a second order of
@@ -105,7 +105,7 @@ def _slices(x: torch.Tensor, beta: int, count: int) -> list[torch.Tensor]:
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b`` (broadcasting batch axes like ``torch.matmul``; into ``out`` if given, as
-    :func:`widenet.scratch.call` passes it); within :func:`enabled`,
+    ``widenet.scratch.call`` passes it); within ``enabled``,
     a value that depends only on the operands' values: for contractions of up to ``_SHORT``
     terms, their sum in the axis' order; for longer ones, the exact product rounded (then not
     even the order of the contraction axis matters).
@@ -176,7 +176,7 @@ def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def elementwise(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-    """``op(*args)`` for an elementwise ``op``; within :func:`enabled`, every element is
+    """``op(*args)`` for an elementwise ``op``; within ``enabled``, every element is
     computed by the op's vectorized loop (whole runs of vectors, each call one serial loop),
     never by its scalar tail, so its bits do not depend on where it falls in the tensor."""
     if not active():
@@ -248,13 +248,13 @@ def _chunks(end: int, fn: Callable[[int, int], object], start: int = 0) -> None:
 
 
 def call(op: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-    """``op(*args)`` into a reused tile buffer (:func:`widenet.scratch.call`); within
-    :func:`enabled`, by :func:`elementwise`."""
+    """``op(*args)`` into a reused tile buffer (``widenet.scratch.call``); within
+    ``enabled``, by ``elementwise``."""
     return elementwise(op, *args) if active() else scratch.call(op, *args)
 
 
 def apply_(op: Callable[..., torch.Tensor], t: torch.Tensor, *args) -> torch.Tensor:
-    """``t.<op>_(*args)`` (e.g. ``t.exp_()``); within :func:`enabled`, by :func:`elementwise`."""
+    """``t.<op>_(*args)`` (e.g. ``t.exp_()``); within ``enabled``, by ``elementwise``."""
     if not active():
         return getattr(t, op.__name__ + "_")(*args)
     return t.copy_(elementwise(op, t, *args))
@@ -266,7 +266,7 @@ def scale_add_(t: torch.Tensor, scale, shift) -> torch.Tensor:
     One pass (torch's add with ``alpha``, a fused multiply-add) when ``scale`` is a Python
     number, ``shift`` a number or a tensor of ``t``'s shape, and no tensor carries autograd
     or forward-mode state (``out=`` does not carry them). Otherwise, and within
-    :func:`enabled`, a multiply and an add, separately rounded (torch's scalar and vector
+    ``enabled``, a multiply and an add, separately rounded (torch's scalar and vector
     loops may differ in whether they fuse). Traced by ``torch.compile`` (a compiled rule),
     the plain expression, which Inductor fuses anyway.
     """
@@ -290,7 +290,7 @@ def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.T
 
 def pair_sum(t: torch.Tensor, nd: int) -> torch.Tensor:
     """The sum over the last ``2 nd`` axes of ``t`` (every pair of positions ``(s, s')`` of a
-    full-layout kernel); within :func:`enabled`, taken over ``(t + t^T) / 2`` (positions
+    full-layout kernel); within ``enabled``, taken over ``(t + t^T) / 2`` (positions
     exchanged) so that the kernel of ``(x', x)`` sums the same numbers in the same order as
     that of ``(x, x')``, and gives its value bit for bit."""
     lead = t.shape[: t.ndim - 2 * nd]
@@ -302,12 +302,12 @@ def pair_sum(t: torch.Tensor, nd: int) -> torch.Tensor:
 
 
 def sum(t: torch.Tensor, dims: Sequence[int] | int, keepdim: bool = False) -> torch.Tensor:  # noqa: A001
-    """``t.sum(dims)``; within :func:`enabled`, never split across threads (see :func:`mean`)."""
+    """``t.sum(dims)``; within ``enabled``, never split across threads (see ``mean``)."""
     return _reduce(torch.sum, t, dims, keepdim)
 
 
 def mean(t: torch.Tensor, dims: Sequence[int] | int, keepdim: bool = False) -> torch.Tensor:
-    """``t.mean(dims)``; within :func:`enabled`, every output is reduced from one contiguous
+    """``t.mean(dims)``; within ``enabled``, every output is reduced from one contiguous
     row by the same loop, whatever the input's strides, and a reduction with a single output
     (which torch splits across threads once it is long enough) is taken as one of two equal
     rows."""

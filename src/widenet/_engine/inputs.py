@@ -23,7 +23,7 @@ _OUTER_CHANNELS = 4
 def input_tile(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
                diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
                keep_c: Optional[torch.Tensor] = None, tapes: Optional[Tapes] = None) -> Tile:
-    """The input layer's :class:`Tile` for row inputs ``xr`` against column inputs ``xc``
+    """The input layer's ``Tile`` for row inputs ``xr`` against column inputs ``xc``
     (``same``: the rows against themselves, ``xc`` ignored). ``tile=False`` propagates only the
     own covariances; those are replayed from ``tapes`` when an earlier tile recorded them."""
     c = xr.shape[1]

@@ -44,8 +44,8 @@ def pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.
 
 
 def _exact_pair_sandwich(g1: torch.Tensor, k: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-    """:func:`pair_sandwich` in reproducible mode: the mean of ``(g1 k) g2^T`` and
-    ``g1 (k g2^T)``, with exact-then-rounded products laid out as in :func:`pair_sandwich`
+    """``pair_sandwich`` in reproducible mode: the mean of ``(g1 k) g2^T`` and
+    ``g1 (k g2^T)``, with exact-then-rounded products laid out as in ``pair_sandwich``
     (a product's rounding depends only on its rows and columns, not on the batch around it)."""
     b, c, n, _ = k.shape
     mm = exact.matmul

@@ -4,7 +4,7 @@ An input's own covariances (its kernel with itself, after every layer) depend on
 that input, and every tile of a call applies the same network. So the first tile that meets a
 block of inputs records its covariances step by step, and every later tile with that block
 replays them instead of computing them again. A *step* is one call of
-:meth:`widenet._engine.Tile.set_covs`; rules take their steps in a fixed order, so the
+``widenet._engine.Tile.set_covs``; rules take their steps in a fixed order, so the
 ``k``-th step of every tile is the same covariance update.
 """
 

@@ -4,7 +4,7 @@ A kernel call pushes hundreds of tiles of the same shape through the same rules,
 rule needs a few tile-sized temporaries. Allocated fresh, every temporary above the C
 allocator's mmap threshold is mapped from the operating system and faulted in page by page,
 then unmapped again when it dies, which costs pooled CNNs much of their time. Inside
-:func:`reusing`, :func:`empty` hands out views of buffers kept from earlier tiles instead.
+``reusing``, ``empty`` hands out views of buffers kept from earlier tiles instead.
 
 The pool keeps at most ``limit`` bytes (a kernel call's memory budget): past it, free
 buffers are let go first, then new ones are no longer kept. A buffer is handed out again
@@ -12,11 +12,11 @@ only once no tensor uses its memory any more: every view of it (and every view o
 views) holds a reference to its storage, and the pool reuses a
 buffer only when the pool's own two references are the only ones left. So a temporary that
 escapes into a result, a cache or a user's hands is never overwritten; it only stops being
-reused. Buffers are dropped when the outermost :func:`reusing` block ends, so nothing is held
+reused. Buffers are dropped when the outermost ``reusing`` block ends, so nothing is held
 between calls, and the pool is per thread (Dask runs tiles in worker threads). Only CPU
 tensors are pooled: accelerators have caching allocators of their own.
 
-Rules call :func:`empty` wherever they would call ``torch.empty``; outside :func:`reusing`
+Rules call ``empty`` wherever they would call ``torch.empty``; outside ``reusing``
 it is ``torch.empty``. The pool never changes a value: ops write every element of the
 buffers they are given (``out=`` tensors of the exact shape).
 """
@@ -51,7 +51,7 @@ _state = _State()
 
 @contextlib.contextmanager
 def reusing(enabled: bool = True, limit: float = math.inf) -> Iterator[None]:
-    """Within the block (on this thread), :func:`empty` reuses buffers that are no longer
+    """Within the block (on this thread), ``empty`` reuses buffers that are no longer
     referenced, keeping at most ``limit`` bytes of them. ``enabled=False`` leaves allocation
     alone (for forward-mode AD, whose dual tensors cannot be written through ``out=``).
     Nested blocks share the outer pool and its limit."""

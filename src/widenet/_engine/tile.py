@@ -1,6 +1,6 @@
 """The kernel state of one tile of input pairs, which layer rules transform.
 
-A :class:`Tile` is what a layer's kernel rule receives (see :mod:`widenet.layers.base` for
+A ``Tile`` is what a layer's kernel rule receives (see ``widenet.layers.base`` for
 the contract): the NNGP and NTK of a block of row inputs against a block of column inputs,
 the inputs' own covariances, and the geometry of the layer's output. It is mutable and
 private to a kernel call: rules update it in place on tensors the engine owns, which keeps
@@ -36,7 +36,7 @@ class Tile:
     ``cov1``/``cov2`` are the row and column inputs' own covariances in the same layout
     (``(B, *P)`` and ``(C, *P)``; one tensor when the tile is a block against itself);
     ``var1``/``var2`` their per-position variances ``(B, *S)``. Rules change them only
-    through :meth:`set_covs`. ``diagonal`` is the offset of the tile's main diagonal (x_i
+    through ``set_covs``. ``diagonal`` is the offset of the tile's main diagonal (x_i
     against itself) when the tile contains it, else ``None``. ``keep1``/``keep2`` are
     ``(B, *S)``/``(C, *S)`` ones at real positions and zeros at padding, or ``None``.
     ``is_gaussian`` (the output of an affine layer) and ``width`` (declared features or
@@ -72,13 +72,13 @@ class Tile:
     # ---- the input layer's NTK ----------------------------------------------------------------
     def start_ntk(self) -> None:
         """``ntk = 0`` (the input layer's), remembered as zero until something writes to it,
-        so that a first layer may skip transforming it (:attr:`ntk_is_zero`)."""
+        so that a first layer may skip transforming it (``ntk_is_zero``)."""
         self.ntk = scratch.empty_like(self.nngp).zero_()
         self._zero_ntk = (weakref.ref(self.ntk), self.ntk._version)
 
     @property
     def ntk_is_zero(self) -> bool:
-        """True when ``ntk`` is the zero tensor of :meth:`start_ntk`, untouched since: the same
+        """True when ``ntk`` is the zero tensor of ``start_ntk``, untouched since: the same
         tensor, with the same in-place version counter (any write would have raised it)."""
         if self._zero_ntk is None or self.ntk is None:
             return False
@@ -166,7 +166,7 @@ class Tile:
     def set_covs(self, fn1: Cov, fn2: Optional[Cov] = None) -> None:
         """``cov1 = fn1(cov1)`` and ``cov2 = fn2(cov2)`` (``fn2`` defaults to ``fn1``; once when
         they are the same tensor). One covariance step: a step that an earlier tile of the
-        same block recorded is replayed instead of computed (:mod:`widenet._engine.replay`).
+        same block recorded is replayed instead of computed (``widenet._engine.replay``).
         ``fn1`` and ``fn2`` return new tensors; they must not write into their argument."""
         same = self.cov2 is self.cov1
         fn2 = fn1 if fn2 is None else fn2

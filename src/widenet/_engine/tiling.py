@@ -1,8 +1,8 @@
 """Tiles of input pairs: how a kernel over ``x1 x x2`` is cut, and how its tiles are put back.
 
 Every kernel widenet computes over pairs of inputs goes through this module: the in-memory
-kernels of architectures, :func:`widenet.blocked.compute` (locally, into stores and on Dask)
-and the empirical kernels of :mod:`widenet.empirical`. So they all follow one rule of
+kernels of architectures, ``widenet.blocked.compute`` (locally, into stores and on Dask)
+and the empirical kernels of ``widenet.empirical``. So they all follow one rule of
 symmetry.
 
 **Symmetry rule** (``x2 = None``, a set of inputs against itself). Only tiles on or above the
@@ -117,7 +117,7 @@ def symmetric_block(block: torch.Tensor, paired: int = 0) -> torch.Tensor:
 class PairGrid:
     """One pair array (``(n1, n2, *extra)``) filled tile by tile; a tile of a symmetric plan
     off the diagonal fills its mirror image too. ``differentiable``: tiles are kept and
-    concatenated by :meth:`result` instead of written in place (see the module docstring)."""
+    concatenated by ``result`` instead of written in place (see the module docstring)."""
 
     def __init__(self, plan: Plan, extra: Tuple[int, ...], like: torch.Tensor, *,
                  paired: int = 0, differentiable: bool = False) -> None:

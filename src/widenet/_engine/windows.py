@@ -62,13 +62,13 @@ def window_sum(
 
 
 # Largest trailing block (entries) summed through flat offsets. The masks are cached per
-# shape, and beyond this size the strided slices of :func:`_shifted_sum` have inner loops
+# shape, and beyond this size the strided slices of ``_shifted_sum`` have inner loops
 # long enough to run as fast.
 _FLAT_BLOCK = 1 << 16
 
 
 def _flat_sum(t: torch.Tensor, axes: Sequence[int], k: int, dil: int, lo: int) -> torch.Tensor:
-    """The size-preserving, stride-1 case of :func:`_shifted_sum`, with the same values.
+    """The size-preserving, stride-1 case of ``_shifted_sum``, with the same values.
 
     Shifting every axis of the group by ``s`` moves a contiguous tensor's flat index by one
     constant, so each offset is one contiguous multiply-add of the flattened trailing block

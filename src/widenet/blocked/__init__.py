@@ -1,12 +1,12 @@
 """Kernels at scale: memory-budgeted tiles, an on-disk store that survives interruption, a Dask
 backend, and solvers for kernels that do not fit in memory.
 
-* :func:`compute`: any kernel function ``(x1_block, x2_block) -> Kernel or tensor`` (a widenet
+* ``compute``: any kernel function ``(x1_block, x2_block) -> Kernel or tensor`` (a widenet
   architecture, an empirical NTK, a user function) over ``x1 x x2``, tile by tile, in memory or
   into a zarr store (resumable, fingerprinted), locally or on a Dask cluster.
-* :func:`open_store`: read a store back (``store.load()``, ``store["ntk"]``).
-* :func:`cg`: conjugate gradients over a kernel streamed row block by row block from a store.
-* :func:`falkon`: Nystrom-preconditioned CG (FALKON) with M centers, for hundreds of thousands
+* ``open_store``: read a store back (``store.load()``, ``store["ntk"]``).
+* ``cg``: conjugate gradients over a kernel streamed row block by row block from a store.
+* ``falkon``: Nystrom-preconditioned CG (FALKON) with M centers, for hundreds of thousands
   of points.
 
 This package knows nothing about layers: it only calls the kernel function it is given.

@@ -36,7 +36,7 @@ class _Architecture:
 
 class _Reproducible:
     """A callable run in reproducible mode: the widenet kernels it computes give the same
-    bits whatever tile they are computed in (:mod:`widenet._engine.exact`)."""
+    bits whatever tile they are computed in (``widenet._engine.exact``)."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -134,7 +134,7 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
 
     Returns:
         Without a store, what ``fn`` returns for the whole inputs (a Kernel with per-input
-        variances, or a tensor). With a store, the :class:`Store` (``store.load()`` reads
+        variances, or a tensor). With a store, the ``Store`` (``store.load()`` reads
         it into memory, ``store["ntk"]`` is the zarr array).
     """
     x1 = as_tensor(OWNER, "x1", x1)

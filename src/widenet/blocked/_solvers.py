@@ -63,7 +63,7 @@ def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.
 
 class _Rows:
     """A kernel matrix read row block by row block: a tensor, an array, a zarr array or a
-    :class:`Store`'s pair array."""
+    ``Store``'s pair array."""
 
     def __init__(self, owner: str, kernel: Any, get: str, memory: Optional[int], dtype: torch.dtype):
         if isinstance(kernel, Store):
@@ -111,12 +111,12 @@ def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg
        tol: float = 1e-10, maxiter: Optional[int] = None, memory: Any = None,
        dtype: torch.dtype = torch.float64) -> CGResult:
     """Solves ``(K + reg I) x = y`` by conjugate gradients, reading ``K`` row block by row block
-    (a :class:`Store` on disk, a zarr or numpy array, a tensor or a Kernel), so that only
+    (a ``Store`` on disk, a zarr or numpy array, a tensor or a Kernel), so that only
     ``memory`` bytes of it are in memory at once.
 
     ``reg = diag_reg * Tr K / N`` (relative to the mean diagonal, as the predict functions)
     unless ``diag_reg_absolute_scale``. ``y`` is ``(N,)`` or ``(N, k)``; each column is solved
-    to a relative residual ``tol``. Returns a :class:`CGResult`; ``K_test_train @ solution``
+    to a relative residual ``tol``. Returns a ``CGResult``; ``K_test_train @ solution``
     is then the posterior mean (``gp_inference``) or the converged NTK prediction.
     """
     owner = "blocked.cg"
@@ -138,7 +138,7 @@ def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg
 
 
 class FalkonPredictor:
-    """The model fitted by :func:`falkon`: ``predictor(x_test)`` gives the predictions
+    """The model fitted by ``falkon``: ``predictor(x_test)`` gives the predictions
     ``k(x_test, centers) @ alpha``; ``centers``, ``alpha``, ``iterations`` and ``residual``
     describe the fit."""
 
@@ -170,14 +170,14 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
     ``A = chol(T T^T / M + diag_reg I)``), which makes a few tens of iterations enough. With
     ``M = n`` it is exact kernel ridge regression with ridge ``diag_reg * n``.
 
-    ``K_nM`` is computed once by :func:`compute` (tiles within ``memory``; on a Dask cluster
+    ``K_nM`` is computed once by ``compute`` (tiles within ``memory``; on a Dask cluster
     with ``client``; into a resumable store with ``store``) and streamed by row blocks in
     every iteration; or, with ``cache=False``, its row blocks are computed on the fly in every
     iteration and never kept (memory of one block, at the price of one kernel evaluation of
     ``n x M`` per iteration). ``K_MM`` (``M x M``) is held in memory.
 
     Args:
-        fn: a widenet architecture or a kernel function (see :func:`compute`).
+        fn: a widenet architecture or a kernel function (see ``compute``).
         x, y: training inputs ``(n, ...)`` and targets ``(n,)`` or ``(n, k)``.
         n_centers: M (at most n).
         diag_reg: the ridge (absolute, in the normalization above).

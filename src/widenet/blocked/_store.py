@@ -1,6 +1,6 @@
 """The on-disk kernel store: a zarr group whose chunks are the tiles.
 
-Layout of a store directory::
+Layout of a store directory:
 
     nngp, ntk (or kernel)   (N1, N2, *extra), one chunk per tile
     var1, var2              (N, *extra), one chunk per tile of inputs
@@ -60,7 +60,7 @@ def fingerprint(function_key: str, x1: torch.Tensor, x2: Optional[torch.Tensor])
 
 
 class Store:
-    """A kernel store on disk (see the module docstring). Open one with :func:`open_store`,
+    """A kernel store on disk (see the module docstring). Open one with ``open_store``,
     or get one from ``blocked.compute(..., store=path)``."""
 
     def __init__(self, path: Path, group):
@@ -149,7 +149,7 @@ class Store:
         return self._group[name]
 
     def load(self, device: Any = None):
-        """The whole result in memory: a :class:`widenet.Kernel` or a tensor, as the kernel
+        """The whole result in memory: a ``widenet.Kernel`` or a tensor, as the kernel
         function returned. Refused while tiles are missing."""
         missing = len(self.plan.tiles()) - len(self.finished())
         if missing:

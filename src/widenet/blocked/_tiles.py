@@ -1,6 +1,6 @@
 """What one tile of a blocked computation computes, and how its results are laid out,
 mirrored and assembled; shared by the local and the Dask runners. The tiles themselves and
-the rule of symmetry are those of every widenet kernel (:mod:`widenet._engine.tiling`)."""
+the rule of symmetry are those of every widenet kernel (``widenet._engine.tiling``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SINGLE = ("var1", "var2")
 
 def parts(owner: str, out: Any) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """A kernel function's result as named tensors and the metadata needed to rebuild it:
-    a :class:`widenet.Kernel` (nngp, ntk, var1, var2) or one tensor (a kernel matrix with any
+    a ``widenet.Kernel`` (nngp, ntk, var1, var2) or one tensor (a kernel matrix with any
     trailing axes, e.g. an empirical NTK)."""
     if isinstance(out, Kernel):
         arrays = {"nngp": out.nngp, "var1": out.var1}
@@ -48,7 +48,7 @@ def parts(owner: str, out: Any) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
 
 
 def mirror(name: str, block: torch.Tensor, meta: Dict[str, Any]) -> torch.Tensor:
-    """The block of the transposed pair of inputs (:func:`widenet._engine.tiling.mirror`):
+    """The block of the transposed pair of inputs (``widenet._engine.tiling.mirror``):
     rows and columns exchanged and, where the trailing axes pair two things up, those too:
     the two position halves of a Kernel's "full" spatial layout, the two output axes of a 4-D
     tensor (an empirical NTK with ``outputs="full"``)."""

@@ -23,7 +23,7 @@ def select_parameters(model: nn.Module, params: ParameterSelector = None, *,
     ``params`` (a predicate ``(name, tensor) -> bool``, or names and module prefixes such as
     ``"fc2."``). ``owner`` names the caller in error messages.
 
-    Example::
+    Example:
 
         >>> mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
         >>> list(wn.empirical.select_parameters(mlp, ["2"]))
@@ -65,14 +65,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 class ModelFunction:
     """``f(params, x) -> (B, O)``: the model's outputs, flattened per input, as a function of
-    the chosen parameters (a dict like :func:`select_parameters` returns), the other
+    the chosen parameters (a dict like ``select_parameters`` returns), the other
     parameters and buffers held fixed; ``torch.func`` transforms apply to it.
 
-    Example::
+    Example:
 
+        >>> mlp = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2)).double()
         >>> params = wn.empirical.select_parameters(mlp)
         >>> f = wn.empirical.ModelFunction(mlp, params)
-        >>> torch.func.jacrev(f)(params, x)   # the Jacobian, per parameter
+        >>> jac = torch.func.jacrev(f)(params, x)   # the Jacobian, per parameter
     """
 
     def __init__(self, model: nn.Module, chosen: Dict[str, torch.Tensor], owner: str = "empirical.ModelFunction"):

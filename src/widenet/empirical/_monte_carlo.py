@@ -19,7 +19,7 @@ __all__ = ["MonteCarloKernel", "monte_carlo"]
 
 @dataclass(frozen=True)
 class MonteCarloKernel(Kernel):
-    """A :class:`widenet.Kernel` estimated by Monte Carlo, with the standard errors of its
+    """A ``widenet.Kernel`` estimated by Monte Carlo, with the standard errors of its
     entries (the sample standard deviation over networks divided by ``sqrt(n_samples)``)."""
 
     nngp_stderr: Optional[torch.Tensor] = None
@@ -66,11 +66,11 @@ def monte_carlo(net: Union[Any, Callable[[int], nn.Module]], x1: Any, x2: Any = 
         n_samples: number of networks (>= 1; standard errors need >= 2).
         seed: seed of the first network.
         ntk: also estimate the NTK (Jacobians; otherwise only forward passes).
-        outputs, params, method, memory: as :func:`widenet.empirical.ntk`.
+        outputs, params, method, memory: as ``widenet.empirical.ntk``.
         progress: show a progress bar (rich).
 
     Returns:
-        A :class:`MonteCarloKernel` (``nngp``, ``ntk``, ``nngp_stderr``, ``ntk_stderr``).
+        A ``MonteCarloKernel`` (``nngp``, ``ntk``, ``nngp_stderr``, ``ntk_stderr``).
     """
     owner = "monte_carlo"
     n_samples = check_int(owner, "n_samples", n_samples, minimum=1)

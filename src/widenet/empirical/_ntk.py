@@ -103,12 +103,12 @@ def ntk(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean", par
 
 def nngp(model: nn.Module, x1: Any, x2: Any = None, *, outputs: str = "mean") -> torch.Tensor:
     """Empirical NNGP ``f(x1) f(x2)^T`` of one network (mean over outputs by default, as
-    Neural Tangents; "diagonal" and "full" as in :func:`ntk`)."""
+    Neural Tangents; "diagonal" and "full" as in ``ntk``)."""
     return _compute("empirical.nngp", model, x1, x2, outputs, None, "auto", None, None, want="nngp")
 
 
 def kernel(model: nn.Module, x1: Any, x2: Any = None, **options) -> Kernel:
-    """Both empirical kernels as a :class:`widenet.Kernel` (per-input variances included)."""
+    """Both empirical kernels as a ``widenet.Kernel`` (per-input variances included)."""
     outputs = options.get("outputs", "mean")
     k_ntk = ntk(model, x1, x2, **options)
     k_nngp = nngp(model, x1, x2, outputs=outputs)
@@ -212,7 +212,7 @@ def _tiled(x1, x2, block_size, outputs, side, pair):
     """The kernel over chunks of inputs: ``side(chunk)`` computes what one chunk needs (once
     per chunk of rows), ``pair(side_a, side_b)`` one block. With ``x2=None`` only blocks on or
     above the diagonal are computed, by the rule of symmetry of every widenet kernel
-    (:mod:`widenet._engine.tiling`): the result is exactly symmetric, outputs included."""
+    (``widenet._engine.tiling``): the result is exactly symmetric, outputs included."""
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     plan = tiling.Plan.square(n1, n2, block_size, x2 is None)

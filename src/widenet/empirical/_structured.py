@@ -109,7 +109,7 @@ class Factors:
 
 
 def factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> Factors:
-    """The layer's :class:`Factors` from its input ``a`` and output cotangents ``g``."""
+    """The layer's ``Factors`` from its input ``a`` and output cotangents ``g``."""
     if isinstance(module, nn.Linear):
         b = a.shape[0]
         return Factors(a.reshape(b, -1, 1, a.shape[-1]), g.reshape(g.shape[0], b, -1, 1, g.shape[-1]))

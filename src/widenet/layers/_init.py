@@ -1,7 +1,7 @@
 """Random initialization of the twins' parameters.
 
 Each parametrized twin draws its parameters from its own ``torch.Generator`` seeded from the
-network seed and its position in the network (:func:`widenet.layers.base.derive_seed`), so a
+network seed and its position in the network (``widenet.layers.base.derive_seed``), so a
 network is reproducible from one integer whatever order its lazy parts materialize in.
 Parameters are drawn in float64 on the CPU and then cast, so one seed gives the same network
 in every dtype and on every device (up to rounding).
@@ -61,7 +61,7 @@ def _draw_weight(module: nn.Module, fan_in: int, generator: torch.Generator) -> 
 
 
 def draw_affine(module: nn.Module, fan_in: int) -> None:
-    """Draws ``module.weight`` (see :func:`_draw_weight`) and ``module.bias`` (N(0, 1)) from
+    """Draws ``module.weight`` (see ``_draw_weight``) and ``module.bias`` (N(0, 1)) from
     ``module.seed`` in the "ntk" parameterization's units; "standard" scales them by
     ``W_std / sqrt(fan_in)`` and ``b_std`` here instead of in the forward pass."""
     generator = torch.Generator().manual_seed(module.seed)

@@ -53,7 +53,7 @@ class SelfAttention(Layer):
     (sequences ``(N, C, L)``; images are attended over all positions), in the limit of
     infinitely many heads and key/value features.
 
-    The finite layer, per head ``h`` (``x`` the input at every position, row vectors)::
+    The finite layer, per head ``h`` (``x`` the input at every position, row vectors):
 
         A_h = mechanism(scale * Q_h(x) K_h(x)^T)        head_h = A_h V_h(x)
         f(x) = OV_std / sqrt(heads * value_features * n_in) * concat_h(head_h) W_out + b_std b
@@ -63,7 +63,7 @@ class SelfAttention(Layer):
 
     scaling "linear" (``scale = QK_std / (n_in key_features)``, with the key and query
     weights tied): the logits converge to the input's own covariance and the kernel has a
-    closed form for every mechanism (Hron et al. 2020)::
+    closed form for every mechanism (Hron et al. 2020):
 
         G(x) = mechanism(QK_std * K(x, x))                 (softmax over keys)
         K'   = OV_std^2 G(x) K(x, x') G(x')^T + b_std^2
@@ -78,7 +78,7 @@ class SelfAttention(Layer):
     inputs) are summed with the input ("sum") or concatenated to it ("concat", with
     ``pos_emb_features`` channels; default as many as the input) before keys and queries,
     and before values too if ``values_pos_emb``. Their covariance is ``pos_emb_std^2 R``
-    (:func:`position_covariance`; ``R = I`` without ``pos_emb_decay``), weighted by the
+    (``position_covariance``; ``R = I`` without ``pos_emb_decay``), weighted by the
     channel shares for "concat".
 
     Padding masks (``kernel(..., mask1=, mask2=)``, or ``module(x, mask=)``) leave padded
@@ -304,7 +304,7 @@ class _Side:
 
 class SelfAttentionModule(LazyModuleMixin, nn.Module):
     """Multi-head self-attention over the positions of ``(N, C, *S)`` inputs, with widenet's
-    (Neural Tangents') NTK parameterization; see :class:`widenet.SelfAttention`.
+    (Neural Tangents') NTK parameterization; see ``widenet.SelfAttention``.
 
     Parameters, all drawn standard normal from the module's seed: ``W_key``
     ``(heads, n_in_k, key_features)``, ``W_query`` (same shape, only for scaling "sqrt"; the
@@ -313,7 +313,7 @@ class SelfAttentionModule(LazyModuleMixin, nn.Module):
     ``(pos_emb_features, *S)`` (correlated by ``pos_emb_covariance(spatial, dtype, device)``
     when given; independent otherwise). The parameters materialize on the first call when the input
     channels or (with positional embeddings) the positions are not known before.
-    ``forward(x, mask=None)`` takes the same padding masks as :class:`SerialModule`.
+    ``forward(x, mask=None)`` takes the same padding masks as ``SerialModule``.
     """
 
     cls_to_become = None

@@ -1,17 +1,17 @@
 """The layer contract: what every widenet layer is, and what it promises the engine.
 
-A :class:`Layer` is one object with two faces: an exact infinite-width kernel rule, and a
+A ``Layer`` is one object with two faces: an exact infinite-width kernel rule, and a
 finite-width twin, the ``torch.nn.Module`` whose random initialization has that limit. A
-layer is one file (``layers/conv.py`` holds :class:`~widenet.Conv`, its rule and its twin),
+layer is one file (``layers/conv.py`` holds ``widenet.Conv``, its rule and its twin),
 exported by one line of ``layers/__init__.py``; ``ARCHITECTURE.md`` adds one as a worked
 example. A subclass:
 
 * **declares its hyperparameters** as the fields of a frozen dataclass and validates them in
-  ``__post_init__`` with :mod:`widenet._validate` (messages name the layer, the parameter,
+  ``__post_init__`` with ``widenet._validate`` (messages name the layer, the parameter,
   the rule and the value). Float hyperparameters accept 0-d tensors
   (``check_float(..., tensor=True)``): kernels are differentiable in them.
-* **writes its kernel rule**, :meth:`Layer._rule`. It receives the kernel state of one tile of
-  input pairs, a :class:`~widenet._engine.Tile` (or a tuple of them between ``FanOut`` and a
+* **writes its kernel rule**, ``Layer._rule``. It receives the kernel state of one tile of
+  input pairs, a ``widenet._engine.Tile`` (or a tuple of them between ``FanOut`` and a
   ``FanIn``), and returns the state after the layer. The rule
 
   - may update the tile tensors ``nngp`` and ``ntk`` in place or replace them; ``nngp is
@@ -21,25 +21,25 @@ example. A subclass:
     and replayed by every later tile (covariance replay), so ``fn`` must depend on nothing
     but the covariance it is given and the layer's hyperparameters;
   - updates ``spatial``, ``width`` and ``is_gaussian`` when the layer changes them, and
-    raises :class:`~widenet.errors.LayerOrderError` or :class:`~widenet.errors.ShapeError`
+    raises ``widenet.errors.LayerOrderError`` or ``widenet.errors.ShapeError``
     (naming the layer) for inputs it cannot take;
-  - takes temporaries from :mod:`widenet._engine.scratch` and never writes through ``out=``
+  - takes temporaries from ``widenet._engine.scratch`` and never writes through ``out=``
     itself (the pool knows when that is allowed: never while derivatives are carried);
   - is reproducible: matrix products through ``exact.matmul``, the elementwise functions
     that torch evaluates differently in its scalar tails (``atan2``, ``exp``) through
     ``exact.call``/``exact.apply_``, reductions through ``exact.sum``/``exact.mean``, and
     the value of a pair ``(x, x')`` computed from the same numbers in the same order as that
-    of ``(x', x)`` (see :mod:`widenet._engine.exact`);
+    of ``(x', x)`` (see ``widenet._engine.exact``);
   - may cache only pure functions of shapes and hyperparameters (``functools.lru_cache``),
     never tensors of a call.
 
   In-place updates stay allowed when autograd records: the engine keeps a copy of every
-  tensor that autograd saves (:mod:`widenet._engine.autodiff`), so rules are differentiable in
+  tensor that autograd saves (``widenet._engine.autodiff``), so rules are differentiable in
   reverse and forward mode as written.
-* **declares its layout needs**: :meth:`Layer._needs_full` is True when the rule mixes
+* **declares its layout needs**: ``Layer._needs_full`` is True when the rule mixes
   positions (pooling, attention), so that its input holds every pair of positions.
-* **builds its twin**, :meth:`Layer._twin`, from the shape of its input (features and
-  spatial dimensions, when known) and a :class:`Build` (seeds, dtype, device, weight
+* **builds its twin**, ``Layer._twin``, from the shape of its input (features and
+  spatial dimensions, when known) and a ``Build`` (seeds, dtype, device, weight
   initialization); it returns the module and the shape of its output.
 
 ``tests/layers/contract.py`` checks all of it for every layer: kernel against Monte Carlo of
@@ -186,17 +186,17 @@ class Layer:
                 ``block_size``, ``memory`` or the number of threads: matrix products are
                 computed exactly and then rounded, elementwise functions never take their
                 scalar paths, sums are never split across threads (see
-                :mod:`widenet._engine.exact`). So a kernel computed in pieces
-                (:func:`widenet.blocked.compute` with any tile size, a Dask cluster) equals
+                ``widenet._engine.exact``). So a kernel computed in pieces
+                (``widenet.blocked.compute`` with any tile size, a Dask cluster) equals
                 the kernel computed in one call bit for bit. It costs time (the README gives
                 the measured factors); results agree with the default mode to a few units in
-                the last place. Compiled rules (:func:`widenet.set_compile`) are not used.
+                the last place. Compiled rules (``widenet.set_compile``) are not used.
                 CPU inputs only, and not differentiable (the exact products split their
                 operands with ``round``).
 
         Returns:
-            a :class:`Kernel`; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
-            without spatial axes (see :class:`Kernel` for spatial outputs).
+            a ``Kernel``; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
+            without spatial axes (see ``Kernel`` for spatial outputs).
 
         Kernels are differentiable in reverse and forward mode with respect to the inputs and
         to every float hyperparameter passed as a 0-d tensor (``W_std``, ``b_std``, activation
@@ -205,7 +205,7 @@ class Layer:
         what the backward pass needs of every tile, so its memory grows with the size of the
         kernel times the depth, beyond ``memory``.
 
-        Example::
+        Example:
 
             >>> net = wn.Serial(wn.Dense(512), wn.Relu(), wn.Dense(1))
             >>> net.kernel(torch.randn(20, 10), torch.randn(30, 10)).ntk.shape
@@ -219,7 +219,7 @@ class Layer:
     def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
              memory: Union[int, str, None] = None, layout: str = "auto",
              mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
-        """Only the NNGP kernel (see :meth:`kernel`); no NTK work is done."""
+        """Only the NNGP kernel (see ``kernel``); no NTK work is done."""
         return _engine.compute(
             self._rule, x1, x2, owner=f"{self._name}.kernel", needs_full=self._needs_full(),
             parameters=self._parameters(), want_ntk=False, block_size=block_size, memory=memory,
@@ -228,14 +228,14 @@ class Layer:
     def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
             memory: Union[int, str, None] = None, layout: str = "auto",
             mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
-        """Only the NTK (see :meth:`kernel`; its recursion needs the NNGP, not returned)."""
+        """Only the NTK (see ``kernel``; its recursion needs the NNGP, not returned)."""
         return self.kernel(x1, x2, block_size=block_size, memory=memory, layout=layout,
                            mask1=mask1, mask2=mask2, reproducible=reproducible).ntk
 
     def apply(self, kernel: Kernel) -> Kernel:
-        """Transforms an existing :class:`Kernel` by this layer (the input is not modified).
+        """Transforms an existing ``Kernel`` by this layer (the input is not modified).
 
-        Example::
+        Example:
 
             >>> k = wn.Dense(1).kernel(x)          # the first layer's kernel
             >>> k = wn.Serial(wn.Relu(), wn.Dense(1)).apply(k)
@@ -268,7 +268,7 @@ class Layer:
                 its network is not the one ``Conv``'s kernel describes. Used for dynamical
                 isometry (``theory.jacobian_spectrum``).
 
-        Example::
+        Example:
 
             >>> model = wn.Serial(wn.Dense(512), wn.Relu(), wn.Dense(1)).module(10, seed=0)
             >>> model(torch.randn(20, 10)).shape

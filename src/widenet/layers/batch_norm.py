@@ -24,7 +24,7 @@ class BatchNorm(Layer):
     networks that contain it by Monte Carlo (``wn.monte_carlo``), or by the empirical NTK
     with the model in eval mode.
 
-    Example::
+    Example:
 
         >>> model = wn.Serial(wn.Dense(64), wn.BatchNorm(), wn.Relu(), wn.Dense(1)).module(10)
     """

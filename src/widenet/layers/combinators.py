@@ -32,7 +32,7 @@ def _check_layers(owner: str, layers: tuple) -> tuple:
 class Serial(Layer):
     """Applies ``layers`` one after another: ``Serial(a, b, c)(x) = c(b(a(x)))``.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Relu(), wn.Dense(1))   # also wn.Dense(512) >> wn.Relu()
     """
@@ -62,9 +62,9 @@ class Serial(Layer):
 
 @dataclass(frozen=True, init=False)
 class Parallel(Layer):
-    """Applies the i-th layer to the i-th branch of a tuple (e.g. after :class:`FanOut`).
+    """Applies the i-th layer to the i-th branch of a tuple (e.g. after ``FanOut``).
 
-    Example::
+    Example:
 
         >>> residual = wn.Serial(wn.FanOut(2), wn.Parallel(wn.Identity(), wn.Dense(64)), wn.FanInSum())
     """
@@ -99,7 +99,7 @@ class Parallel(Layer):
 class FanOut(Layer):
     """Copies one branch into ``num`` identical branches.
 
-    Example::
+    Example:
 
         >>> two = wn.Serial(wn.FanOut(2), wn.Parallel(wn.Relu(), wn.Erf()), wn.FanInSum())
     """
@@ -121,7 +121,7 @@ class FanOut(Layer):
 class Repeat(Layer):
     """``layer`` applied ``n`` times in series; each copy gets its own parameters.
 
-    Example::
+    Example:
 
         >>> deep = wn.Serial(wn.Repeat(wn.Serial(wn.Dense(512), wn.Relu()), 10), wn.Dense(1))
     """

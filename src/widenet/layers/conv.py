@@ -47,7 +47,7 @@ class Conv(Layer):
         W_std: weight standard deviation (>= 0); b_std: bias standard deviation, or None.
         parameterization: "ntk" or "standard".
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
         >>> cnn.kernel(torch.randn(4, 1, 8, 8)).ntk.shape

@@ -29,12 +29,12 @@ class Dense(Layer):
     layer as ``Conv(out_features, kernel_size=1)``).
 
     Kernel rule, parameterization "ntk" (Jacot et al. 2018; Lee et al. 2019,
-    arXiv 1902.06720)::
+    arXiv 1902.06720):
 
         K' = W_std^2 K + b_std^2        Theta' = K' + W_std^2 Theta
 
     parameterization "standard" (Sohl-Dickstein et al. 2020, arXiv 2001.07301), with
-    ``n_in`` the declared width of the layer's input::
+    ``n_in`` the declared width of the layer's input:
 
         K' = W_std^2 K + b_std^2        Theta' = n_in K + W_std^2 Theta (+ 1 with a bias)
 
@@ -47,7 +47,7 @@ class Dense(Layer):
         b_std: bias standard deviation (>= 0), or None for no bias.
         parameterization: "ntk" or "standard".
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512, W_std=1.5, b_std=0.05), wn.Relu(), wn.Dense(1))
         >>> net.kernel(torch.randn(20, 10)).nngp.shape

@@ -28,7 +28,7 @@ class Dropout(Layer):
     examples even if their values coincide. Mode "eval" is the identity (as at test time).
     The output is not Gaussian: put an affine layer after Dropout before a nonlinearity.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(64), wn.Relu(), wn.Dropout(0.1), wn.Dense(1))
     """

@@ -36,14 +36,14 @@ def _erf_rule(nngp, ntk, p1, p2, scale, ntk_scale, nngp_scale, shift, atan2_=_at
 
 @dataclass(frozen=True)
 class Erf(Nonlinearity):
-    """``phi(x) = a erf(b x) + c`` (Williams 1997). With ``K, q`` first scaled by ``b^2``::
+    """``phi(x) = a erf(b x) + c`` (Williams 1997). With ``K, q`` first scaled by ``b^2``:
 
         T    = (2/pi) arcsin(2K / sqrt((1 + 2 q1)(1 + 2 q2)))
         Tdot = (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 K^2)
 
     then ``K' = a^2 T + c^2`` and ``Theta' = a^2 b^2 Tdot Theta``.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512, W_std=1.5), wn.Erf(), wn.Dense(1))
     """
@@ -75,7 +75,7 @@ class SigmoidLike(Erf):
     """A sigmoid-shaped erf, ``0.5 erf(x / 2.4020563531719796) + 0.5`` (the constant minimizes
     the squared distance to the logistic sigmoid on [-5, 5]).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.SigmoidLike(), wn.Dense(1))
     """

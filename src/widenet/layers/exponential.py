@@ -20,7 +20,7 @@ __all__ = ["Exp", "Gaussian", "Rbf"]
 class Exp(Nonlinearity):
     """``phi(x) = a exp(b x)``: ``T = a^2 exp(b^2 (s/2 + K))``, ``Tdot = b^2 T`` with ``s = q1 + q2``.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512, W_std=0.5), wn.Exp(), wn.Dense(1))
     """
@@ -47,13 +47,13 @@ class Exp(Nonlinearity):
 
 @dataclass(frozen=True)
 class Gaussian(Nonlinearity):
-    """``phi(x) = a exp(b x^2)``. With ``det = sqrt((1 - 2b q1)(1 - 2b q2) - 4 b^2 K^2)``::
+    """``phi(x) = a exp(b x^2)``. With ``det = sqrt((1 - 2b q1)(1 - 2b q2) - 4 b^2 K^2)``:
 
         T = a^2 / det,      Tdot = 4 a^2 b^2 K / det^3
 
     Finite only while ``4 b q < 1`` for every variance ``q``; ``b <= 0`` is always safe.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Gaussian(b=-0.5), wn.Dense(1))
     """
@@ -83,7 +83,7 @@ class Rbf(Nonlinearity):
     """Dual of the RBF kernel: ``phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4)`` gives
     ``T = exp(-gamma (q1 + q2 - 2K))`` and ``Tdot = 2 gamma T`` (Rahimi & Recht 2007).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Rbf(gamma=0.5), wn.Dense(1))
     """

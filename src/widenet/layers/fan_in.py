@@ -52,7 +52,7 @@ class _FanIn(Layer):
 class FanInSum(_FanIn):
     """Sums the branches. Kernels add (independent branches): ``K = sum K_i``, ``Theta = sum Theta_i``.
 
-    Example::
+    Example:
 
         >>> block = wn.Serial(wn.FanOut(2), wn.Parallel(wn.Identity(), wn.Dense(64)), wn.FanInSum())
     """
@@ -78,7 +78,7 @@ class FanInProd(_FanIn):
     """Multiplies the branches elementwise. For independent branches
     ``K = prod K_i`` and ``Theta = sum_i Theta_i prod_{j != i} K_j`` (product rule).
 
-    Example::
+    Example:
 
         >>> gated = wn.Serial(wn.FanOut(2), wn.Parallel(wn.Dense(64), wn.Dense(64)), wn.FanInProd())
     """
@@ -115,7 +115,7 @@ class FanInConcat(_FanIn):
     The result is not Gaussian (features follow different laws): put an affine layer after it
     before any nonlinearity.
 
-    Example::
+    Example:
 
         >>> wide = wn.Serial(wn.FanOut(2), wn.Parallel(wn.Dense(32), wn.Dense(96)), wn.FanInConcat())
     """

@@ -24,7 +24,7 @@ class Flatten(Layer):
     they are not one Gaussian law: put an affine layer (Dense) after Flatten before any
     nonlinearity.
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.Flatten(), wn.Dense(1))
         >>> cnn.kernel(torch.randn(4, 1, 8, 8)).nngp.shape

@@ -16,12 +16,12 @@ __all__ = ["Gelu"]
 @dataclass(frozen=True)
 class Gelu(Nonlinearity):
     """``phi(x) = x Phi(x)`` (exact GELU). With ``P = (q1 + 1)(q2 + 1)``, ``delta = sqrt(P - K^2)``
-    and ``A = atan2(K, delta)`` (Tsuchida et al. 2020, arXiv 2002.08517)::
+    and ``A = atan2(K, delta)`` (Tsuchida et al. 2020, arXiv 2002.08517):
 
         T    = K/4 + [(K^2 + q1 q2 delta^2) / (P delta) + K A] / (2 pi)
         Tdot = 1/4 + A/(2 pi) + K / (2 pi delta) [1/delta^2 + (1 - q1 q2)/P + 1]
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Gelu(), wn.Dense(1))
     """

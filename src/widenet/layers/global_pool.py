@@ -58,7 +58,7 @@ class GlobalAvgPool(_GlobalPool):
     """Mean over every spatial position: ``(N, C, *S) -> (N, C)``. Its kernel is the mean of
     the input kernel over all position pairs (full layout, chosen automatically).
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
         >>> cnn.kernel(torch.randn(4, 1, 8, 8)).nngp.shape
@@ -72,7 +72,7 @@ class GlobalAvgPool(_GlobalPool):
 class GlobalSumPool(_GlobalPool):
     """Sum over every spatial position: ``(N, C, *S) -> (N, C)``.
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.GlobalSumPool(), wn.Dense(1))
     """

@@ -16,7 +16,7 @@ __all__ = ["Identity"]
 class Identity(Layer):
     """``phi(x) = x``; leaves the kernel unchanged (and does not need a Gaussian input).
 
-    Example::
+    Example:
 
         >>> wn.Identity().kernel(torch.randn(4, 3)).nngp.shape   # the input kernel x . x' / d
         torch.Size([4, 4])

@@ -26,14 +26,14 @@ class LayerNorm(Layer):
     channels at each position; ``(1, 2, ...)`` over channels and those spatial axes too.
     Its input must be Gaussian (the output of an affine layer). In the infinite-width limit
     the mean vanishes and the variance is the kernel's own, so
-    (Xiao et al. 2020; Neural Tangents' LayerNorm)::
+    (Xiao et al. 2020; Neural Tangents' LayerNorm):
 
         K'(x, x')_{s s'} = K(x, x')_{s s'} / sqrt((eps + v(x)_s) (eps + v(x')_{s'}))
 
     and the same divisor for Theta, where ``v(x)_s`` is ``K(x, x)_{s s}`` averaged over the
     normalized spatial axes.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(64), wn.LayerNorm(), wn.Relu(), wn.Dense(1))
     """

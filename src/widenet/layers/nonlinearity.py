@@ -1,7 +1,7 @@
 """The base of elementwise nonlinearities, and their shared finite twin.
 
 For a nonlinearity ``phi`` acting on a centred Gaussian pre-activation with covariance
-``[[q1, K], [K, q2]]`` the kernel rules are (Neal 1996; Lee et al. 2018; Jacot et al. 2018)::
+``[[q1, K], [K, q2]]`` the kernel rules are (Neal 1996; Lee et al. 2018; Jacot et al. 2018):
 
     K'     = T(K)  = E[phi(u) phi(v)]
     Theta' = Theta * Tdot(K),     Tdot(K) = E[phi'(u) phi'(v)]
@@ -56,7 +56,7 @@ class Nonlinearity(Layer):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """``phi'(x)`` elementwise (by autograd unless the layer knows it in closed form).
 
-        Example::
+        Example:
 
             >>> wn.Erf().derivative(torch.zeros(3))   # 2 / sqrt(pi)
             tensor([1.1284, 1.1284, 1.1284])
@@ -79,7 +79,7 @@ class Nonlinearity(Layer):
         ``T = E[phi(u) phi(v)]`` and ``Tdot = E[phi'(u) phi'(v)]`` for
         ``(u, v) ~ N(0, [[q1, k], [k, q2]])``, by this layer's own kernel rule.
 
-        Example::
+        Example:
 
             >>> t, tdot = wn.Relu().dual(1.0, 1.0, 0.0)   # 1/(2 pi), 1/4
         """
@@ -95,7 +95,7 @@ class Nonlinearity(Layer):
     def variance(self, q: Any) -> torch.Tensor:
         """``E[phi(sqrt(q) z)^2]`` for ``z ~ N(0, 1)``, elementwise (the rule on the diagonal).
 
-        Example::
+        Example:
 
             >>> wn.Relu().variance(torch.tensor([2.0]))   # q / 2
             tensor([1.])
@@ -143,7 +143,7 @@ class Nonlinearity(Layer):
 
 class ActivationModule(nn.Module):
     """Applies an elementwise function ``fn`` (a torch callable); the twin of every
-    :class:`Nonlinearity`."""
+    ``Nonlinearity``."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> None:
         super().__init__()

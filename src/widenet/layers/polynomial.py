@@ -38,7 +38,7 @@ def hermite_projection(coef: tuple[float, ...]) -> np.ndarray:
 class _PolynomialBase(Nonlinearity):
     """Exact kernels of polynomials for any input variances (Mehler's formula):
     ``T = sum_l p_l(q1) p_l(q2) K^l``, ``Tdot = sum_l l p_l(q1) p_l(q2) K^(l-1)``
-    (see :func:`hermite_projection`)."""
+    (see ``hermite_projection``)."""
 
     def _coefficients(self) -> tuple[float, ...]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -92,7 +92,7 @@ class _PolynomialBase(Nonlinearity):
 class Polynomial(_PolynomialBase):
     """``phi(x) = coef[0] + coef[1] x + ... + coef[n] x^n`` (numpy.polynomial order).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Polynomial((0.0, 1.0, 0.5)), wn.Dense(1))
     """
@@ -115,7 +115,7 @@ class Polynomial(_PolynomialBase):
 class Monomial(_PolynomialBase):
     """``phi(x) = x^degree``; its kernel follows from Isserlis' theorem (exact, any degree).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Monomial(2), wn.Dense(1))
     """
@@ -139,7 +139,7 @@ class Hermite(_PolynomialBase):
     For unit-variance pre-activations ``T = K^n`` and ``Tdot = n K^(n-1)``; widenet computes the
     exact kernel for any variance (the general polynomial rule), which reduces to these.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Hermite(3), wn.Dense(1))
     """

@@ -92,7 +92,7 @@ class AvgPool(_Pool):
     window). "same" padding counts the padded zeros in the average (``count_include_pad``);
     "circular" wraps around. Needs the full layout (chosen automatically).
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.AvgPool(2), wn.Flatten(), wn.Dense(1))
     """
@@ -105,9 +105,9 @@ class AvgPool(_Pool):
 
 @dataclass(frozen=True)
 class SumPool(_Pool):
-    """Sum over windows (average pooling times the window size); see :class:`AvgPool`.
+    """Sum over windows (average pooling times the window size); see ``AvgPool``.
 
-    Example::
+    Example:
 
         >>> cnn = wn.Serial(wn.Conv(64, 3), wn.Relu(), wn.SumPool(2), wn.Flatten(), wn.Dense(1))
     """
@@ -125,7 +125,7 @@ class MaxPool(_Pool):
     has no closed-form kernel: ``kernel()`` raises rather than approximate. Estimate its kernels
     by Monte Carlo over finite networks (``wn.monte_carlo``).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.MaxPool(2), wn.Flatten(), wn.Dense(1))
         >>> mc = wn.monte_carlo(net, torch.randn(4, 1, 8, 8), n_samples=16)

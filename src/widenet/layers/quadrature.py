@@ -38,7 +38,7 @@ class Elementwise(Nonlinearity):
         degree: number of quadrature nodes per dimension (>= 2).
         name: a label for reprs.
 
-    Example::
+    Example:
 
         >>> softplus = wn.Elementwise(torch.nn.functional.softplus, name="softplus")
         >>> net = wn.Serial(wn.Dense(512), softplus, wn.Dense(1))
@@ -128,7 +128,7 @@ def _tanh_derivative(x: torch.Tensor) -> torch.Tensor:
 class Tanh(Elementwise):
     """``phi(x) = tanh(x)``, by Gauss-Hermite quadrature (no closed form exists).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512, W_std=1.2), wn.Tanh(), wn.Dense(1))
     """

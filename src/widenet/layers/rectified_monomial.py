@@ -22,7 +22,7 @@ class RectifiedMonomial(Nonlinearity):
     ``Tdot = n^2 T_{n-1}`` (Cho & Saul 2009). ``J_n`` is expanded exactly into powers of
     ``K`` and ``sqrt(q1 q2 - K^2)``, so no division by the variances occurs.
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.RectifiedMonomial(2), wn.Dense(1))
     """

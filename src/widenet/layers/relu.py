@@ -21,7 +21,7 @@ def _abrelu_rule(nngp, ntk, q1, q2, zero, factor, half, atan2=atan2):
     """ABRelu's rule on a tile, in place: ``tdot = half - factor * theta``, ``Theta *= tdot``,
     ``K = K tdot + factor sqrt(q1 q2 - K^2)``; ``q1``/``q2`` broadcast against the tile and
     ``zero`` marks pairs with a zero variance (or is None). Compiled when asked
-    (:mod:`widenet._engine.compiled`); reproducible mode passes its own ``atan2``."""
+    (``widenet._engine.compiled``); reproducible mode passes its own ``atan2``."""
     root = root_of(nngp, q1, q2)
     tdot = atan2(root, nngp)
     if zero is not None:
@@ -41,7 +41,7 @@ class _ABReluRule(torch.autograd.Function):
 
     Recorded op by op, the rule keeps about ten tile-sized tensors per layer for the backward
     pass; this keeps its inputs only and differentiates the rule itself. With ``root =
-    sqrt(q1 q2 - K^2)`` and ``theta`` the angle (Price's theorem gives ``dK'/dK = tdot``)::
+    sqrt(q1 q2 - K^2)`` and ``theta`` the angle (Price's theorem gives ``dK'/dK = tdot``):
 
         dK'/dK = tdot                  dK'/dq1 = factor root / (2 q1)
         dTheta'/dTheta = tdot          dTheta'/dK = factor Theta / root
@@ -50,7 +50,7 @@ class _ABReluRule(torch.autograd.Function):
         dK'/dhalf = K                  dTheta'/dhalf = Theta
 
     (and ``q2`` like ``q1``). Where ``root`` is 0 (an input against itself, a zero variance)
-    the angle's derivatives are taken as 0, as :func:`widenet._engine.safe_sqrt` and the
+    the angle's derivatives are taken as 0, as ``widenet._engine.safe_sqrt`` and the
     recorded rule take them.
     """
 
@@ -89,7 +89,7 @@ class _ABReluRule(torch.autograd.Function):
 
 
 def _recorded(w: Tile, var1: torch.Tensor, var2: torch.Tensor, factor, half) -> bool:
-    """The rule through :class:`_ABReluRule` where autograd records and no forward-mode
+    """The rule through ``_ABReluRule`` where autograd records and no forward-mode
     tangent is carried (the closed-form backward has no forward-mode rule)."""
     tensors = [t for t in (w.nngp, w.ntk, var1, var2, factor, half) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
@@ -118,7 +118,7 @@ def _tangent(t: torch.Tensor) -> bool:
 
 
 def _fused(w: Tile, var1: torch.Tensor, var2: torch.Tensor, factor, half) -> bool:
-    """The rule as one pass (:mod:`widenet._engine.fused`) on a grid tile, where it applies."""
+    """The rule as one pass (``widenet._engine.fused``) on a grid tile, where it applies."""
     nngp, ntk = w.nngp, w.ntk
     if (w.self_mode or compiled.compile_enabled() or not nngp.is_contiguous()
             or (ntk is not None and not ntk.is_contiguous())
@@ -143,12 +143,12 @@ def _fused(w: Tile, var1: torch.Tensor, var2: torch.Tensor, factor, half) -> boo
 class ABRelu(Nonlinearity):
     """``phi(x) = a min(x, 0) + b max(x, 0)``.
 
-    With ``theta`` the angle between the inputs (Cho & Saul 2009; Pedamonti 2018)::
+    With ``theta`` the angle between the inputs (Cho & Saul 2009; Pedamonti 2018):
 
         T    = (a - b)^2 / (2 pi) sqrt(q1 q2 - K^2) + [(a^2 + b^2)/2 - (a - b)^2 theta / (2 pi)] K
         Tdot = (a^2 + b^2)/2 - (a - b)^2 theta / (2 pi)
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.ABRelu(-0.5, 1.0), wn.Dense(1))
     """
@@ -181,7 +181,7 @@ class Relu(ABRelu):
     """``phi(x) = max(x, 0)``: ``T = sqrt(q1 q2)/(2 pi) (sin theta + (pi - theta) cos theta)``,
     ``Tdot = (pi - theta) / (2 pi)`` (arc-cosine kernels J1, J0; Cho & Saul 2009).
 
-    Example::
+    Example:
 
         >>> wn.Serial(wn.Dense(512), wn.Relu(), wn.Dense(1)).kernel(torch.randn(5, 3)).ntk.shape
         torch.Size([5, 5])
@@ -198,7 +198,7 @@ class Relu(ABRelu):
 class LeakyRelu(ABRelu):
     """``phi(x) = max(x, 0) + alpha min(x, 0)`` (= ``ABRelu(alpha, 1)``).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.LeakyRelu(0.1), wn.Dense(1))
     """
@@ -216,7 +216,7 @@ class LeakyRelu(ABRelu):
 class Abs(ABRelu):
     """``phi(x) = |x|`` (= ``ABRelu(-1, 1)``).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Abs(), wn.Dense(1))
     """

@@ -18,7 +18,7 @@ class Sign(Nonlinearity):
     """``phi(x) = sign(x)``: ``T = 1 - 2 theta / pi = (2/pi) arcsin(rho)``; its derivative is
     zero almost everywhere, so it contributes nothing to the NTK (``Theta' = 0``).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Sign(), wn.Dense(1))
     """

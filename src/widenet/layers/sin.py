@@ -21,12 +21,12 @@ def _cos(x):
 
 @dataclass(frozen=True)
 class Sin(Nonlinearity):
-    """``phi(x) = a sin(b x + c)``. With ``s = q1 + q2``::
+    """``phi(x) = a sin(b x + c)``. With ``s = q1 + q2``:
 
         T    = a^2/2 [exp(b^2 (K - s/2)) - exp(b^2 (-K - s/2)) cos 2c]
         Tdot = a^2 b^2/2 [exp(b^2 (K - s/2)) + exp(b^2 (-K - s/2)) cos 2c]
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Sin(b=2.0), wn.Dense(1))
     """
@@ -60,7 +60,7 @@ class Sin(Nonlinearity):
 class Cos(Sin):
     """``phi(x) = a cos(b x + c)`` (= ``Sin(a, b, c + pi/2)``).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Cos(), wn.Dense(1))
     """

@@ -26,13 +26,13 @@ def _sigmoid(x: torch.Tensor, beta) -> torch.Tensor:
 class Softplus(Elementwise):
     """``phi(x) = log(1 + exp(beta x)) / beta``, like ``torch.nn.Softplus(beta)`` (a smooth
     ReLU, which it approaches as ``beta`` grows). No closed form is known: ``T`` and ``Tdot``
-    are Gauss-Hermite integrals (see :class:`Elementwise`), with ``phi'(x) = sigmoid(beta x)``.
+    are Gauss-Hermite integrals (see ``Elementwise``), with ``phi'(x) = sigmoid(beta x)``.
 
     Args:
         beta: sharpness (> 0); a 0-d tensor makes kernels differentiable in it.
         degree: quadrature nodes per dimension (>= 2).
 
-    Example::
+    Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Softplus(2.0), wn.Dense(1))
         >>> net.kernel(torch.randn(5, 3, dtype=torch.float64)).ntk.shape

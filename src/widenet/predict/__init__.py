@@ -1,12 +1,12 @@
 """Inference with infinite-width kernels: pure functions over kernel matrices.
 
-* :func:`gp_inference`: NNGP / NTK-GP posteriors, and the converged NTK ensemble.
-* :func:`gradient_descent_mse`: outputs at any training time under the MSE, closed form.
-* :func:`gradient_descent`: any differentiable loss (cross-entropy included), with or without
+* ``gp_inference``: NNGP / NTK-GP posteriors, and the converged NTK ensemble.
+* ``gradient_descent_mse``: outputs at any training time under the MSE, closed form.
+* ``gradient_descent``: any differentiable loss (cross-entropy included), with or without
   momentum, by ODE integration in function space.
-* :func:`gradient_descent_mse_ensemble`: mean and covariance over initializations at any time.
-* :func:`max_learning_rate`: the largest stable full-batch learning rate.
-* :func:`marginal_log_likelihood` and :func:`fit_hyperparameters`: NNGP evidence and
+* ``gradient_descent_mse_ensemble``: mean and covariance over initializations at any time.
+* ``max_learning_rate``: the largest stable full-batch learning rate.
+* ``marginal_log_likelihood`` and ``fit_hyperparameters``: NNGP evidence and
   type-II maximum likelihood over architecture hyperparameters.
 
 Nothing here imports the layers: every function takes kernel matrices (or Kernel objects, or

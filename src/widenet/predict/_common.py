@@ -1,7 +1,7 @@
 """Validation and linear algebra shared by the predict functions.
 
 Every predict function takes kernel matrices (tensors, numpy arrays, or objects with ``nngp``
-and ``ntk`` attributes such as :class:`widenet.Kernel`), checks them before any work, and
+and ``ntk`` attributes such as ``widenet.Kernel``), checks them before any work, and
 solves in ``dtype`` (float64 by default) on the kernels' device. Results are returned in the
 dtype of the training kernel, on its device.
 """
@@ -96,14 +96,14 @@ def flatten(k: torch.Tensor) -> torch.Tensor:
 
 
 def unflatten(c: torch.Tensor, outputs: int) -> torch.Tensor:
-    """The inverse of :func:`flatten`: ``(M1 O, M2 O)`` -> ``(M1, M2, O, O)``."""
+    """The inverse of ``flatten``: ``(M1 O, M2 O)`` -> ``(M1, M2, O, O)``."""
     m1, m2 = c.shape[0] // outputs, c.shape[1] // outputs
     return c.reshape(m1, outputs, m2, outputs).permute(0, 2, 1, 3)
 
 
 def train_kernel(owner: str, name: str, k: Any, *, full: bool = False) -> torch.Tensor:
     """The square training kernel. With ``full``, a full-output kernel ``(N, N, O, O)`` is
-    accepted too and returned as its ``(N O, N O)`` matrix (see :func:`train_outputs`)."""
+    accepted too and returned as its ``(N O, N O)`` matrix (see ``train_outputs``)."""
     outputs = train_outputs(owner, name, k) if full else None
     k = matrix(owner, name, k, outputs=outputs)
     if k.shape[0] != k.shape[1]:

@@ -14,7 +14,7 @@ __all__ = ["gradient_descent_mse", "gradient_descent", "max_learning_rate"]
 
 
 class MSEPredictor:
-    """The function returned by :func:`gradient_descent_mse` (eigendecomposition and Cholesky
+    """The function returned by ``gradient_descent_mse`` (eigendecomposition and Cholesky
     factor computed on first use and cached)."""
 
     def __init__(self, ntk, y_train, learning_rate, diag_reg, absolute, weight_decay, dtype):
@@ -122,7 +122,7 @@ def gradient_descent_mse(ntk_train_train: Any, y_train: Any, learning_rate: floa
 
     The loss is ``||f(x_train) - y||^2 / (2 y.numel())`` (Neural Tangents' convention), so in
     function space ``df/dt = -lr * Theta (f - y) / y.numel()`` (Jacot et al. 2018; Lee et al.
-    2019, arXiv 1902.06720). ``predict = gradient_descent_mse(ntk, y)``, then::
+    2019, arXiv 1902.06720). ``predict = gradient_descent_mse(ntk, y)``, then:
 
         fx_train_t = predict(t)                                   # train outputs
         fx_train_t, fx_test_t = predict(t, k_test_train=ntk_test_train)
@@ -157,7 +157,7 @@ def gradient_descent_mse(ntk_train_train: Any, y_train: Any, learning_rate: floa
 
 
 class ODEPredictor:
-    """The function returned by :func:`gradient_descent`."""
+    """The function returned by ``gradient_descent``."""
 
     def __init__(self, loss, ntk, y_train, learning_rate, momentum, dtype, rtol, atol):
         owner = self._owner = "gradient_descent"
@@ -295,7 +295,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     arXiv 1902.06720) with an adaptive 8th-order Runge-Kutta method (scipy's DOP853). The loss
     is any differentiable torch function ``loss(fx, y) -> scalar``; with
     ``loss = lambda f, y: ((f - y) ** 2).sum() / (2 * y.numel())`` this reproduces
-    :func:`gradient_descent_mse`. For cross-entropy, e.g.
+    ``gradient_descent_mse``. For cross-entropy, e.g.
     ``lambda f, y: -(torch.log_softmax(f, -1) * y).mean()`` with one-hot ``y``.
 
     With ``momentum`` (heavy ball, as ``torch.optim.SGD(momentum=...)``) the second-order ODE
@@ -307,7 +307,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     (number or array, any order) and returns train outputs, or ``(train, test)`` outputs,
     with leading axes of ``t``'s shape. A full-output NTK ``(N, N, O, O)`` (outputs coupled)
     takes targets ``(N, O)`` and test kernels ``(M, N, O, O)``, as in
-    :func:`gradient_descent_mse`.
+    ``gradient_descent_mse``.
     """
     owner = "gradient_descent"
     return ODEPredictor(loss, ntk_train_train, y_train, learning_rate, momentum, C.solve_dtype(owner, dtype),
@@ -317,7 +317,7 @@ def gradient_descent(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 def max_learning_rate(ntk_train_train: Any, y_train_size: Optional[int] = None, momentum: float = 0.0,
                       eps: float = 1e-12) -> float:
     """Largest learning rate for which full-batch gradient descent (with ``momentum``) on the
-    MSE ``||f - y||^2 / (2 y_train_size)`` converges for an infinitely wide network::
+    MSE ``||f - y||^2 / (2 y_train_size)`` converges for an infinitely wide network:
 
         2 (1 + momentum) y_train_size / lambda_max(Theta)
 

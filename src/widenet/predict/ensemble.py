@@ -15,7 +15,7 @@ __all__ = ["gradient_descent_mse_ensemble"]
 
 
 class EnsemblePredictor:
-    """The function returned by :func:`gradient_descent_mse_ensemble`."""
+    """The function returned by ``gradient_descent_mse_ensemble``."""
 
     def __init__(self, kernel_fn, x_train, y_train, learning_rate, diag_reg, absolute, dtype, memory):
         owner = self._owner = "gradient_descent_mse_ensemble"
@@ -71,7 +71,7 @@ class EnsemblePredictor:
             compute_cov: False (mean only), True (full covariance over ``x_test``) or
                 "variance" (its diagonal only, computed in chunks of test points).
         Returns:
-            The mean, or a :class:`Gaussian` ``(mean, covariance)``; leading axes follow ``t``.
+            The mean, or a ``Gaussian`` ``(mean, covariance)``; leading axes follow ``t``.
         """
         owner = self._owner + " predictor"
         get = C.check_get(owner, get)
@@ -195,14 +195,14 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable, x_train: Any, y_train: An
 
     Over random initializations, the outputs of infinitely wide networks trained by gradient
     flow on ``||f - y||^2 / (2 y.numel())`` are Gaussian at every time ``t`` (Lee et al. 2019,
-    arXiv 1902.06720, eqs. 13-16). With ``h_t(Theta) = (I - exp(-lr t Theta / N)) Theta^-1``::
+    arXiv 1902.06720, eqs. 13-16). With ``h_t(Theta) = (I - exp(-lr t Theta / N)) Theta^-1``:
 
         mean_t(x) = Theta_xd h_t y
         cov_t     = K_xx + A K_dd A^T - A K_dx - K_xd A^T,   A = Theta_xd h_t
 
     ``get="nngp"`` gives the same with the NNGP in place of the NTK (only the readout layer
     trained), whose covariance is ``K_xx - K_xd h_2t K_dx``. ``t = None`` is infinite time
-    (:func:`gp_inference`'s "nngp"/"ntk" modes).
+    (``gp_inference``'s "nngp"/"ntk" modes).
 
     ``predict = gradient_descent_mse_ensemble(net, x_train, y_train)``, then
     ``predict(t, x_test, get="ntk", compute_cov=False | True | "variance")``. The training
@@ -214,7 +214,7 @@ def gradient_descent_mse_ensemble(kernel_fn: Callable, x_train: Any, y_train: An
             ``(x1, x2) -> Kernel`` (``x2=None`` meaning ``x1``).
         x_train, y_train: training inputs and ``(N,)`` or ``(N, outputs)`` targets.
         learning_rate, diag_reg, diag_reg_absolute_scale, dtype: as in
-            :func:`gradient_descent_mse`.
+            ``gradient_descent_mse``.
         memory: bytes (or "256MB") for one chunk of test points.
     """
     owner = "gradient_descent_mse_ensemble"

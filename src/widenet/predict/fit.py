@@ -20,7 +20,7 @@ __all__ = ["FitResult", "fit_hyperparameters"]
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit_hyperparameters`.
+    """Outcome of ``fit_hyperparameters``.
 
     Attributes:
         params: the fitted hyperparameters, by name (floats).
@@ -177,7 +177,7 @@ def fit_hyperparameters(build: Callable[..., Any], x_train: Any, y_train: Any, i
         dtype: precision of the likelihood (float64).
 
     Returns:
-        A :class:`FitResult` (``.params``, ``.diag_reg``, ``.log_likelihood``,
+        A ``FitResult`` (``.params``, ``.diag_reg``, ``.log_likelihood``,
         ``.architecture``).
     """
     owner = "fit_hyperparameters"

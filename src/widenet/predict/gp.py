@@ -28,7 +28,7 @@ def _chunks(m: int, n: int, itemsize: int, budget: Optional[int]):
 
 
 class GPPredictor:
-    """The function returned by :func:`gp_inference` (factorization cached on first use)."""
+    """The function returned by ``gp_inference`` (factorization cached on first use)."""
 
     def __init__(self, owner, k_train_train, y_train, diag_reg, absolute, get, dtype, memory, solver="cholesky",
                  tol=1e-10):
@@ -197,7 +197,7 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
     """Posterior of a Gaussian process with an NNGP or NTK kernel, as a reusable predictor.
 
     ``predict = gp_inference(k_train_train, y_train)``, then ``predict(k_test_train)`` gives
-    the posterior mean and ``predict(k_test_train, k_test_test)`` a :class:`Gaussian`
+    the posterior mean and ``predict(k_test_train, k_test_test)`` a ``Gaussian``
     ``(mean, covariance)`` (unpack it as ``mean, cov``). ``k_test_test`` may be the full
     ``(M, M)`` test kernel or only its diagonal ``(M,)`` (then the variances are returned,
     computed in chunks of test points within ``memory``). ``k_test_train=None`` returns the
@@ -211,7 +211,7 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
     * ``"ntkgp"``: the same with the NTK as covariance (the NTK-GP).
     * ``"ntk"``: the distribution over random initializations of infinitely wide networks
       trained by gradient descent on the MSE to convergence; its mean uses the NTK, its
-      covariance needs both kernels (pass :class:`widenet.Kernel` objects).
+      covariance needs both kernels (pass ``widenet.Kernel`` objects).
 
     Plain matrices are used as they are; Kernel-like objects (with ``.nngp``/``.ntk``) give
     the matrix the mode needs.
@@ -233,8 +233,8 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
         memory: bytes (or "512MB") for the chunked variance computation (and, with
             ``solver="cg"``, for the kernel rows read at once).
         solver: "cholesky" (factor once, exact), "cg": conjugate gradients
-            (:func:`widenet.blocked.cg`), which also takes ``k_train_train`` as a
-            :class:`widenet.blocked.Store` and streams it from disk, so the training kernel
+            (``widenet.blocked.cg``), which also takes ``k_train_train`` as a
+            ``widenet.blocked.Store`` and streams it from disk, so the training kernel
             never has to fit in memory; or "auto": CG for a store, Cholesky for a kernel in
             memory.
         tol: relative residual of each CG solve.
@@ -264,7 +264,7 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
 
 
 def _is_store(k: Any) -> bool:
-    """A :class:`widenet.blocked.Store` (checked by name, so predict needs no import of it)."""
+    """A ``widenet.blocked.Store`` (checked by name, so predict needs no import of it)."""
     return type(k).__name__ == "Store" and hasattr(k, "plan") and hasattr(k, "names")
 
 
@@ -274,12 +274,12 @@ def marginal_log_likelihood(k_train_train: Any, y_train: Any, diag_reg: Any = 0.
     """Log marginal likelihood ``log p(y | X)`` of targets under a zero-mean GP prior.
 
     With ``Ky = K + r I`` and ``k`` independent output columns sharing the kernel
-    (Rasmussen & Williams 2006, eq. 2.30)::
+    (Rasmussen & Williams 2006, eq. 2.30):
 
         log p = -1/2 sum_c y_c^T Ky^-1 y_c  -  k/2 log det Ky  -  N k/2 log(2 pi)
 
     Differentiable in the kernel and in ``diag_reg`` (pass 0-d tensors that require grad);
-    this is what :func:`fit_hyperparameters` maximizes. A full-output kernel ``(N, N, O, O)``
+    this is what ``fit_hyperparameters`` maximizes. A full-output kernel ``(N, N, O, O)``
     with targets ``(N, O)`` gives the evidence of the joint Gaussian over all ``N O`` outputs.
     Returns a 0-d tensor in ``dtype``.
     """
