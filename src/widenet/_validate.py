@@ -5,10 +5,12 @@ Messages follow one pattern: ``"<Owner>: <parameter> must be <rule> (got <value>
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
 import os
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,8 +77,53 @@ def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) ->
     return value
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def as_inputs(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None,
+              half: str = "float32") -> torch.Tensor:
+    """Network inputs as a floating tensor, by widenet's dtype policy: integer and bool inputs
+    are refused (a silent cast would hide a mistake, and lose precision past 2^24 in
+    float32); float16 and bfloat16 inputs are computed in float32 (``half="float32"``: a
+    kernel's products overflow their range at once) or kept (``half="keep"``, for a model
+    that runs in that dtype); NaN and Inf are refused before any work."""
+    if isinstance(x, torch.Tensor):
+        dtype = x.dtype
+    else:
+        dtype = getattr(x, "dtype", None)
+        if dtype is None and not isinstance(x, np.ndarray):
+            dtype = np.asarray(x).dtype
+    kind = getattr(dtype, "kind", None)  # numpy dtypes
+    is_integral = (kind in ("i", "u", "b")) if kind is not None else (
+        isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex)
+    if is_integral:
+        raise ParameterError(
+            f"{owner}: {name} must hold floating-point numbers (got dtype {dtype}); convert it "
+            f"explicitly, e.g. {name}.double() for a tensor or {name}.astype('float64') for an array"
+        )
+    x = as_tensor(owner, name, x, like=None)
+    if half == "float32" and x.dtype in _HALF:
+        x = x.float()
+    if like is not None:
+        _check_like(owner, x, like)
+    return x
+
+
+def _check_like(owner: str, x: torch.Tensor, like: torch.Tensor) -> None:
+    if x.dtype != like.dtype:
+        raise ShapeError(
+            f"{owner}: x1 and x2 must share one dtype (got {like.dtype} and {x.dtype})"
+        )
+    if x.device != like.device:
+        raise ShapeError(
+            f"{owner}: x1 and x2 must be on one device (got {like.device} and {x.device})"
+        )
+
+
 def as_tensor(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Converts array-likes to a floating tensor and rejects NaN/Inf before any work."""
+    """Converts array-likes to a floating tensor (integer and bool values to torch's default
+    float dtype, or ``like``'s) and rejects NaN/Inf before any work. Network inputs go through
+    ``as_inputs``, which refuses integers instead."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
@@ -91,14 +138,8 @@ def as_tensor(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None
             raise ParameterError(f"{owner}: {name} must be real-valued (got dtype {x.dtype})")
         dtype = like.dtype if like is not None else torch.get_default_dtype()
         x = x.to(dtype)
-    if like is not None and x.dtype != like.dtype:
-        raise ShapeError(
-            f"{owner}: x1 and x2 must share one dtype (got {like.dtype} and {x.dtype})"
-        )
-    if like is not None and x.device != like.device:
-        raise ShapeError(
-            f"{owner}: x1 and x2 must be on one device (got {like.device} and {x.device})"
-        )
+    if like is not None:
+        _check_like(owner, x, like)
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteInputError(
@@ -185,3 +226,29 @@ def env_flag(name: str, default: bool) -> bool:
         f"widenet: the environment variable {name} must be 0 or 1 (also true/false, yes/no, "
         f"on/off) (got {value!r})"
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _by_get_record(names: tuple) -> type:
+    return collections.namedtuple("ByGet", names)
+
+
+def check_gets(owner: str, get: Any, choices: tuple) -> tuple[tuple[str, ...], bool]:
+    """``get`` as a tuple of names from ``choices`` and whether it was given as a tuple (or
+    list): one name, or several as Neural Tangents' ``get=("nngp", "ntk")``."""
+    if isinstance(get, (tuple, list)):
+        if not get:
+            raise ParameterError(f"{owner}: get must name at least one of {', '.join(map(repr, choices))} (got {get!r})")
+        names = tuple(check_choice(owner, "get", g, choices) for g in get)
+        if len(set(names)) != len(names):
+            raise ParameterError(f"{owner}: get names a kernel twice (got {get!r})")
+        return names, True
+    return (check_choice(owner, "get", get, choices),), False
+
+
+def by_get(names: tuple, many: bool, compute: Callable[[str], Any]) -> Any:
+    """``compute(name)`` for one name, or a named tuple of them (fields in ``names``' order)
+    for several: what a function returns for ``get="ntk"`` or ``get=("nngp", "ntk")``."""
+    if not many:
+        return compute(names[0])
+    return _by_get_record(names)(*(compute(name) for name in names))

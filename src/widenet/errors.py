@@ -15,6 +15,7 @@ __all__ = [
     "LayerOrderError",
     "NoClosedFormError",
     "NumericalError",
+    "OutOfMemoryError",
 ]
 
 
@@ -46,3 +47,8 @@ class NoClosedFormError(WidenetError, TypeError):
 class NumericalError(WidenetError, ArithmeticError):
     """A numerical method failed on the given matrices, e.g. a kernel that is not positive
     definite in the working precision; the message says how large it was and what to change."""
+
+
+class OutOfMemoryError(WidenetError, MemoryError):
+    """A result that cannot fit in the memory available, found before any work; the message
+    gives its size and the way to compute it in tiles on disk (``widenet.blocked.compute``)."""

@@ -88,3 +88,17 @@ def test_bad_arguments_are_refused_before_work(tmp_path):
     blocked.compute(_net(), x, tile=2, store=tmp_path / "s")
 
 
+
+
+def test_an_in_memory_result_larger_than_the_available_memory_points_to_a_store(monkeypatch, tmp_path):
+    import widenet.blocked._compute as compute_module
+
+    x = torch.randn(30, 5, dtype=D, generator=torch.Generator().manual_seed(1))
+    net = _net()
+    monkeypatch.setattr(compute_module, "available_memory", lambda device: 5_000)
+    with pytest.raises(wn.errors.OutOfMemoryError, match=r"the kernels of 30 x 30 inputs take .* GB, more than "
+                                                         r"the 5e-06 GB of memory available; pass store="):
+        blocked.compute(net, x, tile=8)
+    # the same computation into a store on disk goes through
+    store = blocked.compute(net, x, tile=8, store=tmp_path / "k.zarr", reproducible=True, progress=False)
+    assert torch.equal(torch.as_tensor(store["ntk"][:]), net.kernel(x, reproducible=True).ntk)

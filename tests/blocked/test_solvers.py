@@ -98,3 +98,48 @@ def test_gp_inference_by_cg_over_a_store_matches_cholesky(tmp_path):
     # "auto" (the default): CG for a store, Cholesky for a kernel in memory.
     torch.testing.assert_close(P.gp_inference(store, y, 1e-3)(kt.nngp), exact.mean, rtol=1e-8, atol=1e-10)
     assert P.gp_inference(k.nngp, y, 1e-3)._solver == "cholesky"
+
+
+def test_cg_and_falkon_report_each_iteration_to_a_callback_and_a_progress_bar(capsys):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 5, generator=g, dtype=D)
+    y = torch.randn(40, generator=g, dtype=D)
+    net = _net()
+    seen = []
+    out = blocked.cg(net.kernel(x), y, diag_reg=1e-3, tol=1e-10, callback=lambda it, res: seen.append((it, res)))
+    assert [it for it, _ in seen] == list(range(out.iterations + 1))
+    assert seen[0][1] == pytest.approx(1.0) and seen[-1][1] == pytest.approx(float(out.residual))
+    assert seen[-1][1] < 1e-10
+    assert capsys.readouterr().err == ""  # off by default
+    blocked.cg(net.kernel(x), y, diag_reg=1e-3, progress=True)
+    err = capsys.readouterr().err
+    assert "blocked.cg" in err and "iteration" in err and "residual" in err and "-> 1e-10" in err
+    seen.clear()
+    model = blocked.falkon(net, x, y, n_centers=20, diag_reg=1e-4, callback=lambda it, res: seen.append(it))
+    assert seen == list(range(model.iterations + 1))
+    with pytest.raises(ParameterError, match=r"blocked.cg: callback must be a callable \(iteration, residual\)"):
+        blocked.cg(net.kernel(x), y, callback=3)
+    with pytest.raises(ParameterError, match=r"blocked.falkon: progress must be a bool \(got 'yes'\)"):
+        blocked.falkon(net, x, y, n_centers=5, progress="yes")
+
+
+def test_get_takes_a_tuple_of_names_everywhere(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 5, generator=g, dtype=D)
+    y = torch.randn(30, generator=g, dtype=D)
+    xt = torch.randn(6, 5, generator=g, dtype=D)
+    net = _net()
+    k = net.kernel(x)
+    both = blocked.compute(net, x, get=("ntk", "nngp"))
+    assert both._fields == ("ntk", "nngp") and torch.equal(both.ntk, blocked.compute(net, x).ntk)
+    assert torch.equal(blocked.compute(net, x, get=["nngp"]).nngp, blocked.compute(net, x, get="nngp"))
+    solved = blocked.cg(k, y, diag_reg=1e-3, get=("nngp", "ntk"))
+    assert torch.equal(solved.ntk.solution, blocked.cg(k, y, diag_reg=1e-3, get="ntk").solution)
+    models = blocked.falkon(net, x, y, n_centers=10, diag_reg=1e-4, get=("nngp", "ntk"))
+    assert torch.equal(models.nngp(xt), blocked.falkon(net, x, y, n_centers=10, diag_reg=1e-4, get="nngp")(xt))
+    gps = wn.predict.gp_inference(k, y, diag_reg=1e-3, get=("nngp", "ntkgp"))
+    assert torch.equal(gps.ntkgp(net.kernel(xt, x)), wn.predict.gp_inference(k, y, 1e-3, get="ntkgp")(net.kernel(xt, x)))
+    for bad, rule in (((), "must name at least one"), (("ntk", "ntk"), "names a kernel twice"),
+                      (("ntk", "nnpg"), "get must be one of 'nngp', 'ntk' \\(got 'nnpg'\\)")):
+        with pytest.raises(ParameterError, match=rule):
+            blocked.cg(k, y, get=bad)

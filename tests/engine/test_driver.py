@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -210,3 +211,50 @@ def test_pooled_cnn_kernel_runs_within_its_memory_budget():
     naive = 40 * 40 * 256**2 * 8
     assert result["growth"] < 48e6 * 1.25, result
     assert result["growth"] < naive / 10
+
+
+# ---- the dtype policy and results that cannot exist -------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    net = NETS["relu"]
+    x = _x(5, dtype=torch.float32)
+    k = net.kernel(x.to(dtype))
+    assert k.nngp.dtype == k.ntk.dtype == torch.float32
+    expected = net.kernel(x.to(dtype).float())
+    assert torch.equal(k.ntk, expected.ntk) and bool(torch.isfinite(k.ntk).all())
+    # the second set follows the first: float32 against half is computed in float32
+    assert net.kernel(x, x.to(dtype)).ntk.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad, shown", [
+    (torch.ones(4, 5, dtype=torch.int64), "torch.int64"), (torch.ones(4, 5, dtype=torch.bool), "torch.bool"),
+    (np.ones((4, 5), dtype=np.int32), "int32"), ([[1, 2, 3, 4, 5]], "int64"),
+])
+def test_integer_and_bool_inputs_are_refused_with_their_dtype(bad, shown):
+    with pytest.raises(ParameterError, match=rf"x1 must hold floating-point numbers \(got dtype {shown}\)"):
+        NETS["relu"].kernel(bad)
+    with pytest.raises(ParameterError, match=rf"x2 must hold floating-point numbers \(got dtype {shown}\)"):
+        NETS["relu"].kernel(_x(3), bad)
+
+
+def test_a_result_larger_than_the_available_memory_is_refused_before_any_tile(monkeypatch):
+    import widenet._engine.driver as driver
+
+    monkeypatch.setattr(driver, "available_memory", lambda device: 10_000)
+    ran = []
+    monkeypatch.setattr(driver, "_plan", lambda *a: ran.append(a))
+    with pytest.raises(wn.errors.OutOfMemoryError,
+                       match=r"the NNGP and NTK of 30 x 40 inputs \(torch.float64\) take 19.2 kB, more than "
+                             r"the 10 kB of memory available; .*widenet.blocked.compute"):
+        NETS["relu"].kernel(_x(30), _x(40))
+    with pytest.raises(MemoryError, match=r"the NNGP of 40 x 40 inputs"):
+        NETS["relu"].nngp(_x(40))
+    assert ran == []
+
+
+def test_a_kernel_that_leaves_the_dtypes_range_raises_instead_of_returning_inf():
+    x = torch.full((3, 4), 1e30, dtype=torch.float32)
+    with pytest.raises(wn.errors.NumericalError, match=r"entries of the NNGP are NaN or Inf although the inputs "
+                                                       r"are finite \(largest \|x1\| = 1e\+30, dtype torch.float32\)"):
+        NETS["relu"].kernel(x)
+    assert bool(torch.isfinite(NETS["relu"].kernel(x.double()).ntk).all())

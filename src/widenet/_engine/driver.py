@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .._validate import as_tensor, available_memory, check_choice, check_int, check_mask, check_memory
-from ..errors import LayerOrderError, ParameterError, ShapeError
+from .._validate import as_inputs, available_memory, check_choice, check_int, check_mask, check_memory
+from ..errors import LayerOrderError, NumericalError, OutOfMemoryError, ParameterError, ShapeError
 from ..kernel import Kernel
 from . import autodiff, exact, scratch
 from .inputs import input_tile
@@ -151,7 +151,7 @@ def _single(owner: str, out: Flow) -> Tile:
 
 
 def _check_inputs(owner: str, x1: Any, x2: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    x1 = as_tensor(owner, "x1", x1)
+    x1 = as_inputs(owner, "x1", x1)
     if not 2 <= x1.ndim <= 5:
         raise ShapeError(
             f"{owner}: x1 must have shape (N, features) or (N, C, *spatial) with 1 to 3 spatial "
@@ -162,7 +162,7 @@ def _check_inputs(owner: str, x1: Any, x2: Any) -> tuple[torch.Tensor, Optional[
                          f"(got shape {tuple(x1.shape)})")
     if x2 is None:
         return x1, None
-    x2 = as_tensor(owner, "x2", x2, like=x1)
+    x2 = as_inputs(owner, "x2", x2, like=x1)
     if x2.ndim != x1.ndim or x2.shape[1:] != x1.shape[1:] or x2.shape[0] < 1:
         tail = ", ".join(str(n) for n in x1.shape[1:])
         raise ShapeError(
@@ -256,6 +256,7 @@ def _run(rule: Rule, call: _Call) -> Kernel:
     out_pair, out_cov = tuple(probe.nngp.shape[2:]), tuple(probe.cov1.shape[1:])
     paired = len(out_cov) // 2 if probe.is_full else 0
 
+    _check_result_fits(call, n1, n2, math.prod(out_pair))
     in_pair = math.prod(x1.shape[2:]) ** (2 if call.full else 1)
     plan = _plan(call, in_pair, n1, n2)
     # Own covariances are computed once per input and replayed by later tiles when all of
@@ -294,10 +295,51 @@ def _run(rule: Rule, call: _Call) -> Kernel:
         _store(plan, i, j, work, grids, var1, var2, paired)
         if j == plan.grid[1] - 1:
             row_tapes.pop(i, None)  # later rows meet only later column blocks
-    return Kernel(grids["nngp"].result(), grids["ntk"].result() if call.want_ntk else None,
-                  var1.result(), None if var2 is None else var2.result(),
-                  is_gaussian=last.is_gaussian, width=last.width,
-                  layout="full" if probe.is_full else "diagonal")
+    return _check_finite(call, Kernel(
+        grids["nngp"].result(), grids["ntk"].result() if call.want_ntk else None,
+        var1.result(), None if var2 is None else var2.result(),
+        is_gaussian=last.is_gaussian, width=last.width, layout="full" if probe.is_full else "diagonal"))
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes / 1e3:.3g} kB"
+
+
+def _check_result_fits(call: _Call, n1: int, n2: int, per_pair: int) -> None:
+    """Refuses, before the tiles run, a result larger than the memory available now."""
+    kernels = 2 if call.want_ntk else 1
+    nbytes = n1 * n2 * per_pair * kernels * call.x1.element_size()
+    available = available_memory(call.x1.device)
+    if nbytes > available:
+        what = "NNGP and NTK" if call.want_ntk else "NNGP"
+        positions = f"{per_pair} position pairs each, " if per_pair > 1 else ""
+        less = ["fewer inputs"] + (["net.nngp only"] if call.want_ntk else []) + (
+            ["float32"] if call.x1.dtype == torch.float64 else [])
+        raise OutOfMemoryError(
+            f"{call.owner}: the {what} of {n1} x {n2} inputs ({positions}{call.x1.dtype}) take "
+            f"{_size(nbytes)}, more than the {_size(available)} of memory available; compute it "
+            f"in tiles into a store on disk with widenet.blocked.compute(net, x1, x2, "
+            f"store='kernel.zarr'), or ask for less ({', '.join(less)})"
+        )
+
+
+def _check_finite(call: _Call, kernel: Kernel) -> Kernel:
+    """Refuses a kernel with NaN or Inf entries from finite inputs (values past the dtype's
+    range, e.g. large inputs in float32): never a silently non-finite result."""
+    for name in ("nngp", "ntk"):
+        value = getattr(kernel, name)
+        if value is not None and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            scale = float(call.x1.abs().max())
+            raise NumericalError(
+                f"{call.owner}: {bad} of the {value.numel()} entries of the {name.upper()} are NaN "
+                f"or Inf although the inputs are finite (largest |x1| = {scale:.3g}, dtype "
+                f"{call.x1.dtype}): the values left the dtype's range; scale the inputs or use float64"
+            )
+    return kernel
 
 
 def _store(plan: Plan, i: int, j: int, work: Tile, grids: dict, var1: RowBlocks,

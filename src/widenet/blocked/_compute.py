@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import torch
 
 from .._engine import exact
-from .._validate import as_tensor, available_memory, check_int, check_memory
-from ..errors import ParameterError
+from .._validate import as_inputs, available_memory, by_get, check_gets, check_int, check_memory
+from ..errors import OutOfMemoryError, ParameterError
 from ..kernel import Kernel
 from ._store import Store, fingerprint
 from ._tiles import PAIR, Assembly, Plan, parts, run_tile, to_numpy
@@ -122,7 +123,9 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
             description (every layer and hyperparameter), or a callable's qualified name (pass
             a key that also names the callable's parameters, e.g. its model's checkpoint).
         get: "nngp" or "ntk" to compute and keep only that kernel, as a tensor (an
-            architecture then computes only it: less memory and, for the NNGP, less work).
+            architecture then computes only it: less memory and, for the NNGP, less work), or
+            a tuple of names (Neural Tangents' form) for a named tuple of tensors (with a
+            store, the store, which holds them).
         progress: show a progress bar with throughput and ETA (default: when the standard
             error is a terminal).
         reproducible: compute widenet kernels in reproducible mode (``Layer.kernel``'s
@@ -137,8 +140,8 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         variances, or a tensor). With a store, the ``Store`` (``store.load()`` reads
         it into memory, ``store["ntk"]`` is the zarr array).
     """
-    x1 = as_tensor(OWNER, "x1", x1)
-    x2 = None if x2 is None else as_tensor(OWNER, "x2", x2, like=x1)
+    x1 = as_inputs(OWNER, "x1", x1)
+    x2 = None if x2 is None else as_inputs(OWNER, "x2", x2, like=x1)
     if x1.ndim < 1 or x1.shape[0] == 0:
         raise ParameterError(f"{OWNER}: x1 must hold at least one input (got shape {tuple(x1.shape)})")
     if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
@@ -150,17 +153,28 @@ def compute(fn: Any, x1: Any, x2: Any = None, *, memory: Any = None, tile: Optio
         tile = check_int(OWNER, "tile", tile, minimum=1)
     if not isinstance(overwrite, bool):
         raise ParameterError(f"{OWNER}: overwrite must be a bool (got {overwrite!r})")
-    if get is not None and get not in ("nngp", "ntk"):
-        raise ParameterError(f"{OWNER}: get must be None, 'nngp' or 'ntk' (got {get!r})")
+    names, many = (None, False) if get is None else check_gets(OWNER, get, ("nngp", "ntk"))
+    get = None if names is None or len(names) > 1 else names[0]
     if not isinstance(reproducible, bool):
         raise ParameterError(f"{OWNER}: reproducible must be a bool (got {reproducible!r})")
     fn, fn_key = _function(fn, key, max(1, budget * 3 // 4), get, reproducible)
     if client is None:
-        return _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, None, progress)
-    from ._dask import connected
+        out = _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, None, progress)
+    else:
+        from ._dask import connected
 
-    with connected(client) as opened:
-        return _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, opened, progress)
+        with connected(client) as opened:
+            out = _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, opened, progress)
+    if not many or store is not None:
+        return out
+    return by_get(names, True, lambda g: out if len(names) == 1 else _named(out, g))
+
+
+def _named(out: Any, name: str) -> torch.Tensor:
+    value = getattr(out, name, None) if isinstance(out, Kernel) else None
+    if value is None:
+        raise ParameterError(f"{OWNER}: get names {name!r}, but the kernel function gives no {name}")
+    return value
 
 
 def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
@@ -200,6 +214,7 @@ def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
         finished = existing.finished()
         todo = [t for t in todo if t not in finished]
     else:
+        _check_fits(n1, n2, per_pair, x1.device)
         sink = Assembly(plan, meta, shapes, dtype, x1.device)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -220,6 +235,17 @@ def _run(fn, fn_key, x1, x2, budget, tile, store, overwrite, client, progress):
     if isinstance(sink, Store):
         return sink
     return sink.result()
+
+
+def _check_fits(n1: int, n2: int, per_pair: int, device) -> None:
+    """Refuses, before any tile, an in-memory result larger than the memory available."""
+    nbytes, available = n1 * n2 * per_pair, available_memory(device)
+    if nbytes > available:
+        raise OutOfMemoryError(
+            f"{OWNER}: the kernels of {n1} x {n2} inputs take {nbytes / 1e9:.3g} GB, more than the "
+            f"{available / 1e9:.3g} GB of memory available; pass store='kernel.zarr' to write the "
+            f"tiles to disk instead of assembling them in memory"
+        )
 
 
 class _Progress:

@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .._validate import as_tensor, available_memory, check_float, check_int, check_memory
+from .._validate import (as_inputs, as_tensor, available_memory, by_get, check_float, check_gets, check_int,
+                         check_memory)
 from ..errors import NumericalError, ParameterError, ShapeError
 from ..kernel import Kernel
 from ._store import Store
@@ -27,10 +28,61 @@ class CGResult:
     residual: torch.Tensor
 
 
+class _Report:
+    """Each CG iteration to the user: ``callback(iteration, residual)`` (the largest relative
+    residual over the columns) and, with ``progress``, a rich bar on the standard error whose
+    length is the residual's way down to ``tol`` on a log scale, so that its ETA follows the
+    convergence rate."""
+
+    def __init__(self, owner: str, tol: float, callback: Optional[Callable], progress: bool):
+        if callback is not None and not callable(callback):
+            raise ParameterError(f"{owner}: callback must be a callable (iteration, residual) -> None or None "
+                                 f"(got {callback!r})")
+        if not isinstance(progress, bool):
+            raise ParameterError(f"{owner}: progress must be a bool (got {progress!r})")
+        self.owner, self.tol, self.callback, self.progress = owner, tol, callback, progress
+        self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, iteration: int, residual: float) -> None:
+        if self.callback is not None:
+            self.callback(iteration, residual)
+        if not self.progress:
+            return
+        if self._bar is None:
+            self._start_bar(residual)
+        done = math.log10(self._first / max(residual, self.tol)) if residual > 0 else self._total
+        self._bar.update(self._task, completed=min(max(done, 0.0), self._total), iteration=iteration,
+                         residual=f"{residual:.2e}")
+
+    def _start_bar(self, residual: float) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._first = max(residual, self.tol)
+        self._total = max(math.log10(self._first / self.tol), 1e-9)
+        self._bar = Progress(TextColumn(f"{self.owner}"), BarColumn(), TextColumn("iteration {task.fields[iteration]}"),
+                             TextColumn("residual {task.fields[residual]} -> {task.fields[goal]}"),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                             console=Console(stderr=True))
+        self._bar.__enter__()
+        self._task = self._bar.add_task("cg", total=self._total, iteration=0, residual=f"{residual:.2e}",
+                                        goal=f"{self.tol:.0e}")
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+
 def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float,
-                        maxiter: int, precondition: Optional[Callable] = None, owner: str = "blocked.cg"):
+                        maxiter: int, precondition: Optional[Callable] = None, owner: str = "blocked.cg",
+                        report: Optional[Callable[[int, float], None]] = None):
     """Column-wise (preconditioned) CG on a symmetric positive-definite operator: every column of
-    ``b`` takes its own steps; stops when every relative residual is below ``tol``."""
+    ``b`` takes its own steps; stops when every relative residual is below ``tol``.
+    ``report(iteration, residual)`` is called before the first step and after each."""
     x = torch.zeros_like(b)
     r = b.clone()
     z = r if precondition is None else precondition(r)
@@ -39,6 +91,8 @@ def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.
     norm_b = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
     rel = r.norm(dim=0) / norm_b
     it = 0
+    if report is not None:
+        report(it, float(rel.max()))
     while it < maxiter and bool((rel > tol).any()):
         ap = apply(p)
         curvature = (p * ap).sum(0)
@@ -58,6 +112,8 @@ def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.
         rz = rz_new
         rel = r.norm(dim=0) / norm_b
         it += 1
+        if report is not None:
+            report(it, float(rel.max()))
     return x, it, rel
 
 
@@ -107,9 +163,10 @@ class _Rows:
         return out
 
 
-def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg_absolute_scale: bool = False,
+def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: Any = "ntk", diag_reg_absolute_scale: bool = False,
        tol: float = 1e-10, maxiter: Optional[int] = None, memory: Any = None,
-       dtype: torch.dtype = torch.float64) -> CGResult:
+       dtype: torch.dtype = torch.float64, callback: Optional[Callable[[int, float], None]] = None,
+       progress: bool = False) -> CGResult:
     """Solves ``(K + reg I) x = y`` by conjugate gradients, reading ``K`` row block by row block
     (a ``Store`` on disk, a zarr or numpy array, a tensor or a Kernel), so that only
     ``memory`` bytes of it are in memory at once.
@@ -118,10 +175,28 @@ def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg
     unless ``diag_reg_absolute_scale``. ``y`` is ``(N,)`` or ``(N, k)``; each column is solved
     to a relative residual ``tol``. Returns a ``CGResult``; ``K_test_train @ solution``
     is then the posterior mean (``gp_inference``) or the converged NTK prediction.
+
+    ``callback(iteration, residual)`` is called before the first step and after each (the
+    largest relative residual over the columns); ``progress=True`` shows a bar with the
+    iteration, the residual and the time left on the standard error. ``get`` names the kernel
+    of a Store or Kernel ("nngp" or "ntk"); a tuple of names solves against each and returns
+    a named tuple of results.
+
+    Example:
+
+        >>> k = wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)).kernel(x)
+        >>> out = wn.blocked.cg(k, torch.ones(len(x), dtype=x.dtype), diag_reg=1e-3,
+        ...                     callback=lambda it, res: None)
+        >>> out.solution.shape == (len(x),)
+        True
     """
     owner = "blocked.cg"
-    if get not in ("nngp", "ntk"):
-        raise ParameterError(f"{owner}: get must be 'nngp' or 'ntk' (got {get!r})")
+    names, many = check_gets(owner, get, ("nngp", "ntk"))
+    if many:
+        return by_get(names, True, lambda g: cg(
+            kernel, y, diag_reg, get=g, diag_reg_absolute_scale=diag_reg_absolute_scale, tol=tol, maxiter=maxiter,
+            memory=memory, dtype=dtype, callback=callback, progress=progress))
+    get = names[0]
     budget = None if memory is None else check_memory(owner, "memory", memory)
     op = _Rows(owner, kernel, get, budget, dtype)
     y = as_tensor(owner, "y", y).to(dtype)
@@ -133,7 +208,9 @@ def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: str = "ntk", diag_reg
     tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
     maxiter = 10 * op.n if maxiter is None else check_int(owner, "maxiter", maxiter, minimum=1)
     reg = diag_reg if diag_reg_absolute_scale else diag_reg * float(op.diagonal().mean())
-    x, it, rel = conjugate_gradients(lambda v: op.matmul(v) + reg * v, y, tol=tol, maxiter=maxiter, owner=owner)
+    with _Report(owner, tol, callback, progress) as report:
+        x, it, rel = conjugate_gradients(lambda v: op.matmul(v) + reg * v, y, tol=tol, maxiter=maxiter, owner=owner,
+                                         report=report)
     return CGResult(x[:, 0] if flat else x, it, rel)
 
 
@@ -151,16 +228,17 @@ class FalkonPredictor:
     def __call__(self, x_test: Any) -> torch.Tensor:
         from ._compute import compute
 
-        x_test = as_tensor("falkon predictor", "x_test", x_test, like=self.centers)
+        x_test = as_inputs("falkon predictor", "x_test", x_test, like=self.centers)
         k = compute(self._fn, x_test, self.centers, memory=self._memory, get=self._get, progress=False)
         out = (k.to(self.alpha.dtype) @ self.alpha).to(self._out_dtype)
         return out[:, 0] if self._flat else out
 
 
-def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: str = "ntk",
+def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-6, *, get: Any = "ntk",
            seed: int = 0, tol: float = 1e-8, maxiter: int = 100, memory: Any = None, client: Any = None,
            store: Any = None, relative: bool = False, cache: bool = True,
-           dtype: torch.dtype = torch.float64) -> FalkonPredictor:
+           dtype: torch.dtype = torch.float64, callback: Optional[Callable[[int, float], None]] = None,
+           progress: bool = False) -> FalkonPredictor:
     """Kernel ridge regression on many points by FALKON (Rudi, Carratino and Rosasco 2017).
 
     Minimizes ``||K_nM a - y||^2 / n + diag_reg * a^T K_MM a`` over combinations of ``M``
@@ -182,22 +260,39 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
         n_centers: M (at most n).
         diag_reg: the ridge (absolute, in the normalization above).
         get: which kernel of a Kernel-valued function: "ntk" (the converged infinitely wide
-            network trained by gradient descent) or "nngp" (the Bayesian posterior mean).
+            network trained by gradient descent) or "nngp" (the Bayesian posterior mean); a
+            tuple of both fits one predictor per kernel and returns them as a named tuple
+            (with ``store``, one store per kernel: the path with ``-nngp`` / ``-ntk`` appended).
         relative: ``diag_reg`` relative to the kernel's mean diagonal, as in ``predict``: the
             ridge ``diag_reg * n`` becomes ``diag_reg * mean diag(K)`` (estimated on the centers).
+        callback: ``callback(iteration, residual)`` after each CG iteration (as ``cg``).
+        progress: a bar of the kernel tiles, then of the CG iterations (residual, time left),
+            on the standard error.
+
+    Example:
+
+        >>> net = wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1))
+        >>> model = wn.blocked.falkon(net, x, torch.ones(len(x), dtype=x.dtype), n_centers=4)
+        >>> model(x).shape == (len(x),)
+        True
     """
     from ._compute import compute
 
     owner = "blocked.falkon"
-    x = as_tensor(owner, "x", x)
+    names, many = check_gets(owner, get, ("nngp", "ntk"))
+    if many:
+        return by_get(names, True, lambda g: falkon(
+            fn, x, y, n_centers, diag_reg, get=g, seed=seed, tol=tol, maxiter=maxiter, memory=memory, client=client,
+            store=None if store is None else f"{store}-{g}", relative=relative, cache=cache, dtype=dtype,
+            callback=callback, progress=progress))
+    get = names[0]
+    x = as_inputs(owner, "x", x)
     n = x.shape[0]
     y = as_tensor(owner, "y", y).to(dtype)
     flat = y.ndim == 1
     y = y[:, None] if flat else y
     if y.shape[0] != n:
         raise ShapeError(f"{owner}: y must have one row per input: x {tuple(x.shape)}, y {tuple(y.shape)}")
-    if get not in ("nngp", "ntk"):
-        raise ParameterError(f"{owner}: get must be 'nngp' or 'ntk' (got {get!r})")
     m = check_int(owner, "n_centers", n_centers, minimum=1)
     if m > n:
         raise ParameterError(f"{owner}: n_centers must be at most the number of inputs {n} (got {m})")
@@ -211,21 +306,23 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
 
     g = torch.Generator().manual_seed(int(seed))
     centers = x[torch.randperm(n, generator=g)[:m].to(x.device)]
-    kmm = compute(fn, centers, memory=budget, client=client, get=get, progress=False).to(dtype)
+    report = _Report(owner, tol, callback, progress)  # checks both before any work
+    kmm = compute(fn, centers, memory=budget, client=client, get=get, progress=progress).to(dtype)
     if relative:
         lam = lam * float(kmm.diagonal().mean()) / n
     if not isinstance(cache, bool):
         raise ParameterError(f"{owner}: cache must be a bool (got {cache!r})")
     if cache:
-        rows = _RectRows(compute(fn, x, centers, memory=budget, client=client, store=store, get=get), get,
-                         budget, dtype)
+        rows = _RectRows(compute(fn, x, centers, memory=budget, client=client, store=store, get=get,
+                                 progress=progress), get, budget, dtype)
     else:
         rows = _RectRows(_OnTheFly(fn, x, centers, get, budget), get, budget, dtype)
-    alpha, it, rel = _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype)
+    with report:
+        alpha, it, rel = _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype, report)
     return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
 
 
-def _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype):
+def _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype, report=None):
     """``(a, iterations, residual)`` of ``(K_nM^T K_nM + lam n K_MM) a = K_nM^T y`` by Nystrom-preconditioned CG."""
     # T^T T = K_MM (a jitter of M eps keeps it factorizable), A^T A = T T^T / M + lam I.
     eye = torch.eye(m, dtype=dtype)
@@ -246,7 +343,7 @@ def _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype):
 
     rhs = bt_apply(rows.transpose_matmul(y))
     beta, it, rel = conjugate_gradients(lambda v: bt_apply(h_apply(b_apply(v))), rhs, tol=tol, maxiter=maxiter,
-                                        owner=owner)
+                                        owner=owner, report=report)
     return b_apply(beta), it, rel
 
 

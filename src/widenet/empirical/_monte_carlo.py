@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .._validate import as_tensor, check_int
+from .._validate import as_inputs, check_int
 from ..errors import ParameterError
 from ..kernel import Kernel
 from ._ntk import nngp as empirical_nngp
@@ -75,8 +75,8 @@ def monte_carlo(net: Union[Any, Callable[[int], nn.Module]], x1: Any, x2: Any = 
     owner = "monte_carlo"
     n_samples = check_int(owner, "n_samples", n_samples, minimum=1)
     seed = check_int(owner, "seed", seed, minimum=0)
-    x1 = as_tensor(owner, "x1", x1)
-    x2 = None if x2 is None else as_tensor(owner, "x2", x2, like=x1)
+    x1 = as_inputs(owner, "x1", x1, half="keep")
+    x2 = None if x2 is None else as_inputs(owner, "x2", x2, like=x1, half="keep")
     if hasattr(net, "module") and hasattr(net, "kernel"):
         shape = tuple(x1.shape[1:])
         factory = lambda s: net.module(shape, seed=s, dtype=x1.dtype, device=x1.device)  # noqa: E731

@@ -10,7 +10,7 @@ from torch.func import jacrev, jvp, vjp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
 from .._engine import tiling
-from .._validate import as_tensor, check_choice, check_int, check_memory
+from .._validate import as_inputs, check_choice, check_int, check_memory
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
 from ._cost import Probe, cheapest
@@ -127,8 +127,8 @@ def _check_inputs(owner, model, x1, x2):
     ref = next(iter(model.parameters()), None)
     if ref is None:
         raise ParameterError(f"{owner}: the model has no parameters")
-    x1 = as_tensor(owner, "x1", x1)
-    x2 = None if x2 is None else as_tensor(owner, "x2", x2, like=x1)
+    x1 = as_inputs(owner, "x1", x1, half="keep")
+    x2 = None if x2 is None else as_inputs(owner, "x2", x2, like=x1, half="keep")
     if x1.is_floating_point() and x1.dtype != ref.dtype:
         raise ShapeError(f"{owner}: inputs and model parameters must share a dtype (got {x1.dtype} and {ref.dtype})")
     if x1.device != ref.device:

@@ -244,9 +244,5 @@ def expm1_ratio(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(tiny, limit, value)
 
 
-def check_get(owner: str, get: Any, choices=("nngp", "ntk")) -> str:
-    return check_choice(owner, "get", get, choices)
-
-
 def log2pi() -> float:
     return math.log(2 * math.pi)

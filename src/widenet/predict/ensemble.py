@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._validate import check_float, check_memory
+from .._validate import by_get, check_float, check_gets, check_memory
 from . import _common as C
 from .gp import Gaussian, gp_inference
 
@@ -61,36 +61,43 @@ class EnsemblePredictor:
             self._eig[get] = C.eigh(self._owner, k, self._reg)
         return self._eig[get]
 
-    def __call__(self, t: Any = None, x_test: Any = None, get: str = "ntk", compute_cov: Any = False):
+    def __call__(self, t: Any = None, x_test: Any = None, get: Any = "ntk", compute_cov: Any = False):
         """Mean (and covariance) of the outputs on ``x_test`` at time(s) ``t``.
 
         Args:
             t: steps (number, array, ``inf``) or ``None`` for infinite time.
             x_test: test inputs, or ``None`` for the training inputs (unregularized).
-            get: "ntk" (all layers trained) or "nngp" (only the readout layer trained).
+            get: "ntk" (all layers trained) or "nngp" (only the readout layer trained), or a
+                tuple of both (Neural Tangents' form): then a named tuple with one result per
+                name, from one pass over the test kernels.
             compute_cov: False (mean only), True (full covariance over ``x_test``) or
                 "variance" (its diagonal only, computed in chunks of test points).
         Returns:
             The mean, or a ``Gaussian`` ``(mean, covariance)``; leading axes follow ``t``.
         """
         owner = self._owner + " predictor"
-        get = C.check_get(owner, get)
+        names, many = check_gets(owner, get, ("nngp", "ntk"))
         if compute_cov not in (False, True, "variance"):
             raise C.ParameterError(f"{owner}: compute_cov must be False, True or 'variance' (got {compute_cov!r})")
-        kdd = self.train_kernel
-        device = kdd.nngp.device
-        out_dtype = kdd.nngp.dtype
-        tt, t_shape = C.times(owner, t, self._dtype, device)
+        tt, t_shape = C.times(owner, t, self._dtype, self.train_kernel.nngp.device)
         if x_test is None:
-            return self._train(tt, t_shape, get, compute_cov, out_dtype)
-        m = len(x_test)
-        n = self._y.shape[0]
+            return by_get(names, many, lambda g: self._train(tt, t_shape, g, compute_cov, self.train_kernel.nngp.dtype))
+        parts = {g: ([], []) for g in names}
+        for ktd, ktt in self._test_chunks(x_test, compute_cov):
+            for g in names:
+                mean, cov = self._predict(tt, g, ktd, ktt)
+                parts[g][0].append(mean)
+                parts[g][1].append(cov)
+        return by_get(names, many, lambda g: self._assemble(parts[g], t_shape, compute_cov))
+
+    def _test_chunks(self, x_test, compute_cov):
+        """``(k_test_train, k_test_test)`` for chunks of test points within the budget."""
+        m, n = len(x_test), self._y.shape[0]
         if compute_cov is True:
             ranges = [(0, m)]
         else:
             rows = max(1, self._budget // (8 * max(n, 1) * 8))
             ranges = [(a, min(m, a + rows)) for a in range(0, m, rows)]
-        means, variances = [], []
         for a, b in ranges:
             ktd = self._fn(x_test[a:b], self._x)
             ktt = None
@@ -98,9 +105,11 @@ class EnsemblePredictor:
                 ktt = self._fn(x_test, None).nngp
             elif compute_cov == "variance":
                 ktt = self._test_variances(x_test[a:b], ktd)
-            mean, cov = self._predict(tt, get, ktd, ktt)
-            means.append(mean)
-            variances.append(cov)
+            yield ktd, ktt
+
+    def _assemble(self, part, t_shape, compute_cov):
+        means, variances = part
+        out_dtype = self.train_kernel.nngp.dtype
         mean = torch.cat(means, dim=1)
         mean = mean.reshape(t_shape + mean.shape[1:]).to(out_dtype)
         mean = mean[..., 0] if self._flat else mean

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from .._validate import by_get, check_gets
 from . import _common as C
 
 __all__ = ["Gaussian", "gp_inference", "marginal_log_likelihood"]
@@ -191,7 +192,7 @@ class GPPredictor:
 
 
 def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
-                 diag_reg_absolute_scale: bool = False, get: str = "nngp",
+                 diag_reg_absolute_scale: bool = False, get: Any = "nngp",
                  dtype: torch.dtype = torch.float64, memory: Any = None, solver: str = "auto",
                  tol: float = 1e-10) -> GPPredictor:
     """Posterior of a Gaussian process with an NNGP or NTK kernel, as a reusable predictor.
@@ -227,7 +228,8 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
         diag_reg: ridge added to the diagonal, relative to the mean diagonal
             (``diag_reg * Tr K / N``) unless ``diag_reg_absolute_scale``. A 0-d tensor is kept,
             so gradients flow through it.
-        get: "nngp", "ntk" or "ntkgp".
+        get: "nngp", "ntk" or "ntkgp", or a tuple of them (Neural Tangents' form): then a
+            named tuple of predictors, one per name.
         dtype: precision of the solves (float64 by default); results come back in the dtype
             of ``k_train_train``.
         memory: bytes (or "512MB") for the chunked variance computation (and, with
@@ -244,7 +246,12 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: Any = 0.0, *,
             message gives its size and what to change.
     """
     owner = "gp_inference"
-    get = C.check_get(owner, get, ("nngp", "ntk", "ntkgp"))
+    names, many = check_gets(owner, get, ("nngp", "ntk", "ntkgp"))
+    if many:
+        return by_get(names, True, lambda g: gp_inference(
+            k_train_train, y_train, diag_reg, diag_reg_absolute_scale=diag_reg_absolute_scale, get=g,
+            dtype=dtype, memory=memory, solver=solver, tol=tol))
+    get = names[0]
     dtype = C.solve_dtype(owner, dtype)
     budget = None
     if memory is not None:

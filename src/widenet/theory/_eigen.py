@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from .._validate import as_tensor, check_choice, check_float, check_int
+from .._validate import as_inputs, as_tensor, check_choice, check_float, check_int
 from ..empirical import ModelFunction, ParameterSelector, eval_mode, pushforward, select_parameters
 from ..errors import NonFiniteInputError, ParameterError, ShapeError
 
@@ -121,7 +121,7 @@ def _check_common(owner, model, k, which, method, tol, seed, maxiter):
 
 
 def _check_input(owner, model, x):
-    x = as_tensor(owner, "x", x)
+    x = as_inputs(owner, "x", x, half="keep")
     ref = next(iter(model.parameters()), None)
     if ref is None:
         raise ParameterError(f"{owner}: the model has no parameters")

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from .._hermite import gauss_hermite
-from .._validate import as_tensor, check_choice, check_int
+from .._validate import as_inputs, as_tensor, check_choice, check_int
 from ..errors import ParameterError, ShapeError
 from ._signal import _phi, _variances, fixed_point_q
 from ._plot import legend, new_axes
@@ -72,7 +72,7 @@ def _input_jacobians(owner: str, model: torch.nn.Module, x: Any, transform=None)
     (reverse mode, vectorized over examples), parameters held fixed."""
     if not isinstance(model, torch.nn.Module):
         raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
-    x = as_tensor(owner, "x", x)
+    x = as_inputs(owner, "x", x, half="keep")
     if x.ndim < 2 or x.shape[0] < 1:
         raise ShapeError(f"{owner}: x must be a batch (N, ...) of at least one input (got {tuple(x.shape)})")
     from torch.func import functional_call, jacrev, vmap

@@ -332,7 +332,7 @@ def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthP
     ``depth_profile(wn.Serial(wn.Tanh(), wn.Dense(1, 1.2, 0.2)), x, 50, stem=wn.Dense(1, 1.2, 0.2))``.
     The network's outputs must have no spatial axes (pool or flatten them in ``stem``/``block``
     otherwise)."""
-    from .._validate import as_tensor, check_int
+    from .._validate import as_inputs, as_tensor, check_int
     from ..layers import Identity, Layer
 
     owner = "theory.depth_profile"
@@ -342,7 +342,7 @@ def depth_profile(block: Any, x: Any, depth: int, *, stem: Any = None) -> DepthP
     if block is None:
         raise ParameterError(f"{owner}: block must be a widenet layer (got None)")
     depth = check_int(owner, "depth", depth, minimum=1)
-    x = as_tensor(owner, "x", x)
+    x = as_inputs(owner, "x", x)
     kernel = (Identity() if stem is None else stem).kernel(x, layout="diagonal")
     cond_k, cond_t, mean_c, change = [], [], [], []
     previous = None

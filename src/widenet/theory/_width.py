@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validate import as_tensor, check_float, check_int
+from .._validate import as_inputs, as_tensor, check_float, check_int
 from ..empirical import ntk as empirical_ntk
 from ..errors import NumericalError, ParameterError, ShapeError
 from ._progress import progress_bar
@@ -161,13 +161,13 @@ def study_inputs(owner: str, architecture: Any, x_train: Any, y_train: Any, x_te
     if not callable(architecture):
         raise ParameterError(f"{owner}: architecture must be a callable width -> widenet layer "
                              f"(got {type(architecture).__name__})")
-    x_train = as_tensor(owner, "x_train", x_train)
+    x_train = as_inputs(owner, "x_train", x_train)
     y = as_tensor(owner, "y_train", y_train).to(x_train.dtype)
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2 or y.shape[0] != x_train.shape[0]:
         raise ShapeError(f"{owner}: y_train must be (N, O) with N = {x_train.shape[0]} (got {tuple(y.shape)})")
-    x_test = x_train if x_test is None else as_tensor(owner, "x_test", x_test, like=x_train)
+    x_test = x_train if x_test is None else as_inputs(owner, "x_test", x_test, like=x_train)
     if tuple(x_test.shape[1:]) != tuple(x_train.shape[1:]):
         raise ShapeError(f"{owner}: x_test and x_train must have one input shape "
                          f"(got {tuple(x_test.shape)} and {tuple(x_train.shape)})")
