@@ -16,6 +16,7 @@ __all__ = [
     "NoClosedFormError",
     "NumericalError",
     "OutOfMemoryError",
+    "AccuracyWarning",
 ]
 
 
@@ -52,3 +53,9 @@ class NumericalError(WidenetError, ArithmeticError):
 class OutOfMemoryError(WidenetError, MemoryError):
     """A result that cannot fit in the memory available, found before any work; the message
     gives its size and the way to compute it in tiles on disk (``widenet.blocked.compute``)."""
+
+
+class AccuracyWarning(UserWarning):
+    """A numerical rule could not reach its accuracy target on the given inputs (for example
+    Gauss-Hermite quadrature at very large pre-activation variances); the message gives the
+    accuracy reached, where, and what to change."""

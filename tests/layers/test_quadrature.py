@@ -1,5 +1,6 @@
 """Nonlinearities by Gauss-Hermite quadrature (src/widenet/layers/quadrature.py)."""
 
+import pytest
 import torch
 
 import widenet as wn
@@ -9,25 +10,11 @@ from widenet.errors import ParameterError
 D = torch.float64
 
 
-class TestTanh(NonlinearityContract):
-    layer_type = wn.Tanh
+class TestElementwise(NonlinearityContract):
+    layer_type = wn.Elementwise
     # Reproducible mode takes the mean of both orders of the pair's quadrature (u from q1
     # and v from q2, or the other way), which differ by the quadrature error, not rounding.
     reproducible_tol = 1e-6
-    bad = ((lambda: wn.Tanh(degree=1), ParameterError, r"Tanh: degree must be an integer >= 2 \(got 1\)"),)
-
-    def test_dual_activation_matches_an_independent_integral(self):
-        # No closed form: the default degree against degree 300.
-        q1, q2, K = covariances(seed=4)
-        T, Tdot, _ = dual(wn.Tanh(), q1, q2, K)
-        T_ref, Tdot_ref, _ = dual(wn.Elementwise(torch.tanh, degree=300), q1, q2, K)
-        assert torch.allclose(T, T_ref, rtol=1e-6, atol=1e-6 * T_ref.abs().max())
-        assert torch.allclose(Tdot, Tdot_ref, rtol=1e-6, atol=1e-6 * Tdot_ref.abs().max())
-
-
-class TestElementwise(NonlinearityContract):
-    layer_type = wn.Elementwise
-    reproducible_tol = 1e-6  # see TestTanh
     params = {"fn": torch.nn.functional.silu, "name": "silu"}
     bad = ((lambda: wn.Elementwise("tanh"), ParameterError, r"Elementwise: fn must be a callable on tensors \(got 'tanh'\)"),)
 
@@ -62,3 +49,13 @@ def test_derivatives_by_autograd_carry_forward_and_reverse_mode_derivatives():
     fd = (value(torch.tensor(1.2 + h, dtype=D)) - value(torch.tensor(1.2 - h, dtype=D))) / (2 * h)
     assert abs(float(tangent - fd)) <= 1e-7 * abs(float(fd))
     assert abs(float(grad - tangent)) <= 1e-11 * abs(float(tangent))
+
+
+def test_quadrature_warns_with_the_numbers_where_it_cannot_reach_its_accuracy():
+    x = torch.randn(20, 10, dtype=D, generator=torch.Generator().manual_seed(0))
+    silu = wn.Elementwise(torch.nn.functional.silu, name="silu")
+    wn.Serial(wn.Dense(64, 1.0), silu, wn.Dense(1)).kernel(x)  # moderate variances: silent (warnings are errors)
+    with pytest.warns(wn.errors.AccuracyWarning, match=r"Elementwise\(tanh, degree=96\): Gauss-Hermite quadrature at "
+                                                       r"degree 96 is accurate to only .* at pre-activation variance "
+                                                       r"[0-9.]+ .*raise degree="):
+        wn.Serial(wn.Dense(64, 6.0), wn.Elementwise(torch.tanh), wn.Dense(1)).kernel(x)

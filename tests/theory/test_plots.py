@@ -55,9 +55,9 @@ def _catapult():
 PLOTS = {
     "spectrum": _spectrum,
     "learning curve": _learning_curve,
-    "phase diagram": lambda: theory.phase_diagram(wn.Tanh(degree=24), torch.linspace(0.5, 3, 5),
+    "phase diagram": lambda: theory.phase_diagram(wn.Tanh(), torch.linspace(0.5, 3, 5),
                                                   torch.linspace(0, 0.2, 3)).plot(),
-    "depth profile": lambda: theory.depth_profile(wn.Serial(wn.Tanh(degree=24), wn.Dense(1)), X[:6], 8,
+    "depth profile": lambda: theory.depth_profile(wn.Serial(wn.Tanh(), wn.Dense(1)), X[:6], 8,
                                                   stem=wn.Dense(1)).plot(),
     "jacobian spectrum": lambda: theory.jacobian_spectrum(_mlp(), X[:3]).plot(),
     "catapult": _catapult,

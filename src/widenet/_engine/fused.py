@@ -31,7 +31,7 @@ import torch
 from .._validate import env_flag
 from . import exact, scratch
 
-__all__ = ["enabled", "abrelu", "shifted_sum"]
+__all__ = ["enabled", "abrelu", "shifted_sum", "tanh_mixture"]
 
 _SOURCE = Path(__file__).with_name("fused.cpp")
 _LOCK = threading.Lock()
@@ -129,3 +129,10 @@ def shifted_sum(flat: torch.Tensor, out: torch.Tensor, deltas: list[int], masks:
     """``out`` = ``flat`` (``has_zero``, else 0) plus ``flat`` shifted by each ``delta`` times
     its 0/1 ``mask``, in order, row by row of ``(rows, block)`` tiles (see ``fused.cpp``)."""
     _MODULE.shifted_sum(flat, out, deltas, masks, has_zero)
+
+
+def tanh_mixture(nngp: torch.Tensor, ntk: Optional[torch.Tensor], a1: torch.Tensor, a2: torch.Tensor,
+                 ww: torch.Tensor) -> None:
+    """Tanh's erf-mixture rule in place on a flat tile of ``E`` entries (see ``fused.cpp``):
+    ``a1``, ``a2`` the row and column operands ``(M, E)``, ``ww`` the weights ``(M, M)``."""
+    _MODULE.tanh_mixture(nngp, ntk, a1.contiguous(), a2.contiguous(), ww.contiguous())

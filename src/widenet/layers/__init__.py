@@ -22,7 +22,8 @@ from .exponential import Exp, Gaussian, Rbf
 from .sign import Sign
 from .polynomial import Hermite, Monomial, Polynomial
 from .rectified_monomial import RectifiedMonomial
-from .quadrature import Elementwise, Tanh
+from .quadrature import Elementwise
+from .tanh import Tanh
 from .softplus import Softplus
 from .pooling import AvgPool, MaxPool, SumPool
 from .global_pool import GlobalAvgPool, GlobalSumPool

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
 
 import torch
 
-from .._engine import Tile, exact, safe_sqrt
+from .._engine import Tile, exact, safe_sqrt, scratch
 from .._hermite import gauss_hermite
 from .._validate import check_int
-from ..errors import ParameterError
+from ..errors import AccuracyWarning, ParameterError
 from .nonlinearity import Nonlinearity, autograd_derivative
 
-__all__ = ["Elementwise", "Tanh"]
+__all__ = ["Elementwise"]
 
 # Bound on the (entries x degree^2) evaluations held in memory at once.
 _QUADRATURE_CHUNK = 1 << 21
+# The relative accuracy below which a rule warns (AccuracyWarning).
+ACCURACY = 1e-6
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,13 @@ class Elementwise(Nonlinearity):
     With ``u = sqrt(q1) z1`` and ``v = sqrt(q2) (rho z1 + sqrt(1 - rho^2) z2)``,
     ``rho = K / sqrt(q1 q2)``, the rules ``T = E[fn(u) fn(v)]`` and ``Tdot = E[fn'(u) fn'(v)]``
     are evaluated with a ``degree x degree`` tensor-product Gauss-Hermite rule
-    (Han et al. 2022, arXiv 2209.04121). Smooth functions of moderate variance (``q`` up to
-    about 5) reach a relative error near 1e-7 at the default degree; kinked functions (ReLU,
-    sign) converge slowly: use their closed forms. The cost is ``degree^2`` evaluations of
-    ``fn`` per kernel entry.
+    (Han et al. 2022, arXiv 2209.04121). Smooth functions of moderate variance reach a
+    relative error near 1e-7 at the default degree; at large variances a smooth function looks
+    kinked to the nodes and the error grows (percents for tanh at variance 30), and every call
+    checks its own variances against a rule of twice the degree and issues an
+    ``AccuracyWarning`` with the numbers where they move by more than 1e-6. Kinked functions
+    (ReLU, sign) converge slowly: use their closed forms, and ``wn.Tanh`` for tanh. The cost
+    is ``degree^2`` evaluations of ``fn`` per kernel entry.
 
     Args:
         fn: the nonlinearity, applied elementwise to tensors.
@@ -115,27 +121,31 @@ class Elementwise(Nonlinearity):
         x, wts = self._nodes(q)
         values = exact.elementwise(self.fn, torch.sqrt(q).reshape(-1, 1) * x[None, :])
         if exact.active():
-            return exact.sum(values * values * wts, -1).reshape(q.shape)
-        return ((values * values) @ wts).reshape(q.shape)
+            out = exact.sum(values * values * wts, -1).reshape(q.shape)
+        else:
+            out = ((values * values) @ wts).reshape(q.shape)
+        self._check_accuracy(q, out)
+        return out
 
-
-def _tanh_derivative(x: torch.Tensor) -> torch.Tensor:
-    t = torch.tanh(x)
-    return 1 - t * t
-
-
-@dataclass(frozen=True)
-class Tanh(Elementwise):
-    """``phi(x) = tanh(x)``, by Gauss-Hermite quadrature (no closed form exists).
-
-    Example:
-
-        >>> net = wn.Serial(wn.Dense(512, W_std=1.2), wn.Tanh(), wn.Dense(1))
-    """
-
-    fn: Callable = field(default=torch.tanh, init=False, repr=False)
-    dfn: Optional[Callable] = field(default=None, init=False, repr=False)
-    name: Optional[str] = field(default="tanh", init=False, repr=False)
-
-    def _derivative(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return _tanh_derivative
+    def _check_accuracy(self, q: torch.Tensor, value: torch.Tensor) -> None:
+        """Warns when the rule's own variances ``E[fn(sqrt(q) z)^2]`` move by more than
+        ``ACCURACY`` under a rule of twice the degree: the same nodes per axis carry the
+        bivariate rule, so its error is at least as large there (large variances make
+        smooth functions look kinked to the nodes)."""
+        if q.numel() == 0 or not scratch.plain(q):
+            return
+        with torch.no_grad():
+            x, wts = gauss_hermite(2 * self.degree)
+            x = torch.as_tensor(x, dtype=torch.float64)
+            wts = torch.as_tensor(wts, dtype=torch.float64)
+            qd = q.detach().reshape(-1).to(torch.float64)
+            finer = (self.fn(torch.sqrt(qd)[:, None] * x[None, :]) ** 2) @ wts
+            error = (value.detach().reshape(-1).to(torch.float64) - finer).abs() / finer.abs().clamp_min(1e-300)
+        worst = int(error.argmax())
+        if float(error[worst]) > ACCURACY:
+            warnings.warn(
+                f"{self!r}: Gauss-Hermite quadrature at degree {self.degree} is accurate to only "
+                f"{float(error[worst]):.1e} (relative) at pre-activation variance {float(qd[worst]):.3g} "
+                f"(its variances against degree {2 * self.degree}); raise degree= (the cost grows as "
+                f"degree^2) or use a closed form (wn.Tanh, wn.Erf, wn.Gelu, ...)",
+                AccuracyWarning, stacklevel=2)
