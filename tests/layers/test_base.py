@@ -58,3 +58,22 @@ def test_option_errors():
         NET.module((3, 4, 5, 6, 7))
     with pytest.raises(ShapeError, match=r"DenseModule: input has 5 features on axis 1 but the layer was built for 3"):
         NET.module(3)(torch.randn(2, 5))
+
+
+def test_a_twin_checks_its_inputs_against_the_shape_it_was_built_for():
+    import pickle
+
+    cnn = wn.Serial(wn.Conv(8, 3, padding="same"), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+    twin = cnn.module((1, 8, 8), seed=0, dtype=torch.float64)
+    assert twin(torch.randn(5, 1, 8, 8, dtype=torch.float64)).shape == (5, 1)
+    with pytest.raises(ShapeError, match=r"Serial twin: expected inputs of shape \(N, 1, 8, 8\), the input_shape it "
+                                         r"was built for \(got \(5, 64\)\)"):
+        twin(torch.randn(5, 64, dtype=torch.float64))
+    pickle.loads(pickle.dumps(twin))  # the check is a picklable hook, not a closure
+    lazy = cnn.module(seed=0, dtype=torch.float64)  # no input_shape: the first layer says what it needs
+    with pytest.raises(ShapeError, match=r"ConvModule: expected input \(N, C, \*spatial\) with 1 to 3 spatial axes "
+                                         r"\(got \(5, 64\)\)"):
+        lazy(torch.randn(5, 64, dtype=torch.float64))
+    mlp = NET.module(3, seed=0)
+    with pytest.raises(ShapeError, match=r"expected inputs of shape \(N, 3\).*\(got \(4, 3, 2\)\)"):
+        mlp(torch.randn(4, 3, 2))

@@ -86,6 +86,24 @@ class Shape:
 Spec = Union[Shape, tuple]  # one branch, or a tuple of branches
 
 
+class InputCheck:
+    """A twin's forward pre-hook: inputs must be ``(N, *input_shape)``, the shape the twin was
+    built for (a class, not a closure, so that the module still pickles)."""
+
+    def __init__(self, owner: str, shape: tuple) -> None:
+        self.owner, self.shape = owner, tuple(int(n) for n in shape)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and (x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != self.shape):
+            expected = ", ".join(str(n) for n in self.shape)
+            raise ShapeError(
+                f"{self.owner.replace('.module', '')} twin: expected inputs of shape (N, {expected}), the "
+                f"input_shape it was built for (got {tuple(x.shape)}); build another twin with "
+                f".module(input_shape) for other inputs"
+            )
+
+
 @dataclass(frozen=True)
 class Build:
     """How a network's twin is built: its parametrized modules draw their seeds from
@@ -295,6 +313,8 @@ class Layer:
         seeds = (derive_seed(seed, i) for i in itertools.count())
         build = Build(seeds, dtype, device, check_choice(owner, "init", init, INITS))
         module, _ = self._twin(spec, build)
+        if input_shape is not None:
+            module.register_forward_pre_hook(InputCheck(owner, shape))
         return module
 
     def __rshift__(self, other: "Layer") -> "Layer":
