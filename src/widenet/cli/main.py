@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import List, Optional
 
@@ -13,10 +14,13 @@ from rich.table import Table
 
 from .. import layers as L
 from ..datasets import DATASETS, load
+from ..errors import WidenetError
 from ..predict import gp_inference, gradient_descent_mse, max_learning_rate
 
-app = typer.Typer(add_completion=False, no_args_is_help=False,
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="widenet: infinite-width neural networks in PyTorch.")
+# --verbose (on the command, before the subcommand) keeps tracebacks of widenet's errors.
+_STATE = {"verbose": False}
 
 ACTIVATIONS = {
     "relu": L.Relu, "erf": L.Erf, "gelu": L.Gelu, "tanh": L.Tanh, "sin": L.Sin,
@@ -88,15 +92,31 @@ def run(
     activation: str = typer.Option("relu", help=f"One of: {', '.join(ACTIVATIONS)}."),
     W_std: float = typer.Option(1.0, "--w-std", min=0.0, help="Weight standard deviation."),
     b_std: float = typer.Option(0.0, "--b-std", min=0.0, help="Bias standard deviation."),
-    n_train: Optional[int] = typer.Option(None, help="Keep only this many training points."),
+    n_train: Optional[int] = typer.Option(None, min=1, help="Keep only this many training points."),
     epochs: int = typer.Option(80, min=1, help="Epochs of SGD for the finite networks."),
     batch_size: int = typer.Option(64, min=1),
     diag_reg: float = typer.Option(1e-4, min=0.0, help="Relative ridge added to the kernel diagonal."),
     seed: int = typer.Option(0, min=0),
 ) -> None:
-    """Infinite-width NNGP and NTK predictions against finite networks trained by SGD."""
-    console = Console()
+    """Infinite-width NNGP and NTK predictions against finite networks trained by SGD.
+
+    The finite networks train for --epochs of minibatch SGD; the row "NTK at the same time"
+    is the infinite-width network trained by gradient descent for as many steps at the same
+    rate, which the finite networks approach as their width grows (Lee et al. 2019), and "NTK
+    (t = inf)" the same network trained to convergence.
+    """
     _check_options(dataset, activation, widths)
+    try:
+        _run(dataset, depth, widths, activation, W_std, b_std, n_train, epochs, batch_size, diag_reg, seed)
+    except WidenetError as err:
+        if _STATE["verbose"]:
+            raise
+        typer.echo(f"widenet run: error: {err} (--verbose for the traceback)", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(dataset, depth, widths, activation, W_std, b_std, n_train, epochs, batch_size, diag_reg, seed) -> None:
+    console = Console()
     data = load(dataset, n_train=n_train, seed=seed)
     y_train = data.one_hot(data.y_train)
     console.print(
@@ -121,10 +141,15 @@ def run(
         dynamics = gradient_descent_mse(k_train.ntk, y_train, diag_reg=diag_reg)
         _, pred = dynamics(None, k_test_train=k_test.ntk)
         rows.append(("NTK (gradient descent, t = inf)", *_scores(pred, data), kernel_seconds + time.perf_counter() - t0))
-        progress.advance(task)
         # Largest stable full-batch step for the MSE loss is 2 y.numel() / lambda_max(Theta);
         # minibatch SGD with half of it stays in the kernel regime at large width.
         lr = 0.5 * max_learning_rate(k_train.ntk, y_train.numel())
+        steps = epochs * -(-len(data.x_train) // batch_size)
+        t0 = time.perf_counter()
+        _, pred = gradient_descent_mse(k_train.ntk, y_train, learning_rate=lr)(steps, k_test_train=k_test.ntk)
+        rows.append((f"NTK at the same time ({steps} steps)", *_scores(pred, data),
+                     kernel_seconds + time.perf_counter() - t0))
+        progress.advance(task)
         for width in widths:
             progress.update(task, description=f"training width {width}")
             t0 = time.perf_counter()
@@ -133,12 +158,32 @@ def run(
                                 seed=seed, on_epoch=lambda: progress.advance(task))
             rows.append((f"finite width {width} (SGD, {epochs} epochs)", *_scores(pred, data), time.perf_counter() - t0))
     console.print(_table(dataset, rows))
+    console.print(
+        f"Finite networks: {epochs} epochs of SGD (batch {batch_size}, learning rate {lr:.3g}, half the "
+        f"infinite-width network's largest stable rate). As the width grows they approach the row "
+        f"\"NTK at the same time\", not the converged NTK: their test MSE moves toward that row's, "
+        f"which may be higher than a narrow network's, since narrow networks learn features the "
+        f"kernel cannot.", highlight=False)
 
 
 @app.callback()
-def _root() -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", help="Show tracebacks of errors.")) -> None:
     """widenet: infinite-width neural networks in PyTorch."""
+    _STATE["verbose"] = verbose
 
 
-def main() -> None:
-    app()
+def main(argv: Optional[List[str]] = None) -> None:
+    """The ``widenet`` console script: a bad option is one line on the standard error naming
+    the option and the rule, with exit status 2 (no usage block, no traceback)."""
+    # Click's UsageError (typer may vendor its own click): the base of every bad-option error.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="widenet")
+    except usage_error as err:
+        where = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else "widenet: "
+        typer.echo(f"{where}error: {err.format_message()} (--help lists the options)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
