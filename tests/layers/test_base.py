@@ -56,8 +56,13 @@ def test_option_errors():
         NET.module(3, seed=1, generator=torch.Generator())
     with pytest.raises(ShapeError, match=r"Serial.module: input_shape must be \(features,\) or \(channels, \*spatial\) with 1 to 3 spatial axes \(got \(3, 4, 5, 6, 7\)\)"):
         NET.module((3, 4, 5, 6, 7))
-    with pytest.raises(ShapeError, match=r"DenseModule: input has 5 features on axis 1 but the layer was built for 3"):
+    with pytest.raises(ShapeError, match=r"Serial twin: expected inputs of shape \(N, 3\), the input_shape it was "
+                                         r"built for \(got \(2, 5\)\)"):
         NET.module(3)(torch.randn(2, 5))
+    lazy = NET.module()
+    lazy(torch.randn(2, 3))  # the first call sets its widths
+    with pytest.raises(ShapeError, match=r"DenseModule: input has 5 features on axis 1 but the layer was built for 3"):
+        lazy(torch.randn(2, 5))
 
 
 def test_a_twin_checks_its_inputs_against_the_shape_it_was_built_for():
