@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-nt venv bench clean
+.PHONY: run test test-nt venv bench docs figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,5 +28,14 @@ test-nt: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# The documentation site, built strictly (any warning is an error) into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The examples' figures that the documentation shows (several minutes on two cores).
+figures: $(STAMP)
+	for example in phase_diagrams learning_curves learning_rate_phases hessian_subspace finite_vs_infinite; do \
+		MPLBACKEND=Agg $(PY) examples/$$example.py --out docs/figures || exit 1; done
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build site src/*.egg-info

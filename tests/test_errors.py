@@ -13,3 +13,4 @@ def test_errors_are_also_builtin_errors():
     assert issubclass(ShapeError, WidenetError) and issubclass(ShapeError, ValueError)
 
 
+
