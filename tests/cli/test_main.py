@@ -47,5 +47,10 @@ def test_verbose_keeps_the_traceback_of_widenets_errors():
 def test_the_table_shows_the_infinite_network_at_the_finite_networks_training_time():
     result = CliRunner().invoke(app, ["run", "--n-train", "200", "--width", "32", "--epochs", "3", "--depth", "2"])
     assert result.exit_code == 0, result.output
-    assert "NTK at the same time (12 steps)" in result.output  # 3 epochs of ceil(200 / 64) batches
-    assert 'approach the row "NTK at the same time"' in " ".join(result.output.split())
+    assert "NTK at the same time (12 steps), mean" in result.output  # 3 epochs of ceil(200 / 64) batches
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in result.output.splitlines() if "│" in line}
+    mean_mse = float(rows["NTK at the same time (12 steps), mean"][1])
+    one_accuracy, one_mse = rows["NTK at the same time, one network"]
+    # one network's expected MSE adds the variance of its random initial function
+    assert one_accuracy.strip() == "-" and float(one_mse) > mean_mse
+    assert 'approach that row, so their MSE can rise with width' in " ".join(result.output.split())
