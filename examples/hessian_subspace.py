@@ -15,7 +15,7 @@ fitted.
 Writes, into the output directory (default ./figures):
   hessian_subspace.png      gradient fraction, top eigenvalues, overlap with the subspace at
                             step 300, for SGD (top row) and full-batch GD (bottom row)
-and prints the fractions. About a minute on two cores.
+and prints the fractions. About 16 s on two cores.
 
 Usage: python examples/hessian_subspace.py [--out figures] [--steps 600]
 """

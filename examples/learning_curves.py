@@ -12,7 +12,7 @@ teacher-student tasks whose teacher is a draw from the student's Gaussian proces
 Writes, into the output directory (default ./figures):
   learning_curves_mnist1d.png   prediction vs measurement, FC and CNN, two ridges
   spectra_mnist1d.png           eigenvalues, target power per mode, power-law fits
-and prints the tables. About two minutes on two cores.
+and prints the tables. About 45 s on two cores.
 
 Usage: python examples/learning_curves.py [--out figures] [--trials 20]
 """

@@ -6,6 +6,7 @@ Writes, into the output directory (default ./figures):
                                                   with its contours and the critical line chi1 = 1
   depth_profile_tanh.png                          NTK/NNGP condition numbers and correlation
                                                   convergence with depth, ordered vs chaotic
+and prints the critical lines and depth scales. About 7 s on two cores.
 
 Usage: python examples/phase_diagrams.py [--out figures]
 """
