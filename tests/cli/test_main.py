@@ -53,4 +53,4 @@ def test_the_table_shows_the_infinite_network_at_the_finite_networks_training_ti
     one_accuracy, one_mse = rows["NTK at the same time, one network"]
     # one network's expected MSE adds the variance of its random initial function
     assert one_accuracy.strip() == "-" and float(one_mse) > mean_mse
-    assert 'approach that row, so their MSE can rise with width' in " ".join(result.output.split())
+    assert 'compare with that row, so their MSE can rise with width' in " ".join(result.output.split())

@@ -20,7 +20,7 @@ D = torch.float64
 
 class TestTanh(NonlinearityContract):
     layer_type = wn.Tanh
-    dual_rtol = 1e-7  # the 10-node mixture reproduces tanh to ~1e-8
+    dual_rtol = 1e-7  # the 8-node mixture: kernels within ~5e-10 of adaptive integration
 
 
 def test_the_kolmogorov_density_by_both_series():
@@ -42,7 +42,7 @@ def test_the_mixture_reproduces_tanh():
     b, w = mixture()
     x = np.concatenate([np.geomspace(1e-6, 3, 2000), np.linspace(3, 40, 200)])
     approx = (w * np.vectorize(math.erf)(np.outer(x, b))).sum(1)
-    assert np.abs(approx / np.tanh(x) - 1).max() < 1e-7
+    assert np.abs(approx / np.tanh(x) - 1).max() < 3e-7  # 8 nodes; the kernels, averages of it, do better
     assert w.sum() == pytest.approx(1.0, abs=1e-14)
 
 
@@ -81,8 +81,8 @@ def _sech2(x):
 def test_the_kernels_equal_adaptive_integration_at_any_variance(q1, q2, rho):
     t, tdot = wn.Tanh().dual(torch.tensor(q1, dtype=D), torch.tensor(q2, dtype=D),
                              torch.tensor(rho * math.sqrt(q1 * q2), dtype=D))
-    assert float(t) == pytest.approx(_reference(q1, q2, rho, math.tanh), rel=1e-7)
-    assert float(tdot) == pytest.approx(_reference(q1, q2, rho, _sech2), rel=1e-7)
+    assert float(t) == pytest.approx(_reference(q1, q2, rho, math.tanh), rel=1e-8)
+    assert float(tdot) == pytest.approx(_reference(q1, q2, rho, _sech2), rel=1e-8)
     if rho == 1.0 and q1 == q2:
         assert float(wn.Tanh().variance(torch.tensor([q1], dtype=D))[0]) == pytest.approx(float(t), rel=1e-14)
 

@@ -102,9 +102,9 @@ def run(
 
     The finite networks train for --epochs of minibatch SGD; the rows "NTK at the same time"
     are infinitely wide networks trained by gradient descent for as many steps at the same
-    rate: the mean over initializations, and the expected test MSE of one such network, which
-    the finite networks approach as their width grows (Lee et al. 2019); "NTK (t = inf)" is
-    the mean trained to convergence.
+    rate: the mean over initializations, and the expected test MSE of one such network, with
+    which wide finite networks compare (Lee et al. 2019; minibatch noise adds to it); "NTK
+    (t = inf)" is the mean trained to convergence.
     """
     _check_options(dataset, activation, widths)
     try:
@@ -159,10 +159,10 @@ def _run(dataset, depth, widths, activation, W_std, b_std, n_train, epochs, batc
     console.print(
         f"Finite networks: {epochs} epochs of SGD (batch {batch_size}, learning rate {lr:.3g}, half the "
         f"infinite-width network's largest stable rate). The NTK rows are means over random "
-        f"initializations; one network also keeps part of its random initial function, which adds "
-        f"its variance to the test MSE (the \"one network\" row). As they widen, the finite networks "
-        f"approach that row, so their MSE can rise with width: narrower networks move further from "
-        f"their initialization (they learn features) and can do better.", highlight=False)
+        f"initializations. One network keeps part of its random initial function, whose variance "
+        f"adds to its test MSE (the \"one network\" row, for full-batch gradient descent; minibatch "
+        f"noise adds more): wide finite networks compare with that row, so their MSE can rise with "
+        f"width, as narrower networks move further from their initialization (they learn features).", highlight=False)
 
 
 def _same_time_rows(net, data, y_train, lr, steps, kernel_seconds) -> list:
