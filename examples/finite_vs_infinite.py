@@ -16,7 +16,7 @@
 Writes, into the output directory (default ./figures):
   finite_width_gaps.png      every gap against width, with power-law fits
   exact_posterior.png        posterior densities by width against the NNGP, and the gaps
-and prints the tables. About two minutes on two cores (116 s measured).
+and prints the tables. About two minutes on two cores (113-116 s in two runs).
 
 Usage: python examples/finite_vs_infinite.py [--out figures]
 """

@@ -13,7 +13,7 @@ with widenet.theory.
 Writes, into the output directory (default ./figures):
   catapult_linear.png         loss and eta lambda_t over steps, one run per phase
   max_learning_rate.png       final loss and curvature against eta lambda_0, per network
-and prints the table of measured eta_max lambda_0. About 2.5 minutes on two cores (157 s measured).
+and prints the table of measured eta_max lambda_0. About 2.5 minutes on two cores (156-157 s in two runs).
 
 Usage: python examples/learning_rate_phases.py [--out figures] [--width 1024]
 """
