@@ -18,7 +18,9 @@ preactivations of inputs e, f):
     V'_(ab)(cd) = C_W^2 (<s_a s_b s_c s_d> - <s_a s_b><s_c s_d>) + C_W^2 sum M_ab,ef V_(ef)(gh) M_cd,gh
     K1'_ab      = C_W (sum M_ab,ef K1_ef + 1/8 sum <d_e d_f d_g d_h (s_a s_b)> V_(ef)(gh))
 
-(PDLT eqs. 4.90 and 4.115 in their multi-input forms). Expectations are tensor-product
+(PDLT ch. 4: the recursions of the four-point vertex and of the next-to-leading-order
+metric, in their multi-input forms; equation numbers to be pinned when the module is
+completed). Expectations are tensor-product
 Gauss-Hermite rules over the 2- and 4-dimensional Gaussians, derivatives of ``phi`` by
 autograd: smooth activations only (tanh, erf, GELU, ...); kinked ones (ReLU) need their own
 treatment.
@@ -117,7 +119,6 @@ def _four_point(fn: Callable, K: torch.Tensor, degree: int) -> torch.Tensor:
 def _pair_derivative(E: Callable, n: int) -> torch.Tensor:
     """``M_(ab),(ef) = 1/2 <d_e d_f (s_a s_b)>`` as ``(N, N, N, N)``."""
     M = torch.zeros((n,) * 4, dtype=D)
-    eye = torch.eye(n, dtype=D)
     s2 = E(2, 0)  # <s''_a s_b>
     s11 = E(1, 1)  # <s'_a s'_b>
     for a, b in itertools.product(range(n), repeat=2):
@@ -128,7 +129,6 @@ def _pair_derivative(E: Callable, n: int) -> torch.Tensor:
         M[a, b, b, b] += 0.5 * s2[b, a]
         M[a, b, a, b] += 0.5 * s11[a, b]
         M[a, b, b, a] += 0.5 * s11[a, b]
-    del eye
     return M
 
 
@@ -144,8 +144,8 @@ def _fourth_derivative(E: Callable, n: int) -> torch.Tensor:
                 out[(a, b) + idx] += E(on_a, 4 - on_a)[a, a]
             else:
                 out[(a, b) + idx] += E(on_a, 4 - on_a)[a, b]
-    # a == b was counted per slot assignment: the product rule over one function s^2 gives the
-    # same sum, so nothing more to do.
+    # (a == b: the 16 assignments all land on (a, a, a, a) and add up to the fourth derivative
+    # of s^2 by Leibniz's rule)
     return out
 
 
