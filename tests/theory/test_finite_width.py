@@ -84,3 +84,17 @@ def test_one_hidden_layer_has_no_two_point_correction():
     fw = finite_width_nngp([wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.1, 0.1)], X)
     assert torch.equal(fw.nngp_correction, torch.zeros(3, 3, dtype=D))
     assert torch.allclose(fw.nngp, wn.Serial(wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.1, 0.1)).nngp(X), rtol=1e-12)
+
+
+def test_deep_linear_networks_have_their_closed_form():
+    # phi(z) = z, C_b = 0 (PDLT ch. 3): V^(l)_(ab)(cd) = (l - 1)(K_ac K_bd + K_ad K_bc) at the
+    # l-th layer and no two-point correction, whatever the depth.
+    for depth in (2, 3, 5):
+        layers = [wn.Dense(1, 1.3, None)]
+        for _ in range(depth - 1):
+            layers += [wn.Monomial(1), wn.Dense(1, 0.9, None)]
+        fw = finite_width_nngp(layers, X)
+        K = fw.nngp
+        expected = (depth - 1) * (torch.einsum("ac,bd->abcd", K, K) + torch.einsum("ad,bc->abcd", K, K))
+        torch.testing.assert_close(fw.vertex, expected, rtol=1e-10, atol=1e-12)
+        assert float(fw.nngp_correction.abs().max()) < 1e-12

@@ -67,8 +67,12 @@ def _derivatives(fn: Callable, order: int) -> list:
                 z = z.detach().requires_grad_(True)
                 y = fn(z)
                 for _ in range(k):
-                    (y,) = torch.autograd.grad(y.sum(), z, create_graph=True)
-            return y.detach()
+                    if not y.requires_grad:  # a polynomial ran out of terms: the rest is 0
+                        return torch.zeros_like(z).detach()
+                    (y,) = torch.autograd.grad(y.sum(), z, create_graph=True, allow_unused=True)
+                    if y is None:
+                        return torch.zeros_like(z).detach()
+            return y.detach().expand_as(z) if y.shape != z.shape else y.detach()
         return f
     return [nth(k) for k in range(order + 1)]
 
