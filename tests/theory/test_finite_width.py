@@ -98,3 +98,22 @@ def test_deep_linear_networks_have_their_closed_form():
         expected = (depth - 1) * (torch.einsum("ac,bd->abcd", K, K) + torch.einsum("ad,bc->abcd", K, K))
         torch.testing.assert_close(fw.vertex, expected, rtol=1e-10, atol=1e-12)
         assert float(fw.nngp_correction.abs().max()) < 1e-12
+
+
+def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
+    from widenet.errors import NonFiniteInputError, ParameterError
+
+    with pytest.raises(ParameterError, match=r"Relu\(\) at position 1 is kinked"):
+        finite_width_nngp(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X)
+    with pytest.raises(ParameterError, match=r"LayerNorm\(.*\) at position 2 is not supported here: the network must "
+                                             r"be Dense, then \(elementwise nonlinearity, Dense\) pairs"):
+        finite_width_nngp(wn.Serial(wn.Dense(1), wn.Tanh(), wn.LayerNorm(), wn.Dense(1)), X)
+    with pytest.raises(ParameterError, match=r"Tanh\(\) at position 2 is not supported here"):
+        finite_width_nngp(wn.Serial(wn.Dense(1), wn.Tanh(), wn.Tanh(), wn.Dense(1)), X)
+    with pytest.raises(NonFiniteInputError, match="x must be finite"):
+        finite_width_nngp(wn.Serial(wn.Dense(1), wn.Tanh(), wn.Dense(1)), X * float("nan"))
+    nested = wn.Serial(wn.Serial(wn.Dense(1, 1.2, 0.3), wn.Tanh()), wn.Dense(1, 1.1, 0.1))
+    assert torch.equal(finite_width_nngp(nested, X).vertex,
+                       finite_width_nngp([wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.1, 0.1)], X).vertex)
+    with pytest.raises(ParameterError, match=r"n must be an integer >= 1 \(got 0\)"):
+        finite_width_nngp(nested, X).nngp_at(0)

@@ -39,6 +39,8 @@ from .._validate import as_inputs
 from ..errors import ParameterError
 
 D = torch.float64
+# Gauss-Hermite points (times 4 coordinates) of the four-point rule evaluated at once.
+_POINTS_AT_ONCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,12 @@ def _four_point(fn: Callable, K: torch.Tensor, degree: int) -> torch.Tensor:
     """``<s_a s_b s_c s_d>`` ``(N, N, N, N)`` under ``K``, over sorted index quadruples."""
     n = K.shape[0]
     quads = torch.tensor(list(itertools.combinations_with_replacement(range(n), 4)))
-    cov = K[quads[:, :, None], quads[:, None, :]]
-    points, weights = _gaussian_points(cov, degree)  # (Q, P, 4)
-    values = (fn(points).prod(-1) * weights).sum(-1)
+    values = torch.empty(len(quads), dtype=D)
+    chunk = max(1, _POINTS_AT_ONCE // degree**4)
+    for s in range(0, len(quads), chunk):
+        q = quads[s:s + chunk]
+        points, weights = _gaussian_points(K[q[:, :, None], q[:, None, :]], degree)  # (Q, P, 4)
+        values[s:s + chunk] = (fn(points).prod(-1) * weights).sum(-1)
     out = torch.empty((n,) * 4, dtype=D)
     for perm in itertools.permutations(range(4)):
         out[tuple(quads[:, p] for p in perm)] = values
@@ -136,44 +141,68 @@ def _pair_derivative(E: Callable, n: int) -> torch.Tensor:
     return M
 
 
-def _fourth_derivative(E: Callable, n: int) -> torch.Tensor:
-    """``<d_e d_f d_g d_h (s_a s_b)>`` as ``(N, N, N, N, N, N)`` indexed ``[a, b, e, f, g, h]``:
-    derivatives on z_a and z_b only; each of the four falls on one of the two factors."""
-    out = torch.zeros((n,) * 6, dtype=D)
-    for a, b in itertools.product(range(n), repeat=2):
-        for slots in itertools.product((0, 1), repeat=4):  # which factor each derivative hits
-            on_a = sum(1 for s in slots if s == 0)
-            idx = tuple(a if s == 0 else b for s in slots)
-            if a == b:
-                out[(a, b) + idx] += E(on_a, 4 - on_a)[a, a]
-            else:
-                out[(a, b) + idx] += E(on_a, 4 - on_a)[a, b]
-    # (a == b: the 16 assignments all land on (a, a, a, a) and add up to the fourth derivative
-    # of s^2 by Leibniz's rule)
+def _quartic_term(E: Callable, V: torch.Tensor) -> torch.Tensor:
+    """``sum_efgh <d_e d_f d_g d_h (s_a s_b)> V_(ef)(gh)`` ``(N, N)``: each derivative acts on
+    z_a or z_b, so the sum runs over the 16 ways of placing the four on the two factors, each
+    giving ``<s_a^(k) s_b^(4-k)> V`` at the matching indices (O(N^2), not the N^6 tensor).
+    (For a == b the 16 placements all land on (a, a, a, a) and add up to the fourth derivative
+    of s^2, by Leibniz's rule.)"""
+    n = V.shape[0]
+    a, b = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    out = torch.zeros((n, n), dtype=D)
+    for slots in itertools.product((0, 1), repeat=4):
+        on_a = slots.count(0)
+        idx = tuple(a if s == 0 else b for s in slots)
+        out += E(on_a, 4 - on_a) * V[idx]
     return out
 
 
-def finite_width_nngp(layers: list, x, *, degree2: int = 48, degree4: int = 14) -> FiniteWidthNNGP:
-    """The NNGP-side finite-width statistics of ``Serial(Dense, phi, Dense, ..., Dense)``."""
+_SUPPORTED = ("Dense, then (elementwise nonlinearity, Dense) pairs, every hidden layer of one width; "
+              "convolutions, pooling, attention, LayerNorm and residual blocks are not supported yet")
+
+
+def _flat_layers(owner: str, net) -> list:
+    """The layers of ``net`` (a Serial, nested ones flattened, or a list of layers)."""
+    from ..layers import ABRelu, Serial, Sign
+
+    layers, todo = [], list(net.layers) if isinstance(net, Serial) else list(net)
+    while todo:
+        layer = todo.pop(0)
+        if isinstance(layer, Serial):
+            todo[:0] = list(layer.layers)
+            continue
+        if isinstance(layer, (ABRelu, Sign)):
+            raise ParameterError(
+                f"{owner}: {layer!r} at position {len(layers)} is kinked: its derivative expectations "
+                f"are distributions the quadrature here cannot take; smooth activations only for now "
+                f"(Tanh, Erf, Gelu, Sin, Softplus, Elementwise of a smooth function)")
+        layers.append(layer)
+    return layers
+
+
+def finite_width_nngp(net, x, *, degree2: int = 48, degree4: int = 14) -> FiniteWidthNNGP:
+    """The NNGP-side finite-width statistics of ``Serial(Dense, phi, Dense, ..., Dense)``
+    (``net`` a Serial or a list of its layers) on inputs ``x`` ``(N, d)``."""
     from ..layers import Dense, Nonlinearity
 
     owner = "theory.finite_width"
+    layers = _flat_layers(owner, net)
     x = as_inputs(owner, "x", x).to(D)
     if x.ndim != 2:
         raise ParameterError(f"{owner}: x must have shape (N, d) (got {tuple(x.shape)})")
-    if not layers or not isinstance(layers[0], Dense) or not isinstance(layers[-1], Dense):
-        raise ParameterError(f"{owner}: the network must be Dense, then (nonlinearity, Dense) pairs")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Dense if i % 2 == 0 else Nonlinearity):
+            raise ParameterError(f"{owner}: {layer!r} at position {i} is not supported here: the network "
+                                 f"must be {_SUPPORTED}")
+    if not layers or len(layers) % 2 == 0:
+        raise ParameterError(f"{owner}: the network must end with a Dense layer (its readout): {_SUPPORTED}")
     n = x.shape[0]
     first = layers[0]
     K = float(first.W_std) ** 2 * (x @ x.T) / x.shape[1] + (0.0 if first.b_std is None else float(first.b_std) ** 2)
     V = torch.zeros((n,) * 4, dtype=D)
     K1 = torch.zeros((n, n), dtype=D)
     rest = layers[1:]
-    if len(rest) % 2:
-        raise ParameterError(f"{owner}: after the first Dense, layers must come in (nonlinearity, Dense) pairs")
     for phi, dense in zip(rest[::2], rest[1::2]):
-        if not isinstance(phi, Nonlinearity) or not isinstance(dense, Dense):
-            raise ParameterError(f"{owner}: expected (nonlinearity, Dense), got ({phi!r}, {dense!r})")
         cw = float(dense.W_std) ** 2
         cb = 0.0 if dense.b_std is None else float(dense.b_std) ** 2
         fns = _derivatives(phi.fn, 4)
@@ -186,8 +215,7 @@ def finite_width_nngp(layers: list, x, *, degree2: int = 48, degree4: int = 14) 
         s00, _ = phi.dual(q[:, None].expand_as(K), q[None, :].expand_as(K), K)
         V_new = cw**2 * (F4 - s00[:, :, None, None] * s00[None, None]) + cw**2 * torch.einsum(
             "abef,efgh,cdgh->abcd", M, V, M)
-        K1_new = cw * (torch.einsum("abef,ef->ab", M, K1)
-                       + torch.einsum("abefgh,efgh->ab", _fourth_derivative(E, n), V) / 8)
+        K1_new = cw * (torch.einsum("abef,ef->ab", M, K1) + _quartic_term(E, V) / 8)
         K, V, K1 = cb + cw * s00, V_new, K1_new
     four = V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)  # V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)
     return FiniteWidthNNGP(K, K1, V, four)
