@@ -10,7 +10,12 @@ import widenet as wn
 from widenet._engine import exact, fused, scratch
 from widenet.layers.relu import _abrelu_rule
 
-pytestmark = pytest.mark.skipif(not fused.enabled(torch.zeros(1)), reason=f"fused rules unavailable: {fused._FAILED}")
+from toolchain import fused_or_skip
+
+
+@pytest.fixture(autouse=True)
+def _fused_rules():
+    fused_or_skip()
 
 
 def _tile(shape, dtype, seed):

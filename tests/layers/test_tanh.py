@@ -99,8 +99,9 @@ def test_gauss_hermite_at_the_default_degree_is_what_the_mixture_fixes():
 def test_the_fused_rule_equals_the_torch_one(monkeypatch):
     from widenet._engine import fused
 
-    if not fused.enabled(torch.zeros(1)):
-        pytest.skip(f"fused rules unavailable: {fused._FAILED}")
+    from toolchain import fused_or_skip
+
+    fused_or_skip()
     x = torch.randn(37, 6, dtype=D, generator=torch.Generator().manual_seed(2)) * 3
     net = wn.Serial(wn.Dense(64, 1.7, 0.2), wn.Tanh(), wn.Dense(64, 1.7, 0.2), wn.Tanh(), wn.Dense(1))
     fast = net.kernel(x)
