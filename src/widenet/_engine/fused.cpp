@@ -32,29 +32,35 @@
 
 namespace {
 
-// atan2(y, x): SLEEF's 3.5-ulp variant where this build has vector registers; ATen's else.
+// atan2 and asin: SLEEF's 3.5-ulp variants where this build has vector registers (the vector
+// width picks the function: d8/f16 for AVX512, d4/f8 for AVX2); ATen's own (1 ulp) otherwise.
+#if defined(CPU_CAPABILITY_AVX512)
+#define WIDENET_SLEEF_D(fn) Sleef_##fn##d8_u35
+#define WIDENET_SLEEF_F(fn) Sleef_##fn##f16_u35
+#elif defined(CPU_CAPABILITY_AVX2)
+#define WIDENET_SLEEF_D(fn) Sleef_##fn##d4_u35
+#define WIDENET_SLEEF_F(fn) Sleef_##fn##f8_u35
+#endif
+
 template <typename V>
 V atan2_u35(const V& y, const V& x) {
   return y.atan2(x);
 }
-#if defined(CPU_CAPABILITY_AVX512)
-template <>
-at::vec::Vectorized<double> atan2_u35(const at::vec::Vectorized<double>& y, const at::vec::Vectorized<double>& x) {
-  return Sleef_atan2d8_u35(y, x);
+template <typename V>
+V asin_u35(const V& x) {
+  return x.asin();
 }
+#if defined(WIDENET_SLEEF_D)
+using VecD = at::vec::Vectorized<double>;
+using VecF = at::vec::Vectorized<float>;
 template <>
-at::vec::Vectorized<float> atan2_u35(const at::vec::Vectorized<float>& y, const at::vec::Vectorized<float>& x) {
-  return Sleef_atan2f16_u35(y, x);
-}
-#elif defined(CPU_CAPABILITY_AVX2)
+VecD atan2_u35(const VecD& y, const VecD& x) { return WIDENET_SLEEF_D(atan2)(y, x); }
 template <>
-at::vec::Vectorized<double> atan2_u35(const at::vec::Vectorized<double>& y, const at::vec::Vectorized<double>& x) {
-  return Sleef_atan2d4_u35(y, x);
-}
+VecF atan2_u35(const VecF& y, const VecF& x) { return WIDENET_SLEEF_F(atan2)(y, x); }
 template <>
-at::vec::Vectorized<float> atan2_u35(const at::vec::Vectorized<float>& y, const at::vec::Vectorized<float>& x) {
-  return Sleef_atan2f8_u35(y, x);
-}
+VecD asin_u35(const VecD& x) { return WIDENET_SLEEF_D(asin)(x); }
+template <>
+VecF asin_u35(const VecF& x) { return WIDENET_SLEEF_F(asin)(x); }
 #endif
 
 template <typename scalar_t>
@@ -174,31 +180,8 @@ void shifted_sum(torch::Tensor flat, torch::Tensor out, std::vector<int64_t> del
 //     T    = (2/pi) sum_ij ww[ij] asin(x)                         -> nngp, in place
 //     Tdot = (2/pi) sum_ij ww[ij] a1[i] a2[j] / sqrt(1 - x^2)     -> ntk *= Tdot
 //
-// in one pass, 8 (AVX512) or 4 (AVX2) entries at a time, with SLEEF's 3.5-ulp asin.
+// in one pass, 8 (AVX512) or 4 (AVX2) entries at a time, with SLEEF's 3.5-ulp asin (above).
 
-template <typename V>
-V asin_u35(const V& x) {
-  return x.asin();
-}
-#if defined(CPU_CAPABILITY_AVX512)
-template <>
-at::vec::Vectorized<double> asin_u35(const at::vec::Vectorized<double>& x) {
-  return Sleef_asind8_u35(x);
-}
-template <>
-at::vec::Vectorized<float> asin_u35(const at::vec::Vectorized<float>& x) {
-  return Sleef_asinf16_u35(x);
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-template <>
-at::vec::Vectorized<double> asin_u35(const at::vec::Vectorized<double>& x) {
-  return Sleef_asind4_u35(x);
-}
-template <>
-at::vec::Vectorized<float> asin_u35(const at::vec::Vectorized<float>& x) {
-  return Sleef_asinf8_u35(x);
-}
-#endif
 
 template <typename scalar_t>
 void mixture_entries(scalar_t* nngp, scalar_t* ntk, const scalar_t* a1, const scalar_t* a2, const scalar_t* ww,

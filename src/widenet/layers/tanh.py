@@ -124,16 +124,11 @@ class Tanh(Nonlinearity):
         return 1 - t * t
 
     def _operands(self, q: torch.Tensor) -> torch.Tensor:
-        """``a_i(q)`` for every node, on a trailing axis: ``(*q.shape, M)``."""
-        b, _ = mixture()
-        b2 = torch.as_tensor(b * b, dtype=q.dtype, device=q.device)
-        return math.sqrt(2) * torch.as_tensor(b, dtype=q.dtype, device=q.device) * torch.rsqrt(1 + 2 * b2 * q[..., None])
-
-    def _operands_by_node(self, q: torch.Tensor) -> torch.Tensor:
-        """``a_i(q)`` node by node, ``(M, E)`` for flat ``q`` ``(E,)``: the fused rule's layout."""
+        """``a_i(q)`` node by node, ``(M, E)`` for flat ``q`` ``(E,)`` (the fused rule's layout;
+        the torch rule takes its transpose)."""
         b, _ = mixture()
         b = torch.as_tensor(b, dtype=q.dtype, device=q.device)[:, None]
-        return torch.rsqrt(torch.addcmul(torch.ones_like(q)[None, :], 2 * b * b, q[None, :])).mul_(math.sqrt(2) * b)
+        return math.sqrt(2) * b * torch.rsqrt(1 + 2 * b * b * q[None, :])
 
     def _weights(self, like: torch.Tensor) -> torch.Tensor:
         _, w = mixture()
@@ -151,12 +146,12 @@ class Tanh(Nonlinearity):
             chunk = max(1, _CHUNK_TERMS // m)
             for s in range(0, k.numel(), chunk):
                 fused.tanh_mixture(k[s:s + chunk], None if ntk is None else ntk[s:s + chunk],
-                                   self._operands_by_node(q1[s:s + chunk]), self._operands_by_node(q2[s:s + chunk]), ww)
+                                   self._operands(q1[s:s + chunk]), self._operands(q2[s:s + chunk]), ww)
             return
         chunk = max(1, _CHUNK_TERMS // (m * m))
         t_parts, tdot_parts = [], []
         for s in range(0, k.numel(), chunk):
-            t, tdot = _dual(k[s:s + chunk], self._operands(q1[s:s + chunk]), self._operands(q2[s:s + chunk]), ww,
+            t, tdot = _dual(k[s:s + chunk], self._operands(q1[s:s + chunk]).T, self._operands(q2[s:s + chunk]).T, ww,
                             w.ntk is not None)
             t_parts.append(t)
             tdot_parts.append(tdot)
@@ -166,6 +161,6 @@ class Tanh(Nonlinearity):
 
     def _diag(self, q: torch.Tensor) -> torch.Tensor:
         flat = q.reshape(-1)
-        a = self._operands(flat)
+        a = self._operands(flat).T
         t, _ = _dual(flat, a, a, self._weights(flat), False)
         return t.reshape(q.shape)
