@@ -87,18 +87,12 @@ def as_inputs(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None
     float32); float16 and bfloat16 inputs are computed in float32 (``half="float32"``: a
     kernel's products overflow their range at once) or kept (``half="keep"``, for a model
     that runs in that dtype); NaN and Inf are refused before any work."""
-    if isinstance(x, torch.Tensor):
-        dtype = x.dtype
-    else:
-        dtype = getattr(x, "dtype", None)
-        if dtype is None and not isinstance(x, np.ndarray):
-            dtype = np.asarray(x).dtype
-    kind = getattr(dtype, "kind", None)  # numpy dtypes
-    is_integral = (kind in ("i", "u", "b")) if kind is not None else (
-        isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex)
-    if is_integral:
+    given = x
+    x = _to_tensor(owner, name, x)
+    if not x.is_floating_point() and not x.is_complex():
+        shown = x.dtype if isinstance(given, torch.Tensor) else str(x.dtype).replace("torch.", "")
         raise ParameterError(
-            f"{owner}: {name} must hold floating-point numbers (got dtype {dtype}); convert it "
+            f"{owner}: {name} must hold floating-point numbers (got dtype {shown}); convert it "
             f"explicitly, e.g. {name}.double() for a tensor or {name}.astype('float64') for an array"
         )
     x = as_tensor(owner, name, x, like=None)
@@ -120,19 +114,25 @@ def _check_like(owner: str, x: torch.Tensor, like: torch.Tensor) -> None:
         )
 
 
+def _to_tensor(owner: str, name: str, x: Any) -> torch.Tensor:
+    """A tensor of array-like ``x``, its dtype unchanged."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError) as err:
+        raise ShapeError(
+            f"{owner}: {name} must be a torch.Tensor or numpy array (got {type(x).__name__})"
+        ) from err
+
+
 def as_tensor(owner: str, name: str, x: Any, *, like: torch.Tensor | None = None) -> torch.Tensor:
     """Converts array-likes to a floating tensor (integer and bool values to torch's default
     float dtype, or ``like``'s) and rejects NaN/Inf before any work. Network inputs go through
     ``as_inputs``, which refuses integers instead."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as err:
-            raise ShapeError(
-                f"{owner}: {name} must be a torch.Tensor or numpy array (got {type(x).__name__})"
-            ) from err
+    x = _to_tensor(owner, name, x)
     if not (x.is_floating_point()):
         if x.is_complex():
             raise ParameterError(f"{owner}: {name} must be real-valued (got dtype {x.dtype})")
