@@ -35,6 +35,8 @@ from ._phases import (CatapultRun, LearningRateSweep, LearningRateThresholds, ca
 from ._posterior import PosteriorStudy, exact_posterior, wasserstein_to_gaussian
 from ._subspace import HessianSubspace, hessian_subspace
 from ._width import WidthStudy, finite_width_study
+from ._finite_width import FiniteWidth, finite_width
+from ._fw_samples import FiniteWidthSamples, finite_width_samples
 from ._spectra import KernelSpectrum, PowerLawFit, fit_power_law, kernel_spectrum
 from ._learning import LearningCurve, LearningCurvePrediction, eigenlearning, kare, learning_curve
 
@@ -46,4 +48,5 @@ __all__ = ["dual", "length_map", "correlation_map", "fixed_point_q", "fixed_poin
            "ntk_eigenpairs", "hessian_eigenpairs", "Eigenpairs", "subspace_overlap",
            "learning_rate_thresholds", "LearningRateThresholds", "catapult_probe", "CatapultRun",
            "learning_rate_sweep", "LearningRateSweep", "hessian_subspace", "HessianSubspace",
-           "finite_width_study", "WidthStudy", "exact_posterior", "PosteriorStudy", "wasserstein_to_gaussian"]
+           "finite_width_study", "WidthStudy", "finite_width", "FiniteWidth",
+           "finite_width_samples", "FiniteWidthSamples", "exact_posterior", "PosteriorStudy", "wasserstein_to_gaussian"]

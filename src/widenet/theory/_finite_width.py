@@ -1,221 +1,268 @@
-"""Large-but-finite width, NNGP side (work in progress toward ``theory.finite_width``):
-the 1/n correction of the output two-point function and the four-point vertex of deep MLPs,
-by the layer-to-layer recursions of Roberts, Yaida & Hanin, *The Principles of Deep Learning
-Theory* (arXiv 2106.10165), ch. 4.
+"""Large-but-finite width: the 1/n corrections of perturbation theory for deep MLPs.
 
-For a network ``Dense -> phi -> Dense -> ... -> Dense`` with every hidden width n, weight
-variance ``C_W / n`` (``C_W = W_std^2``) and bias variance ``C_b = b_std^2``, the
-preactivations of layer ``l`` have, to order 1/n,
+``finite_width(net, x)`` runs the layer-to-layer recursions of ``_fw_recursion`` (Roberts,
+Yaida & Hanin, *The Principles of Deep Learning Theory*, arXiv 2106.10165, chapters 4 and 8;
+Yaida, arXiv 1910.00019) on a network ``Dense -> phi -> Dense -> ... -> Dense`` and returns
+the output's statistics to order 1/n, for one output unit.
 
-    E[z_a z_b]                      = K_ab + K1_ab / n
-    E[z_a z_b z_c z_d] - (GG + GG + GG) = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n
-
-(``G`` the exact width-n two-point function). The first layer is Gaussian (``V = K1 = 0``);
-then, with ``<.>`` the Gaussian expectation under ``K`` and ``M_ab,ef = d<s_a s_b>/dK_ef
-= 1/2 <d_e d_f (s_a s_b)>`` (Price's theorem; ``s = phi(z)``, the derivatives on the
-preactivations of inputs e, f):
-
-    V'_(ab)(cd) = C_W^2 (<s_a s_b s_c s_d> - <s_a s_b><s_c s_d>) + C_W^2 sum M_ab,ef V_(ef)(gh) M_cd,gh
-    K1'_ab      = C_W (sum M_ab,ef K1_ef + 1/8 sum <d_e d_f d_g d_h (s_a s_b)> V_(ef)(gh))
-
-(PDLT ch. 4: the recursions of the four-point vertex and of the next-to-leading-order
-metric, in their multi-input forms; equation numbers to be pinned when the module is
-completed). Expectations are tensor-product
-Gauss-Hermite rules over the 2- and 4-dimensional Gaussians, derivatives of ``phi`` by
-autograd: smooth activations only (tanh, erf, GELU, ...); kinked ones (ReLU) need their own
-treatment.
+The (N, N) objects need only the statistics of the pair of inputs they name, so they are
+computed as N (N + 1) / 2 independent two-input problems (O(N^2) work and memory); the
+(N, N, N, N) ones run the recursion on all N inputs at once, on first access, and check the
+memory they need first.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from numbers import Real
+from typing import Any, Optional, Sequence
 
 import torch
 
-from .._hermite import gauss_hermite
-from .._validate import as_inputs
-from ..errors import ParameterError
+from .._validate import as_inputs, available_memory, check_memory
+from ..errors import OutOfMemoryError, ParameterError, ShapeError
+from ._fw_recursion import State, first_layer, step
+from ._progress import progress_bar
+
+__all__ = ["FiniteWidth", "finite_width"]
 
 D = torch.float64
-# Gauss-Hermite points (times 4 coordinates) of the four-point rule evaluated at once.
-_POINTS_AT_ONCE = 1 << 20
+OWNER = "theory.finite_width"
+# Gauss-Hermite degree per dimension of the expectations over three and four distinct inputs
+# (those over one and two use the trapezoidal rule of _fw_gauss)
+DEGREES = {3: 24, 4: 14}
+# float64 tensors of N^4 entries alive at once in a step of the full recursion
+_FULL_TENSORS = 24
+# input pairs whose two-input problems run at once
+_PAIRS_AT_ONCE = 512
 
 
 @dataclass(frozen=True)
-class FiniteWidthNNGP:
-    """The output's NNGP ``nngp`` ``(N, N)``, its correction ``nngp_correction`` (K1), PDLT's
-    four-point vertex ``vertex`` ``V_(ab)(cd)`` ``(N, N, N, N)`` and the connected four-point
-    function ``four_point`` ``V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)``, for one output unit."""
+class FiniteWidth:
+    """The output statistics of a deep MLP to order 1/n (one output unit), from
+    :func:`finite_width`. ``n`` is the width scale: hidden layer l has width ``rho_l n``
+    (``widths``, all 1 by default). E is the expectation over initializations, ``f_a`` the
+    output on input a, ``Theta_hat`` the empirical NTK summed over all parameters.
+
+    Fields (``(N, N)``, computed at once):
+        nngp: K, the infinite-width NNGP.
+        nngp_correction: K1 with ``E[f_a f_b] = K_ab + K1_ab / n + O(n^-2)``.
+        ntk: Theta, the infinite-width NTK.
+        ntk_correction: Theta1 with ``E[Theta_hat_ab] = Theta_ab + Theta1_ab / n + O(n^-2)``.
+
+    Attributes computed on first access (``(N, N, N, N)``, the recursion on all N inputs at
+    once; an :class:`~widenet.errors.OutOfMemoryError` says their size when they do not fit):
+        four_point: V with ``E[f_a f_b f_c f_d] - (G_ab G_cd + G_ac G_bd + G_ad G_bc) =
+            V_abcd / n + O(n^-2)``, G the exact width-n two-point function (PDLT's four-point
+            vertex summed over the three pairings, ``V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)``).
+        ntk_variance: A with ``Cov(Theta_hat_ab, Theta_hat_cd) = A_abcd / n + O(n^-2)`` (PDLT's
+            ``A_abcd + B_acbd + B_adbc`` in its index order).
+        ntk_output_correlation: ``E[(Theta_hat_ab - E Theta_hat_ab) f_c f_d] = C_abcd / n +
+            O(n^-2)`` (PDLT's ``D_abcd + F_acbd + F_adbc``): how the NTK's fluctuation at
+            initialization correlates with the outputs.
+
+    Example:
+
+        >>> net = wn.Serial(wn.Dense(512, 1.5, 0.1), wn.Tanh(), wn.Dense(512, 1.5, 0.1), wn.Tanh(), wn.Dense(1))
+        >>> fw = wn.theory.finite_width(net, torch.randn(4, 3))
+        >>> fw.nngp_at(512).shape, fw.four_point.shape
+        (torch.Size([4, 4]), torch.Size([4, 4, 4, 4]))
+    """
 
     nngp: torch.Tensor
     nngp_correction: torch.Tensor
-    vertex: torch.Tensor
-    four_point: torch.Tensor
+    ntk: torch.Tensor
+    ntk_correction: torch.Tensor
+    widths: tuple
+    _layers: list = field(repr=False, compare=False)
+    _x: torch.Tensor = field(repr=False, compare=False)
+    _memory: Optional[int] = field(repr=False, compare=False)
 
-    def nngp_at(self, n: int) -> torch.Tensor:
-        """``E[f(x_a) f(x_b)]`` at hidden width ``n``, to order 1/n."""
-        if not isinstance(n, int) or n < 1:
-            raise ParameterError(f"FiniteWidthNNGP.nngp_at: n must be an integer >= 1 (got {n!r})")
-        return self.nngp + self.nngp_correction / n
+    def __repr__(self) -> str:
+        n = self.nngp.shape[0]
+        return f"FiniteWidth(N={n}, hidden layers={len(self.widths)}, widths={self.widths})"
 
+    def nngp_at(self, n: Any) -> torch.Tensor:
+        """``E[f_a f_b]`` at width scale ``n``, to order 1/n: ``K + K1 / n`` ``(N, N)``.
 
-def _derivatives(fn: Callable, order: int) -> list:
-    """``[phi, phi', ..., phi^(order)]`` by nested autograd."""
-    def nth(k):
-        def f(z):
-            with torch.enable_grad():
-                z = z.detach().requires_grad_(True)
-                y = fn(z)
-                for _ in range(k):
-                    if not y.requires_grad:  # a polynomial ran out of terms: the rest is 0
-                        return torch.zeros_like(z).detach()
-                    (y,) = torch.autograd.grad(y.sum(), z, create_graph=True, allow_unused=True)
-                    if y is None:
-                        return torch.zeros_like(z).detach()
-            return y.detach().expand_as(z) if y.shape != z.shape else y.detach()
-        return f
-    return [nth(k) for k in range(order + 1)]
+        Example:
 
+            >>> net = wn.Serial(wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1))
+            >>> fw = wn.theory.finite_width(net, torch.randn(3, 2))
+            >>> torch.allclose(fw.nngp_at(10**9), fw.nngp)
+            True
+        """
+        return self.nngp + self.nngp_correction / _width("nngp_at", n)
 
-def _gaussian_points(cov: torch.Tensor, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points ``(..., P, k)`` and weights ``(P,)`` of a tensor Gauss-Hermite rule for
-    ``N(0, cov)``, ``cov`` ``(..., k, k)`` (singular ones included: a symmetric square root)."""
-    x, w = gauss_hermite(degree)
-    x, w = torch.as_tensor(x, dtype=D), torch.as_tensor(w, dtype=D)
-    k = cov.shape[-1]
-    grid = torch.stack(torch.meshgrid(*[x] * k, indexing="ij"), -1).reshape(-1, k)
-    weights = torch.stack(torch.meshgrid(*[w] * k, indexing="ij"), -1).reshape(-1, k).prod(-1)
-    vals, vecs = torch.linalg.eigh(cov)
-    root = vecs * vals.clamp_min(0).sqrt()[..., None, :]
-    return grid @ root.transpose(-1, -2), weights
+    def ntk_at(self, n: Any) -> torch.Tensor:
+        """``E[Theta_hat_ab]`` at width scale ``n``, to order 1/n: ``Theta + Theta1 / n`` ``(N, N)``.
 
+        Example:
 
-def _two_point(fns: list, K: torch.Tensor, degree: int) -> Callable:
-    """``E(i, j) = <phi^(i)(z_a) phi^(j)(z_b)>`` ``(N, N)`` under ``K``, memoized."""
-    n = K.shape[0]
-    idx = torch.arange(n)
-    a, b = torch.meshgrid(idx, idx, indexing="ij")
-    cov = torch.stack([torch.stack([K[a, a], K[a, b]], -1), torch.stack([K[b, a], K[b, b]], -1)], -2)
-    points, weights = _gaussian_points(cov, degree)  # (N, N, P, 2)
-    cache: dict = {}
+            >>> net = wn.Serial(wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1))
+            >>> wn.theory.finite_width(net, torch.randn(3, 2)).ntk_at(256).shape
+            torch.Size([3, 3])
+        """
+        return self.ntk + self.ntk_correction / _width("ntk_at", n)
 
-    def expect(i: int, j: int) -> torch.Tensor:
-        if (i, j) not in cache:
-            cache[(i, j)] = (fns[i](points[..., 0]) * fns[j](points[..., 1]) * weights).sum(-1)
-        return cache[(i, j)]
+    @cached_property
+    def _full(self) -> State:
+        n = self._x.shape[0]
+        need = _FULL_TENSORS * n**4 * 8
+        budget = self._memory if self._memory is not None else available_memory(torch.device("cpu")) // 4
+        if need > budget:
+            raise OutOfMemoryError(
+                f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
+                f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
+                f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
+        return _run(self._layers, self._x[None], self.widths, variance=True)
 
-    return expect
+    @cached_property
+    def four_point(self) -> torch.Tensor:
+        V = self._full.V[0]
+        return V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)
 
+    @cached_property
+    def ntk_variance(self) -> torch.Tensor:
+        A, B = self._full.A[0], self._full.B[0]
+        return A + B + B.transpose(2, 3)
 
-def _four_point(fn: Callable, K: torch.Tensor, degree: int) -> torch.Tensor:
-    """``<s_a s_b s_c s_d>`` ``(N, N, N, N)`` under ``K``, over sorted index quadruples."""
-    n = K.shape[0]
-    quads = torch.tensor(list(itertools.combinations_with_replacement(range(n), 4)))
-    values = torch.empty(len(quads), dtype=D)
-    chunk = max(1, _POINTS_AT_ONCE // degree**4)
-    for s in range(0, len(quads), chunk):
-        q = quads[s:s + chunk]
-        points, weights = _gaussian_points(K[q[:, :, None], q[:, None, :]], degree)  # (Q, P, 4)
-        values[s:s + chunk] = (fn(points).prod(-1) * weights).sum(-1)
-    out = torch.empty((n,) * 4, dtype=D)
-    for perm in itertools.permutations(range(4)):
-        out[tuple(quads[:, p] for p in perm)] = values
-    return out
+    @cached_property
+    def ntk_output_correlation(self) -> torch.Tensor:
+        Dt, F = self._full.D[0], self._full.F[0]
+        return Dt + F + F.transpose(2, 3)
 
 
-def _pair_derivative(E: Callable, n: int) -> torch.Tensor:
-    """``M_(ab),(ef) = 1/2 <d_e d_f (s_a s_b)>`` as ``(N, N, N, N)``."""
-    M = torch.zeros((n,) * 4, dtype=D)
-    s2 = E(2, 0)  # <s''_a s_b>
-    s11 = E(1, 1)  # <s'_a s'_b>
-    for a, b in itertools.product(range(n), repeat=2):
-        if a == b:
-            M[a, a, a, a] = s11[a, a] + s2[a, a]  # 1/2 (phi^2)'' = phi'^2 + phi phi''
-            continue
-        M[a, b, a, a] += 0.5 * s2[a, b]
-        M[a, b, b, b] += 0.5 * s2[b, a]
-        M[a, b, a, b] += 0.5 * s11[a, b]
-        M[a, b, b, a] += 0.5 * s11[a, b]
-    return M
+def _width(method: str, n: Any) -> float:
+    if isinstance(n, bool) or not isinstance(n, Real) or not math.isfinite(float(n)) or float(n) <= 0:
+        raise ParameterError(f"FiniteWidth.{method}: n, the width scale, must be a positive number (got {n!r})")
+    return float(n)
 
 
-def _quartic_term(E: Callable, V: torch.Tensor) -> torch.Tensor:
-    """``sum_efgh <d_e d_f d_g d_h (s_a s_b)> V_(ef)(gh)`` ``(N, N)``: each derivative acts on
-    z_a or z_b, so the sum runs over the 16 ways of placing the four on the two factors, each
-    giving ``<s_a^(k) s_b^(4-k)> V`` at the matching indices (O(N^2), not the N^6 tensor).
-    (For a == b the 16 placements all land on (a, a, a, a) and add up to the fourth derivative
-    of s^2, by Leibniz's rule.)"""
-    n = V.shape[0]
-    a, b = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    out = torch.zeros((n, n), dtype=D)
-    for slots in itertools.product((0, 1), repeat=4):
-        on_a = slots.count(0)
-        idx = tuple(a if s == 0 else b for s in slots)
-        out += E(on_a, 4 - on_a) * V[idx]
-    return out
+_SUPPORTED = ("Dense (ntk parameterization), then pairs (smooth elementwise nonlinearity, Dense); "
+              "smooth nonlinearities: Tanh, Erf, SigmoidLike, Gelu, Sin, Cos, Softplus, Exp, Gaussian, "
+              "Rbf, Polynomial, Monomial, Hermite, Elementwise of a smooth function")
 
 
-_SUPPORTED = ("Dense, then (elementwise nonlinearity, Dense) pairs, every hidden layer of one width; "
-              "convolutions, pooling, attention, LayerNorm and residual blocks are not supported yet")
+def _flat_layers(net, owner: str = OWNER, smooth: bool = True) -> list:
+    """The layers of ``net`` (a Serial, nested ones flattened, or a list of layers), checked;
+    ``smooth``: refuse kinked nonlinearities."""
+    from ..layers import ABRelu, Dense, Nonlinearity, RectifiedMonomial, Serial, Sign
 
-
-def _flat_layers(owner: str, net) -> list:
-    """The layers of ``net`` (a Serial, nested ones flattened, or a list of layers)."""
-    from ..layers import ABRelu, Serial, Sign
-
+    if not isinstance(net, (Serial, list, tuple)):
+        raise ParameterError(f"{owner}: net must be a widenet Serial (or a list of its layers); got {net!r}")
     layers, todo = [], list(net.layers) if isinstance(net, Serial) else list(net)
     while todo:
         layer = todo.pop(0)
         if isinstance(layer, Serial):
             todo[:0] = list(layer.layers)
             continue
-        if isinstance(layer, (ABRelu, Sign)):
+        at = f"{layer!r} at position {len(layers)}"
+        if smooth and isinstance(layer, (ABRelu, Sign, RectifiedMonomial)):
             raise ParameterError(
-                f"{owner}: {layer!r} at position {len(layers)} is kinked: its derivative expectations "
-                f"are distributions the quadrature here cannot take; smooth activations only for now "
-                f"(Tanh, Erf, Gelu, Sin, Softplus, Elementwise of a smooth function)")
+                f"{owner}: {at} is not smooth: the 1/n recursions take derivatives of the activation "
+                f"up to the fifth, which are distributions for it; supported: {_SUPPORTED}")
+        want = Dense if len(layers) % 2 == 0 else Nonlinearity
+        if not isinstance(layer, want):
+            raise ParameterError(f"{owner}: {at} is not supported here; the network must be {_SUPPORTED}")
+        if isinstance(layer, Dense) and layer.parameterization != "ntk":
+            raise ParameterError(f"{owner}: {at} uses the {layer.parameterization!r} parameterization; "
+                                 f"only 'ntk' is supported")
         layers.append(layer)
+    if not layers or len(layers) % 2 == 0:
+        raise ParameterError(f"{owner}: the network must end with a Dense layer (its readout); it must be {_SUPPORTED}")
     return layers
 
 
-def finite_width_nngp(net, x, *, degree2: int = 48, degree4: int = 14) -> FiniteWidthNNGP:
-    """The NNGP-side finite-width statistics of ``Serial(Dense, phi, Dense, ..., Dense)``
-    (``net`` a Serial or a list of its layers) on inputs ``x`` ``(N, d)``."""
-    from ..layers import Dense, Nonlinearity
+def _check_widths(widths: Any, hidden: int, owner: str = OWNER) -> tuple:
+    if widths is None:
+        return (1.0,) * hidden
+    try:
+        values = tuple(float(w) for w in widths)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{owner}: widths must be a sequence of positive numbers (got {widths!r})") from None
+    if len(values) != hidden or not all(math.isfinite(w) and w > 0 for w in values):
+        raise ParameterError(f"{owner}: widths must hold one positive relative width per hidden layer "
+                             f"({hidden} here; got {widths!r})")
+    return values
 
-    owner = "theory.finite_width"
-    layers = _flat_layers(owner, net)
-    x = as_inputs(owner, "x", x).to(D)
-    if x.ndim != 2:
-        raise ParameterError(f"{owner}: x must have shape (N, d) (got {tuple(x.shape)})")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Dense if i % 2 == 0 else Nonlinearity):
-            raise ParameterError(f"{owner}: {layer!r} at position {i} is not supported here: the network "
-                                 f"must be {_SUPPORTED}")
-    if not layers or len(layers) % 2 == 0:
-        raise ParameterError(f"{owner}: the network must end with a Dense layer (its readout): {_SUPPORTED}")
-    n = x.shape[0]
+
+def _run(layers: list, x: torch.Tensor, widths: tuple, variance: bool) -> State:
+    """The recursion on a batch of input sets ``x`` ``(B, m, d)``."""
     first = layers[0]
-    K = float(first.W_std) ** 2 * (x @ x.T) / x.shape[1] + (0.0 if first.b_std is None else float(first.b_std) ** 2)
-    V = torch.zeros((n,) * 4, dtype=D)
-    K1 = torch.zeros((n, n), dtype=D)
+    K = float(first.W_std) ** 2 * (x @ x.transpose(1, 2)) / x.shape[-1]
+    K = K + (0.0 if first.b_std is None else float(first.b_std) ** 2)
+    state = first_layer(K, variance)
     rest = layers[1:]
-    for phi, dense in zip(rest[::2], rest[1::2]):
-        cw = float(dense.W_std) ** 2
+    for phi, dense, rho in zip(rest[::2], rest[1::2], widths):
         cb = 0.0 if dense.b_std is None else float(dense.b_std) ** 2
-        fns = _derivatives(phi.fn, 4)
-        E = _two_point(fns, K, degree2)
-        M = _pair_derivative(E, n)
-        F4 = _four_point(fns[0], K, degree4)
-        # <s_a s_b> by the layer's own kernel rule (closed form or its exact mixture), so
-        # that the limit is the network's NNGP to rounding; the corrections use quadrature.
-        q = K.diagonal()
-        s00, _ = phi.dual(q[:, None].expand_as(K), q[None, :].expand_as(K), K)
-        V_new = cw**2 * (F4 - s00[:, :, None, None] * s00[None, None]) + cw**2 * torch.einsum(
-            "abef,efgh,cdgh->abcd", M, V, M)
-        K1_new = cw * (torch.einsum("abef,ef->ab", M, K1) + _quartic_term(E, V) / 8)
-        K, V, K1 = cb + cw * s00, V_new, K1_new
-    four = V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)  # V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)
-    return FiniteWidthNNGP(K, K1, V, four)
+        state = step(state, phi, float(dense.W_std) ** 2, cb, rho, DEGREES)
+    return state
+
+
+def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memory: Any = None,
+                 progress: bool = False) -> FiniteWidth:
+    """The statistics of a finite-width deep MLP's output to order 1/n (one output unit).
+
+    ``net`` is a :class:`~widenet.Serial` ``Dense -> phi -> Dense -> ... -> phi -> Dense``
+    (nested Serials flattened) in the ntk parameterization, each ``phi`` smooth; every hidden
+    layer has width ``rho_l n`` and the result holds the coefficients of 1/n. The declared
+    ``out_features`` do not enter (pass ``widths`` for unequal hidden widths).
+
+    Definitions (E over initializations; ``Theta_hat`` the empirical NTK summed over all
+    parameters, PDLT's NTK with ``lambda = C``): ``E[f_a f_b] = K + K1 / n``;
+    ``E[Theta_hat] = Theta + Theta1 / n``; the connected four-point function, the NTK's
+    variance and its correlation with the outputs are ``O(1/n)`` tensors (see
+    :class:`FiniteWidth`). Sources: Roberts, Yaida & Hanin, *The Principles of Deep Learning
+    Theory* (arXiv 2106.10165), ch. 4 (the four-point vertex and the next-to-leading-order
+    metric) and ch. 8 (the NTK's mean, fluctuations and cross-correlations); Yaida (arXiv
+    1910.00019). The recursions, their index conventions and how they differ from the book's
+    are written out in ``widenet/theory/_fw_recursion.py`` and on the docs' finite-width page.
+
+    Args:
+        net: the network, as above.
+        x: inputs ``(N, d)``, finite.
+        widths: relative widths ``rho_l`` of the hidden layers (default all 1): layer l has
+            width ``rho_l n``, and its own contributions carry ``1 / rho_l``.
+        memory: budget (bytes or a string such as ``"2GiB"``) for the ``(N, N, N, N)``
+            statistics, computed on first access; default a quarter of the available memory.
+        progress: show a progress bar over the input pairs.
+
+    Returns:
+        a :class:`FiniteWidth`.
+
+    Expectations are Gauss-Hermite rules in as many dimensions as an expectation has
+    distinct inputs; the leading order uses each nonlinearity's own kernel rule, so
+    ``nngp`` and ``ntk`` equal ``net.kernel(x)``'s.
+
+    Example:
+
+        >>> net = wn.Serial(wn.Dense(1, 1.3, 0.2), wn.Tanh(), wn.Dense(1, 1.3, 0.2), wn.Tanh(), wn.Dense(1, 1.3))
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> fw = wn.theory.finite_width(net, x)
+        >>> torch.allclose(fw.ntk, net.kernel(x).ntk)
+        True
+        >>> fw.ntk_at(128).shape
+        torch.Size([5, 5])
+    """
+    layers = _flat_layers(net)
+    x = as_inputs(OWNER, "x", x).to(D)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ShapeError(f"{OWNER}: x must have shape (N, d) with N, d >= 1 (got {tuple(x.shape)})")
+    hidden = len(layers) // 2
+    rho = _check_widths(widths, hidden)
+    budget = None if memory is None else check_memory(OWNER, "memory", memory)
+    n = x.shape[0]
+    i, j = torch.triu_indices(n, n)
+    out = torch.empty(4, n, n, dtype=D)
+    with progress_bar(len(i), "finite-width pairs", progress) as bar:
+        for s in range(0, len(i), _PAIRS_AT_ONCE):
+            a, b = i[s:s + _PAIRS_AT_ONCE], j[s:s + _PAIRS_AT_ONCE]
+            st = _run(layers, torch.stack([x[a], x[b]], 1), rho, variance=False)
+            values = torch.stack([st.K, st.K1, st.Theta, st.Theta1])[:, :, 0, 1]
+            out[:, a, b] = values
+            out[:, b, a] = values
+            bar.advance(len(a))
+    return FiniteWidth(out[0], out[1], out[2], out[3], rho, layers, x, budget)

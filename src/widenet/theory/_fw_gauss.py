@@ -1,0 +1,251 @@
+"""Gaussian expectations for the finite-width recursions (``theory.finite_width``).
+
+``Gauss(K, chain(phi))`` holds a batch of covariances ``K`` ``(B, m, m)`` over m inputs and
+the derivatives ``phi, phi', phi'', ...`` of an activation; ``two(i, j)`` is
+``<phi^(i)(z_a) phi^(j)(z_b)>`` ``(B, m, m)`` and ``four((i, j, k, l))`` is
+``<phi^(i)(z_a) phi^(j)(z_b) phi^(k)(z_c) phi^(l)(z_d)>`` ``(B, m, m, m, m)``, all under
+``z ~ N(0, K)``.
+
+Each expectation over an index tuple runs in as many dimensions as the tuple has distinct
+inputs (``(a, a, b, b)`` is a 2-dimensional integral, not a 4-dimensional one), with a
+tensor-product Gauss-Hermite rule of the degree given for that dimension, mapped by a
+symmetric square root of the covariance (singular ones included). Index tuples are visited
+once per multiset and the value scattered to every ordering.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Callable
+
+import torch
+
+from .._hermite import gauss_hermite
+
+D = torch.float64
+# quadrature points times coordinates evaluated at once
+_AT_ONCE = 1 << 22
+# the trapezoidal rule of one and two variables: nodes on [-_RANGE, _RANGE] standard
+# deviations, at most _STEP apart in preactivation units. For an integrand analytic in the
+# strip |Im z| < d its error is about exp(-2 pi d / _STEP) (Trefethen & Weideman, SIAM Review
+# 56 (2014) 385): tanh's poles at +-i pi/2 leave e^-40 even for its fifth derivative.
+_RANGE = 8.5
+_STEP = 0.2
+
+
+def all_orders(fn: Callable, z: torch.Tensor, order: int) -> list:
+    """``[phi(z), phi'(z), ..., phi^(order)(z)]`` by one chain of nested autograd; derivatives of
+    polynomials that run out of terms are zero."""
+    out = []
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        y = fn(z)
+        for k in range(order + 1):
+            out.append(y.detach().expand_as(z) if y.shape != z.shape else y.detach())
+            if k == order:
+                break
+            if not y.requires_grad:
+                y = torch.zeros_like(z)
+                continue
+            (y,) = torch.autograd.grad(y.sum(), z, create_graph=k + 1 < order, allow_unused=True)
+            if y is None:
+                y = torch.zeros_like(z)
+    return out
+
+
+def _tanh_orders(z: torch.Tensor, order: int) -> list:
+    """tanh and its derivatives: y' = 1 - y^2, y^(k+1) = -sum_i C(k, i) y^(i) y^(k-i) (k >= 1)."""
+    y = [torch.tanh(z)]
+    if order >= 1:
+        y.append(1 - y[0] ** 2)
+    for k in range(1, order):
+        y.append(-sum(math.comb(k, i) * y[i] * y[k - i] for i in range(k + 1)))
+    return y
+
+
+def _hermite(u: torch.Tensor, order: int, physicists: bool) -> list:
+    """``H_0 .. H_order`` (physicists', weight e^-u^2) or ``He_0 .. He_order`` (probabilists')."""
+    c = 2.0 if physicists else 1.0
+    h = [torch.ones_like(u), c * u]
+    for m in range(1, order):
+        h.append(c * (u * h[m] - m * h[m - 1]))
+    return h[:order + 1]
+
+
+def _erf_orders(a, b, c, z: torch.Tensor, order: int) -> list:
+    """``a erf(b z) + c``: the k-th derivative is ``a b^k (2/sqrt(pi)) (-1)^(k-1) H_(k-1)(b z) e^(-b^2 z^2)``."""
+    u = b * z
+    g = torch.exp(-u * u) * (2 / math.sqrt(math.pi))
+    h = _hermite(u, max(order - 1, 0), physicists=True)
+    return [a * torch.erf(u) + c] + [a * b**k * (-1) ** (k - 1) * h[k - 1] * g for k in range(1, order + 1)]
+
+
+def _gelu_orders(z: torch.Tensor, order: int) -> list:
+    """``z Phi(z)``: the k-th derivative is ``z Phi^(k) + k Phi^(k-1)``, with
+    ``Phi^(j) = (-1)^(j-1) He_(j-1)(z) phi(z)``."""
+    pdf = torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    he = _hermite(z, order, physicists=False)
+    Phi = [0.5 * (1 + torch.erf(z / math.sqrt(2)))] + [(-1) ** (j - 1) * he[j - 1] * pdf for j in range(1, order + 1)]
+    return [z * Phi[0]] + [z * Phi[k] + k * Phi[k - 1] for k in range(1, order + 1)]
+
+
+def chain(phi) -> Callable:
+    """``(z, order) -> [phi(z), ..., phi^(order)(z)]``: closed forms for Tanh, Erf, Gelu, Sin
+    and Cos, nested autograd for any other nonlinearity."""
+    from ..layers import Cos, Erf, Gelu, Sin, Tanh
+
+    kind = type(phi)
+    if kind is Tanh:
+        return _tanh_orders
+    if kind is Erf:
+        return lambda z, order: _erf_orders(phi.a, phi.b, phi.c, z, order)
+    if kind is Gelu:
+        return _gelu_orders
+    if kind in (Sin, Cos):
+        trig = torch.sin if kind is Sin else torch.cos
+        return lambda z, order: [phi.a * phi.b**k * trig(phi.b * z + phi.c + k * math.pi / 2)
+                                 for k in range(order + 1)]
+    return lambda z, order: all_orders(phi.fn, z, order)
+
+
+def _gauss_hermite(k: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes ``(P, k)`` and weights ``(P,)`` of the k-dimensional standard normal product rule."""
+    x, w = gauss_hermite(degree)
+    x, w = torch.as_tensor(x, dtype=D), torch.as_tensor(w, dtype=D)
+    grid = torch.stack(torch.meshgrid(*[x] * k, indexing="ij"), -1).reshape(-1, k)
+    weights = torch.stack(torch.meshgrid(*[w] * k, indexing="ij"), -1).reshape(-1, k).prod(-1)
+    return grid, weights
+
+
+def _shape(t: tuple) -> tuple:
+    """The pattern of equal indices of a sorted tuple: (3, 3, 5, 7) -> (0, 0, 1, 2)."""
+    out, seen = [], {}
+    for v in t:
+        out.append(seen.setdefault(v, len(seen)))
+    return tuple(out)
+
+
+class Gauss:
+    """Expectations under a batch of Gaussians ``N(0, K[b])``, see the module docstring.
+    ``expect(patterns)`` computes several patterns of one arity in one pass over the
+    quadrature points (each derivative of ``phi`` evaluated once per point)."""
+
+    def __init__(self, K: torch.Tensor, orders: Callable, degrees: dict[int, int], step: float | None = None):
+        self.K, self.orders, self.degrees = K, orders, degrees
+        self.step = _STEP if step is None else step
+        self.m = K.shape[-1]
+        self._cache: dict = {}
+
+    def two(self, i: int, j: int) -> torch.Tensor:
+        return self._cache[(i, j)]
+
+    def four(self, pattern: tuple) -> torch.Tensor:
+        return self._cache[tuple(pattern)]
+
+    def expect(self, patterns) -> None:
+        """Compute ``patterns`` (tuples of derivative orders, all of one arity) for later
+        ``two``/``four`` calls."""
+        patterns = [tuple(p) for p in patterns if tuple(p) not in self._cache]
+        if not patterns:
+            return
+        r, B, m = len(patterns[0]), self.K.shape[0], self.m
+        order = max(max(p) for p in patterns)
+        outs = {p: torch.empty((B,) + (m,) * r, dtype=D) for p in patterns}
+        for shape, (variables, tuples) in _groups(m, r).items():
+            k = max(shape) + 1
+            # for every ordering of a tuple, the function each variable carries: output
+            # position t holds tuple slot perm[t], i.e. variable shape[perm[t]]
+            assigns: dict = {}
+            for p in patterns:
+                for perm in itertools.permutations(range(r)):
+                    key = tuple(sorted((shape[perm[t]], p[t]) for t in range(r)))
+                    assigns.setdefault(key, {}).setdefault(p, []).append(perm)
+            values = {key: torch.empty(B, len(tuples), dtype=D) for key in assigns}
+            nodes, weights = self._rule(k)
+            chunk = max(1, _AT_ONCE // (weights.numel() * k * (order + 1) * max(B, 1)))
+            for s in range(0, len(tuples), chunk):
+                v = variables[s:s + chunk]
+                f = self._values(self.K[:, v[:, :, None], v[:, None, :]], nodes, order)
+                inner: dict = {}
+                for key in assigns:
+                    values[key][:, s:s + chunk] = _product_sum(key, f, weights, inner)
+            for key, by_pattern in assigns.items():
+                for p, perms in by_pattern.items():
+                    for perm in perms:
+                        outs[p][(slice(None),) + tuple(tuples[:, perm[t]] for t in range(r))] = values[key]
+        self._cache.update(outs)
+
+    def _rule(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard-normal nodes and weights for k variables. One and two variables: the
+        trapezoidal rule on ``[-R, R]`` with a spacing that puts ``_STEP`` between the
+        preactivations' nodes at the largest variance (nodes ``(P1,)``, weights ``(P1,)``
+        or ``(P1, P1)``); three and four: the Gauss-Hermite product rule (``(P, k)``,
+        ``(P,)``)."""
+        if k > 2:
+            return _gauss_hermite(k, self.degrees[k])
+        scale = float(self.K.diagonal(dim1=-2, dim2=-1).max().clamp_min(0).sqrt())
+        half = max(8, math.ceil(_RANGE * scale / self.step))
+        x = torch.linspace(-_RANGE, _RANGE, 2 * half + 1, dtype=D)
+        w = (x[1] - x[0]) * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        return x, (w if k == 1 else w[:, None] * w)
+
+    def _values(self, cov: torch.Tensor, nodes: torch.Tensor, order: int) -> list:
+        """``f[var][o]``: ``phi^(o)`` at the quadrature points of each variable, for
+        covariances ``cov`` ``(B, q, k, k)``. One and two variables map the rule by the
+        triangular root (the first variable then depends on the first node only: its values
+        are ``(B, q, P1, 1)`` and broadcast against the second's ``(B, q, P1, P1)``); more
+        by the symmetric root, on the flat grid ``(B, q, P)``."""
+        k, x = cov.shape[-1], nodes
+        if k == 1:
+            return [self.orders(cov[..., 0, :1].clamp_min(0).sqrt() * x, order)]
+        if k == 2:
+            l00 = cov[..., 0, 0].clamp_min(0).sqrt()
+            l10 = torch.where(l00 > 0, cov[..., 1, 0] / l00.where(l00 > 0, torch.ones_like(l00)), 0.0)
+            l11 = (cov[..., 1, 1] - l10**2).clamp_min(0).sqrt()
+            first = self.orders(l00[..., None, None] * x[:, None], order)  # (B, q, P1, 1)
+            second = self.orders(l10[..., None, None] * x[:, None] + l11[..., None, None] * x, order)
+            return [first, second]
+        vals, vecs = torch.linalg.eigh(cov)
+        root = vecs * vals.clamp_min(0).sqrt()[..., None, :]
+        points = nodes @ root.transpose(-1, -2)  # (B, q, P, k)
+        return [[t[..., var] for t in self.orders(points, order)] for var in range(k)]
+
+
+def _product_sum(key: tuple, f: list, weights: torch.Tensor, inner: dict) -> torch.Tensor:
+    """``sum_p w_p prod_(var, o) in key phi^(o)(z_var,p)``. On a two-variable grid the weights
+    factor, ``w_ij = w_i w_j``, and the first variable depends on node i only, so the sum
+    over j of the second variable's factors is taken first and shared by every key with
+    the same second-variable factors (``inner``): O(P1^2) per distinct such product, O(P1)
+    per key, instead of O(P1^2) per key."""
+    if weights.ndim == 2:
+        w = weights.diagonal().sqrt()
+        second = tuple(o for var, o in key if var == 1)
+        if second not in inner:
+            prod = w
+            for o in second:
+                prod = prod * f[1][o]
+            inner[second] = prod.sum(-1)  # (B, q, P1)
+        prod = w * inner[second]
+        for var, o in key:
+            if var == 0:
+                prod = prod * f[0][o][..., 0]
+        return prod.sum(-1)
+    prod = weights
+    for var, o in key:
+        prod = prod * f[var][o]
+    return prod.sum(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _groups(m: int, r: int) -> dict:
+    """Sorted index r-tuples of range(m), grouped by their pattern of equal indices:
+    ``{shape: (distinct inputs (Q, k), tuples (Q, r))}``."""
+    groups: dict = {}
+    for t in itertools.combinations_with_replacement(range(m), r):
+        s = _shape(t)
+        groups.setdefault(s, ([], []))
+        groups[s][0].append(sorted(set(t)))
+        groups[s][1].append(t)
+    return {s: (torch.tensor(v), torch.tensor(t)) for s, (v, t) in groups.items()}

@@ -1,0 +1,185 @@
+"""The layer-to-layer recursions of the 1/n statistics of a deep MLP (``theory.finite_width``).
+
+Notation (Roberts, Yaida & Hanin, *The Principles of Deep Learning Theory*, arXiv 2106.10165,
+"PDLT"; ntk parameterization, so PDLT's learning-rate factors are ``lambda_b = C_b`` and
+``lambda_W = C_W``). Layer ``l`` has preactivations ``z_i;a`` (unit i, input a) and NTK
+``H_i1i2;ab``; the next layer is ``z' = sqrt(C_b) b + sqrt(C_W / n) W phi(z)`` with every
+``W``, ``b`` standard normal, so that
+
+    H'_i1i2;ab = delta_i1i2 G_ab + (C_W / n) sum_j1j2 W_i1j1 W_i2j2 phi'_j1;a phi'_j2;b H_j1j2;ab,
+    G_ab       = C_b + (C_W / n) sum_j phi_j;a phi_j;b.
+
+To order 1/n every layer is described by (all tensors over the inputs; E the expectation
+over initializations, Delta the deviation from it):
+
+    E[z_a z_b]                                = K_ab + K1_ab / n
+    E[z_i1 z_i2 z_i3 z_i4]_connected          = (d12 d34 V_(ab)(cd) + d13 d24 V_(ac)(bd) + d14 d23 V_(ad)(bc)) / n
+    E[H_i1i2;ab]                              = d12 (Theta_ab + Theta1_ab / n)
+    E[Delta H_i1i2;ab z_i3;c z_i4;d]          = (d12 d34 D_abcd + d13 d24 F_abcd + d14 d23 F_abdc) / n
+    E[Delta H_i1i2;ab Delta H_i3i4;cd]        = (d12 d34 A_abcd + d13 d24 B_abcd + d14 d23 B_abdc) / n
+
+(``d`` Kronecker deltas on the unit indices). PDLT's F and B carry their indices in the order
+``F_{a c b d}``, ``B_{a c b d}``; here the NTK's two inputs come first. With ``s = phi(z)``,
+``<.>`` the Gaussian expectation under K, ``S = <s_a s_b>``, ``S' = <s'_a s'_b>`` and the
+Price's-theorem derivatives ``M_ab,ef = 1/2 <d_e d_f (s_a s_b)>``,
+``N_ab,ef = 1/2 <d_e d_f (s'_a s'_b)>``, ``J_ac,e = <d_e (s'_a s_c)>``:
+
+    V' = C_W^2 [(<s s s s> - S S) + M V M^T]
+    K1' = C_W [M K1 + 1/8 <d^4 (s s)> V]
+    X  = C_W^2 [Theta_ab (<s'_a s'_b s_c s_d> - S'_ab S_cd) + Theta_ab (N V M^T)_abcd + S'_ab (M D^T)_abcd]
+    D' = V' + X
+    F'_abcd = C_W^2 [Theta_ab <s'_a s'_b s_c s_d> + sum_ef J_ac,e J_bd,f F_abef]
+    Y  = C_W^2 [Theta_ab Theta_cd (<s' s' s' s'> - S' S' + N V N^T) + S'_ab Theta_cd (N D^T)_cdab
+                + Theta_ab S'_cd (N D^T)_abcd + S'_ab S'_cd A_abcd]
+    A' = V' + X_abcd + X_cdab + Y
+    B'_abcd = C_W^2 [Theta_ab Theta_cd <s'_a s'_b s'_c s'_d> + S'_ac S'_bd B_abcd]
+    Theta1' = K1' + C_W [S' Theta1 + Theta (N K1 + 1/8 <d^4 (s' s')> V) + N (D + F + F^T)]
+
+(the last contraction on the pair ``(a, b)`` itself: ``sum_ef N_ab,ef (D_abef + F_abef + F_abfe)``).
+The first hidden layer is Gaussian with a deterministic NTK: ``V = D = F = A = B = K1 =
+Theta1 = 0``. They follow from Gaussian integration over the new layer's weights given the
+previous layer, the previous layer's statistics entering through cumulant expansions
+(``E[f(z) X] = 1/2 sum <d_e d_f f> E[X z_e z_f]`` for the centred, order-1/sqrt(n) X). They
+are the multi-input forms of PDLT's recursions for the four-point vertex and the
+next-to-leading-order metric (ch. 4) and for the NTK's mean, its cross-correlations D, F with
+the preactivations and its variance A, B (ch. 8), written for ``lambda = C``; this derivation
+stands on its own, and the test suite checks every tensor against Monte Carlo of finite
+networks.
+
+Hidden layers of unequal widths ``n_l = rho_l n``: every term of a layer's statistics that is
+born in that layer (the ones without a previous V, D, F, A, B) carries ``1 / rho_l``; the
+propagated ones keep the factors they had. All tensors are batched: ``(B, m, ...)``, B
+independent problems of m inputs each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._fw_gauss import Gauss, chain
+
+
+@dataclass
+class State:
+    """The statistics of one layer's preactivations, batched ``(B, m, ...)``; see the module
+    docstring. ``A`` and ``B`` are None when the NTK's variance is not wanted."""
+
+    K: torch.Tensor
+    Theta: torch.Tensor
+    K1: torch.Tensor
+    Theta1: torch.Tensor
+    V: torch.Tensor
+    D: torch.Tensor
+    F: torch.Tensor
+    A: torch.Tensor | None
+    B: torch.Tensor | None
+
+
+def first_layer(K: torch.Tensor, variance: bool) -> State:
+    """The first layer's preactivations: Gaussian, NTK equal to their covariance."""
+    zero2 = torch.zeros_like(K)
+    zero4 = K.new_zeros(K.shape + K.shape[1:])
+    return State(K, K.clone(), zero2, zero2.clone(), zero4, zero4.clone(), zero4.clone(),
+                 zero4.clone() if variance else None, zero4.clone() if variance else None)
+
+
+class _Index:
+    """Gathers of the pair contractions ``sum_ef C_ab,ef T_ef...`` where ``C_ab,ef`` is a
+    Price's-theorem derivative of a product ``f(z_a) g(z_b)``: it is nonzero only for e, f in
+    {a, b}, with coefficients ``(c_aa, c_ab = c_ba, c_bb)`` each ``(B, m, m)``. At a == b the
+    four terms land on the same index and add up to the right value."""
+
+    def __init__(self, m: int):
+        r = torch.arange(m)
+        self.a, self.b = torch.meshgrid(r, r, indexing="ij")
+        self.a4, self.b4, self.c4, self.d4 = torch.meshgrid(r, r, r, r, indexing="ij")
+
+    def first(self, c, T):
+        """``out[a, b, ...] = sum_ef C_ab,ef T[e, f, ...]``, T ``(B, m, m, ...)``."""
+        caa, cab, cbb = (x.reshape(x.shape + (1,) * (T.ndim - 3)) for x in c)
+        a, b = self.a, self.b
+        return caa * T[:, a, a] + cab * (T[:, a, b] + T[:, b, a]) + cbb * T[:, b, b]
+
+    def last(self, c, T):
+        """``out[x, y, a, b] = sum_ef C_ab,ef T[x, y, e, f]``."""
+        return self.first(c, T.permute(0, 3, 4, 1, 2)).permute(0, 3, 4, 1, 2)
+
+    def pair(self, c, T2):
+        """``out[a, b] = sum_ef C_ab,ef T2[e, f]``."""
+        return self.first(c, T2)
+
+    def own(self, c, T):
+        """``out[a, b] = sum_ef C_ab,ef T[a, b, e, f]``."""
+        caa, cab, cbb = c
+        a, b = self.a, self.b
+        return caa * T[:, a, b, a, a] + cab * (T[:, a, b, a, b] + T[:, a, b, b, a]) + cbb * T[:, a, b, b, b]
+
+    def quartic(self, g: Gauss, base: tuple, V):
+        """``out[a, b] = sum_efgh <d_e d_f d_g d_h (f(z_a) g(z_b))> V[e, f, g, h]`` with
+        ``f = phi^(base[0])``, ``g = phi^(base[1])``: the 16 ways of placing the four
+        derivatives on the two factors (O(m^2), not an m^6 tensor)."""
+        out = 0
+        for slots in torch.cartesian_prod(*[torch.tensor([0, 1])] * 4).tolist():
+            on_a = slots.count(0)
+            idx = tuple(self.a if s == 0 else self.b for s in slots)
+            out = out + g.two(base[0] + on_a, base[1] + 4 - on_a) * V[(slice(None),) + idx]
+        return out
+
+    def carry_F(self, j1, j2, F):
+        """``out[a, b, c, d] = sum_ef J_ac,e J_bd,f F[a, b, e, f]`` with ``J_ac,a = j1[a, c]``,
+        ``J_ac,c = j2[a, c]`` (and their sum at a == c)."""
+        a, b, c, d = self.a4, self.b4, self.c4, self.d4
+        ac1, ac2 = j1[:, a, c], j2[:, a, c]
+        bd1, bd2 = j1[:, b, d], j2[:, b, d]
+        return (ac1 * bd1 * F[:, a, b, a, b] + ac1 * bd2 * F[:, a, b, a, d]
+                + ac2 * bd1 * F[:, a, b, c, b] + ac2 * bd2 * F)
+
+
+def _outer(x, y):
+    return x[:, :, :, None, None] * y[:, None, None, :, :]
+
+
+def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> State:
+    """The statistics after ``phi`` and then a Dense layer ``(C_W, C_b)``, the averaged hidden
+    layer having relative width ``rho``."""
+    K, Theta, V, Dt, F, A, Bt = state.K, state.Theta, state.V, state.D, state.F, state.A, state.B
+    m = K.shape[-1]
+    ix = _Index(m)
+    g = Gauss(K, chain(phi), degrees)
+    g.expect([(1, 1), (2, 0), (0, 2), (3, 1), (2, 2), (1, 3)]
+             + [(k, 4 - k) for k in range(5)] + [(1 + k, 5 - k) for k in range(5)])
+    g.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1)] if A is not None else []))
+    q = K.diagonal(dim1=1, dim2=2)
+    # the leading order by the layer's own kernel rule (closed form or its exact mixture), so
+    # that the limit is the network's NNGP and NTK to rounding; corrections by quadrature.
+    S, S1 = phi.dual(q[:, :, None].expand_as(K), q[:, None, :].expand_as(K), K)
+    M = (0.5 * g.two(2, 0), 0.5 * g.two(1, 1), 0.5 * g.two(0, 2))
+    N = (0.5 * g.two(3, 1), 0.5 * g.two(2, 2), 0.5 * g.two(1, 3))
+    T4, U = g.four((0, 0, 0, 0)), g.four((1, 1, 0, 0))
+    w2 = cw * cw
+
+    K_new = cb + cw * S
+    Theta_new = K_new + cw * S1 * Theta
+    V_new = w2 * ((T4 - _outer(S, S)) / rho + ix.last(M, ix.first(M, V)))
+    K1_new = cw * (ix.pair(M, state.K1) + ix.quartic(g, (0, 0), V) / 8)
+    th = Theta[:, :, :, None, None]
+    X = w2 * (th * (U - _outer(S1, S)) / rho + th * ix.last(M, ix.first(N, V))
+              + S1[:, :, :, None, None] * ix.last(M, Dt))
+    D_new = V_new + X
+    F_new = w2 * (th * U / rho + ix.carry_F(g.two(2, 0), g.two(1, 1), F))
+    Theta1_new = K1_new + cw * (S1 * state.Theta1 + Theta * (ix.pair(N, state.K1) + ix.quartic(g, (1, 1), V) / 8)
+                                + ix.own(N, Dt + F + F.transpose(3, 4)))
+    A_new = B_new = None
+    if A is not None:
+        W4 = g.four((1, 1, 1, 1))
+        tt = _outer(Theta, Theta)
+        Z = ix.last(N, Dt)  # Z[x, y, a, b] = sum_ef N_ab,ef D[x, y, e, f]
+        Y = w2 * (tt * ((W4 - _outer(S1, S1)) / rho + ix.last(N, ix.first(N, V)))
+                  + _outer(S1, Theta) * Z + _outer(Theta, S1) * Z.permute(0, 3, 4, 1, 2)
+                  + _outer(S1, S1) * A)
+        A_new = V_new + X + X.permute(0, 3, 4, 1, 2) + Y
+        a, b, c, d = ix.a4, ix.b4, ix.c4, ix.d4
+        B_new = w2 * (tt * W4 / rho + S1[:, a, c] * S1[:, b, d] * Bt)
+    return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new)
