@@ -65,7 +65,7 @@ def test_sampled_ntk_is_the_ntk_torch_func_computes_for_the_same_network():
     dims = (3, 7, 7, 1)
 
     weights = []
-    for k, (w_std, b_std) in enumerate(SCALES):
+    for k, (w_std, _) in enumerate(SCALES):
         W = torch.randn(2, dims[k + 1], dims[k], generator=gen, dtype=D) * (w_std / math.sqrt(dims[k]))
         b = torch.randn(2, dims[k + 1], 1, generator=gen, dtype=D)
         weights.append((W, b))
@@ -160,33 +160,50 @@ def test_ntk_correction_matches_monte_carlo(phi, batches):
     assert _worst(fw.ntk_correction, value, se) < 4.5
 
 
-def test_ntk_variance_matches_monte_carlo_with_unequal_widths():
+def _cross(ntk, outputs):
+    """``Cov(Theta_hat_ab, f_c f_d)`` ``(N, N, N, N)`` over the first axis of the samples."""
+    th = ntk.reshape(len(ntk), -1)
+    ff = torch.einsum("sc,sd->scd", outputs, outputs).reshape(len(th), -1)
+    n = ntk.shape[-1]
+    return ((th - th.mean(0)).T @ (ff - ff.mean(0)) / (len(th) - 1)).reshape(n, n, n, n)
+
+
+def test_ntk_variance_and_output_correlation_match_monte_carlo_with_unequal_widths():
     net = _net(wn.Erf())
     fw = wn.theory.finite_width(net, X, widths=(1, 2))
-    var = {}
+    var, cross = {}, {}
     for n in (24, 48):
-        batches = []
+        v, c = [], []
         for b in range(10):
-            ntk = wn.theory.finite_width_samples(net, X, n, 4000, widths=(1, 2), seed=7 * n + b).ntk
-            batches.append(n * torch.cov(ntk.reshape(len(ntk), -1).T).reshape(3, 3, 3, 3))
-        var[n] = torch.stack(batches)
+            mc = wn.theory.finite_width_samples(net, X, n, 4000, widths=(1, 2), seed=7 * n + b)
+            v.append(n * torch.cov(mc.ntk.reshape(len(mc.ntk), -1).T).reshape(3, 3, 3, 3))
+            c.append(n * _cross(mc.ntk, mc.outputs))
+        var[n], cross[n] = torch.stack(v), torch.stack(c)
     _check(fw.ntk_variance, *_extrapolated(var))
+    _check(fw.ntk_output_correlation, *_extrapolated(cross))
 
 
 def test_one_hidden_layer_is_exact_at_every_width():
     # f and the NTK average n independent units: K1 = Theta1 = 0, and n Cov is the
-    # single unit's covariance at every n, so width-1 networks measure A and V exactly
+    # single unit's covariance at every n, so width-1 networks measure the tensors exactly
     net = _net(wn.Tanh(), SCALES[:2])
     fw = wn.theory.finite_width(net, X)
     assert float(fw.nngp_correction.abs().max()) == 0 and float(fw.ntk_correction.abs().max()) == 0
-    mc = wn.theory.finite_width_samples(net, X, n=1, samples=400000, seed=11)
-    def batches(t):
-        return t.reshape(20, -1, *t.shape[1:])
+    mc = wn.theory.finite_width_samples(net, X, n=1, samples=800000, seed=11)
 
-    var = torch.stack([torch.cov(b.reshape(len(b), -1).T).reshape(3, 3, 3, 3) for b in batches(mc.ntk)])
-    _check(fw.ntk_variance, var.mean(0), var.std(0) / math.sqrt(20))
-    four = torch.stack([_pairings(torch.cov(b.reshape(len(b), -1).T).reshape(3, 3, 3, 3)) for b in batches(mc.metric)])
-    _check(fw.four_point, four.mean(0), four.std(0) / math.sqrt(20))
+    def batches(t):
+        return t.reshape(40, -1, *t.shape[1:])
+
+    def measured(per_batch):
+        return per_batch.mean(0), per_batch.std(0) / math.sqrt(len(per_batch))
+
+    flat = lambda t: t.reshape(len(t), -1).T  # noqa: E731
+    var = torch.stack([torch.cov(flat(b)).reshape(3, 3, 3, 3) for b in batches(mc.ntk)])
+    _check(fw.ntk_variance, *measured(var))
+    four = torch.stack([_pairings(torch.cov(flat(b)).reshape(3, 3, 3, 3)) for b in batches(mc.metric)])
+    _check(fw.four_point, *measured(four))
+    cross = torch.stack([_cross(a, b) for a, b in zip(batches(mc.ntk), batches(mc.outputs))])
+    _check(fw.ntk_output_correlation, *measured(cross))
 
 
 # ---- exact special cases and independent computations ---------------------------------------
