@@ -91,29 +91,47 @@ def test_sampled_ntk_is_the_ntk_torch_func_computes_for_the_same_network():
         torch.testing.assert_close(wn.empirical.ntk(model, X), mc.ntk[s], rtol=1e-10, atol=1e-12)
 
 
-def _rb_ntk_mean(phi, n, networks, seed):
-    """``E[Theta_hat | first hidden layer]`` of a net with two hidden layers, per network: the
-    second hidden layer and the readout integrated out exactly. With w the second layer's
-    standard-normal weights into unit j, z_j = u^T w + sqrt(C_b) b and its NTK
-    ``H_jj = G + w^T M w`` (``M_ab = (C_W/n) K1_ab diag(s'_a s'_b)``, ``K1`` the first layer's
-    covariance), Gaussian integration by parts gives
-    ``E[g(z) w^T M w] = tr M <g> + sum_ef (u_e^T M u_f) <d_e d_f g>``."""
+def _rb_means(phi, scales, x, n, networks, seed):
+    """``(E[f f | layer L-2], E[Theta_hat | layer L-2])`` per network, ``(S, N, N)`` each, for
+    an MLP with ``L - 1 = len(scales) - 1`` hidden layers: the layers up to the last-but-one
+    hidden one are sampled (with their full NTK matrices ``H_ab`` ``(n, n)``, forward:
+    ``H' = G I + (C_W/n) W diag(s'_a) H diag(s'_b) W^T``), the last hidden layer and the readout
+    integrated out exactly. Given the sampled layers, the last hidden unit j has
+    ``z_j = u^T w + sqrt(C_b) b`` (w standard normal, ``u_e = sqrt(C_W/n) s_e``) and NTK
+    ``H_jj = G + w^T M w`` with ``M_ab = (C_W/n) diag(s'_a) H_ab diag(s'_b)``; Gaussian
+    integration by parts gives ``E[g(z) w^T M w] = tr M <g> + sum_ef (u_e^T M u_f) <d_e d_f g>``,
+    and ``E[f f | .] = C_b + C_W <s s>_G`` by the layer's kernel rule."""
     from widenet.theory._fw_gauss import Gauss, chain
 
     g = torch.Generator().manual_seed(seed)
-    (w0, b0), (w1, b1), (w2, b2) = SCALES
-    K1 = w0**2 * X @ X.T / X.shape[1] + b0**2
-    z1 = torch.randn(networks, n, 3, generator=g, dtype=D) @ torch.linalg.cholesky(K1).T
-    s, s1 = phi.fn(z1), phi.derivative(z1)
-    c1 = w1**2 / n
-    G = b1**2 + c1 * torch.einsum("ska,skb->sab", s, s)
-    tr = K1 * c1 * torch.einsum("ska,skb->sab", s1, s1)
-    uMu = K1[None, :, :, None, None] * c1**2 * torch.einsum("ske,skf,ska,skb->sabef", s, s, s1, s1)
+    (w0, b0), *middle, (wl, bl), (wo, bo) = scales
+    N = x.shape[0]
+    K1 = w0**2 * x @ x.T / x.shape[1] + b0**2
+    z = torch.randn(networks, n, N, generator=g, dtype=D) @ torch.linalg.cholesky(K1).T
+    H = K1[None, :, :, None, None] * torch.eye(n, dtype=D)  # (1, a, b, n, n)
+    for w, b in middle:
+        s, s1 = phi.fn(z), phi.derivative(z)
+        G = b**2 + w**2 / n * torch.einsum("ska,skb->sab", s, s)
+        W = torch.randn(networks, n, n, generator=g, dtype=D)
+        t1 = s1.transpose(1, 2)
+        inner = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]
+        H = G[..., None, None] * torch.eye(n, dtype=D) + w**2 / n * W[:, None, None] @ inner @ W.transpose(1, 2)[:, None, None]
+        z = w / math.sqrt(n) * W @ s + b * torch.randn(networks, n, 1, generator=g, dtype=D)
+    s, s1 = phi.fn(z), phi.derivative(z)
+    c = wl**2 / n
+    G = bl**2 + c * torch.einsum("ska,skb->sab", s, s)
+    # M_ab's trace and u_e^T M_ab u_f, with M_ab = c diag(s1_a) H_ab diag(s1_b)
+    t1 = s1.transpose(1, 2)
+    SHS = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]  # (S, a, b, k1, k2)
+    tr = c * SHS.diagonal(dim1=-2, dim2=-1).sum(-1)
+    uMu = c**2 * torch.einsum("ske,sabkl,slf->sabef", s, SHS, s)
     gs = Gauss(G, chain(phi), {}, step=0.6)  # ~1e-5 relative: far below the sampling noise
     gs.expect([(0, 0), (1, 1), (3, 1), (2, 2), (1, 3)])
-    a, b = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
+    a, b = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
     second = uMu[:, a, b, a, a] * gs.two(3, 1) + 2 * uMu[:, a, b, a, b] * gs.two(2, 2) + uMu[:, a, b, b, b] * gs.two(1, 3)
-    return b2**2 + w2**2 * (gs.two(0, 0) + (G + tr) * gs.two(1, 1) + second)
+    q = G.diagonal(dim1=1, dim2=2)
+    t, _ = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
+    return bo**2 + wo**2 * t, bo**2 + wo**2 * (gs.two(0, 0) + (G + tr) * gs.two(1, 1) + second)
 
 
 def _rb_second_moment(phi, n, networks, seed):
@@ -149,8 +167,8 @@ def test_four_point_and_nngp_correction_match_monte_carlo(phi):
 @pytest.mark.parametrize("phi, batches", [(wn.Tanh(), 8), (wn.Erf(), 16)], ids=["Tanh", "Erf"])
 def test_ntk_correction_matches_monte_carlo(phi, batches):
     fw = wn.theory.finite_width(_net(phi), X)
-    th = {n: torch.stack([n * (_rb_ntk_mean(phi, n, 4000, 10 * n + b).mean(0) - fw.ntk) for b in range(batches)])
-          for n in (32, 64)}
+    th = {n: torch.stack([n * (_rb_means(phi, SCALES, X, n, 4000, 10 * n + b)[1].mean(0) - fw.ntk)
+                          for b in range(batches)]) for n in (32, 64)}
     value, se = _extrapolated(th)
     # E[Theta_hat | first hidden layer] removes the later layers' noise, not the first's, which
     # dominates the off-diagonal entries of nearly orthogonal inputs: the diagonal is measured
@@ -158,6 +176,18 @@ def test_ntk_correction_matches_monte_carlo(phi, batches):
     diag = torch.eye(3, dtype=torch.bool)
     _check(fw.ntk_correction[diag], value[diag], se[diag])
     assert _worst(fw.ntk_correction, value, se) < 4.5
+
+
+def test_three_hidden_layers_means_match_monte_carlo():
+    # the terms that carry a previous layer's K1 and Theta1 forward first act here
+    phi, scales, x = wn.Tanh(), SCALES[:2] + [(1.25, 0.2)] + SCALES[2:], X[:2]
+    fw = wn.theory.finite_width(_net(phi, scales), x)
+    runs = {n: [_rb_means(phi, scales, x, n, 3000, 10 * n + b) for b in range(8)] for n in (24, 48)}
+    diag = torch.eye(2, dtype=torch.bool)
+    for i, limit, correction in ((0, fw.nngp, fw.nngp_correction), (1, fw.ntk, fw.ntk_correction)):
+        value, se = _extrapolated({n: torch.stack([n * (r[i].mean(0) - limit) for r in runs[n]]) for n in runs})
+        _check(correction[diag], value[diag], se[diag])
+        assert _worst(correction, value, se) < 4.5
 
 
 def _cross(ntk, outputs):
