@@ -85,10 +85,25 @@ def test_sampled_ntk_is_the_ntk_torch_func_computes_for_the_same_network():
                     h = torch.tanh(h)
             return h
 
+    mc = wn.theory.finite_width_samples(net, X, n=7, samples=2, seed=3, dntk=True)
     for s in range(2):
         model = MLP(s)
         torch.testing.assert_close(model(X)[:, 0], mc.outputs[s], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(wn.empirical.ntk(model, X), mc.ntk[s], rtol=1e-10, atol=1e-12)
+        # the NTK's derivative along each output's gradient, by central differences
+        params = list(model.parameters())
+        for c in range(3):
+            grads = torch.autograd.grad(model(X)[c, 0], params)
+            eps, moved = 1e-5, []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.add_(sign * eps * g)
+                moved.append(wn.empirical.ntk(model, X))
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.sub_(sign * eps * g)
+            torch.testing.assert_close((moved[0] - moved[1]) / (2 * eps), mc.dntk[s, :, :, c], rtol=1e-6, atol=1e-8)
 
 
 def _rb_means(phi, scales, x, n, networks, seed):
@@ -234,6 +249,32 @@ def test_one_hidden_layer_is_exact_at_every_width():
     _check(fw.four_point, *measured(four))
     cross = torch.stack([_cross(a, b) for a, b in zip(batches(mc.ntk), batches(mc.outputs))])
     _check(fw.ntk_output_correlation, *measured(cross))
+
+
+@pytest.mark.parametrize("phi", [wn.Tanh(), wn.Erf()], ids=repr)
+def test_dntk_and_the_first_step_match_monte_carlo(phi):
+    net, x = _net(phi), X[:2]
+    fw = wn.theory.finite_width(net, x)
+    moments, means = {}, {}
+    for n in (16, 32):
+        m, mean = [], []
+        for b in range(6):
+            mc = wn.theory.finite_width_samples(net, x, n, 3000, seed=31 * n + b, dntk=True)
+            m.append(n * torch.einsum("sabc,sd->sabcd", mc.dntk, mc.outputs).mean(0))  # n E[dTheta_abc f_d]
+            mean.append(n * mc.dntk.mean(0))
+        moments[n], means[n] = torch.stack(m), torch.stack(mean)
+    P = fw.dntk  # n E[dH_abc f_d]; dTheta_abc = dH_abc + dH_bac
+    value, se = _extrapolated(moments)
+    _check(P + P.transpose(0, 1), value, se)
+    # the first step moves the NTK by -lr sum_c dTheta_abc (f_c - y_c); E[dTheta] = 0 (it is odd
+    # in the readout), so to first order in lr the targets drop out of the expected change
+    value_mean, se_mean = _extrapolated(means)
+    assert _worst(torch.zeros_like(value_mean), value_mean, se_mean) < 4.5
+    full = P + P.transpose(0, 1)
+    torch.testing.assert_close(fw.ntk_change(lr=0.3, n=50), -0.3 / 50 * full.diagonal(dim1=2, dim2=3).sum(-1))
+    # its entries sum nearly cancelling terms: measured within errors (not to a few per cent)
+    step, step_se = -value.diagonal(dim1=2, dim2=3).sum(-1), se.diagonal(dim1=2, dim2=3).pow(2).sum(-1).sqrt()
+    assert _worst(fw.ntk_change(lr=1.0, n=1), step, step_se) < 4.5
 
 
 # ---- exact special cases and independent computations ---------------------------------------

@@ -62,6 +62,11 @@ class FiniteWidth:
         ntk_output_correlation: ``E[(Theta_hat_ab - E Theta_hat_ab) f_c f_d] = C_abcd / n +
             O(n^-2)`` (PDLT's ``D_abcd + F_acbd + F_adbc``): how the NTK's fluctuation at
             initialization correlates with the outputs.
+        dntk: ``E[dH_abc f_d] = P_abcd / n + O(n^-2)`` with the dNTK
+            ``dH_abc = sum_mu,nu d^2 f_a / d theta_mu d theta_nu  d f_b / d theta_mu  d f_c / d theta_nu``
+            (PDLT ch. 11's dNTK, whose correlation with the outputs it defines through its
+            tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
+            training, see :meth:`ntk_change`.
 
     Example:
 
@@ -133,6 +138,33 @@ class FiniteWidth:
     def ntk_output_correlation(self) -> torch.Tensor:
         Dt, F = self._full.D[0], self._full.F[0]
         return Dt + F + F.transpose(2, 3)
+
+    @cached_property
+    def dntk(self) -> torch.Tensor:
+        P, Q = self._full.P[0], self._full.Q[0]
+        return P + Q + Q.transpose(1, 2)
+
+    def ntk_change(self, lr: Any, n: Any) -> torch.Tensor:
+        """The expected change of the NTK on the inputs after one full-batch gradient-descent
+        step on ``1/2 sum_b (f_b - y_b)^2`` from initialization, at width scale ``n``, to
+        first order in the learning rate ``lr`` and in 1/n ``(N, N)``:
+
+            E[Theta_hat_ab(after) - Theta_hat_ab(before)] = -(lr / n) sum_c (dntk_abcc + dntk_bacc)
+
+        (the parameters move by ``-lr sum_c (f_c - y_c) grad f_c``; ``E[dNTK] = 0``, so the
+        targets enter only at second order in ``lr``, through the ddNTK).
+
+        Example:
+
+            >>> net = wn.Serial(wn.Dense(1, 1.5), wn.Tanh(), wn.Dense(1, 1.5), wn.Tanh(), wn.Dense(1))
+            >>> wn.theory.finite_width(net, torch.randn(3, 2)).ntk_change(lr=0.1, n=256).shape
+            torch.Size([3, 3])
+        """
+        lr = float(lr)
+        if not math.isfinite(lr) or lr <= 0:
+            raise ParameterError(f"FiniteWidth.ntk_change: lr must be a positive number (got {lr!r})")
+        d = self.dntk.diagonal(dim1=2, dim2=3).sum(-1)
+        return -(lr / _width("ntk_change", n)) * (d + d.T)
 
 
 def _width(method: str, n: Any) -> float:

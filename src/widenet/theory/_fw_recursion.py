@@ -36,6 +36,23 @@ Price's-theorem derivatives ``M_ab,ef = 1/2 <d_e d_f (s_a s_b)>``,
     Theta1' = K1' + C_W [S' Theta1 + Theta (N K1 + 1/8 <d^4 (s' s')> V) + N (D + F + F^T)]
 
 (the last contraction on the pair ``(a, b)`` itself: ``sum_ef N_ab,ef (D_abef + F_abef + F_abfe)``).
+
+The dNTK ``dH_i0i1i2;a0a1a2 = sum_mu,nu d^2 z_i0;a0 / d mu d nu  d z_i1;a1 / d mu  d z_i2;a2 / d nu``
+(PDLT ch. 11, ``lambda = C``) is odd in the parameters, ``E[dH] = 0``, and
+
+    E[dH_i0i1i2;a0a1a2 z_i3;c] = (d03 d12 P_a0a1a2c + d01 d23 Q_a0a1a2c + d02 d13 Q_a0a2a1c) / n
+
+(PDLT's P and Q, here in one index order). The new layer's dNTK has three parts: one new
+weight and one earlier parameter in either order, and two earlier parameters; Gaussian
+integration over the new weights gives, with ``L_a0a1,e = <d_e (s''_a0 s'_a1)>``,
+
+    P'_a0a1a2c = C_W^2 [Theta_a0a1 Theta_a0a2 <s''_a0 s'_a1 s'_a2 s_c> + <s''_a0 s_c> S'_a1a2 B_a0a1a0a2
+                        + S'_a1a2 sum_e J_a0c,e P_a0a1a2e]
+    Q'_a0a1a2c = F'_a0a2a1c + C_W^2 [Theta_a0a1 Theta_a0a2 <s''_a0 s'_a1 s'_a2 s_c>
+                        + Theta_a0a1 sum_ef L_a0a1,e J_a2c,f F_a0a2ef + S'_a0a1 sum_f J_a2c,f Q_a0a1a2f]
+
+(the first term of Q' is the mixed part, a new weight against an earlier parameter, which is
+exactly the new layer's F).
 The first hidden layer is Gaussian with a deterministic NTK: ``V = D = F = A = B = K1 =
 Theta1 = 0``. They follow from Gaussian integration over the new layer's weights given the
 previous layer, the previous layer's statistics entering through cumulant expansions
@@ -64,7 +81,7 @@ from ._fw_gauss import Gauss, chain
 @dataclass
 class State:
     """The statistics of one layer's preactivations, batched ``(B, m, ...)``; see the module
-    docstring. ``A`` and ``B`` are None when the NTK's variance is not wanted."""
+    docstring. ``A``, ``B``, ``P``, ``Q`` are None when the fluctuations are not wanted."""
 
     K: torch.Tensor
     Theta: torch.Tensor
@@ -75,14 +92,17 @@ class State:
     F: torch.Tensor
     A: torch.Tensor | None
     B: torch.Tensor | None
+    P: torch.Tensor | None = None
+    Q: torch.Tensor | None = None
 
 
 def first_layer(K: torch.Tensor, variance: bool) -> State:
-    """The first layer's preactivations: Gaussian, NTK equal to their covariance."""
+    """The first layer's preactivations: Gaussian, NTK equal to their covariance, no dNTK
+    (they are linear in the parameters). ``variance``: carry A, B and the dNTK's P, Q."""
     zero2 = torch.zeros_like(K)
     zero4 = K.new_zeros(K.shape + K.shape[1:])
-    return State(K, K.clone(), zero2, zero2.clone(), zero4, zero4.clone(), zero4.clone(),
-                 zero4.clone() if variance else None, zero4.clone() if variance else None)
+    more = [zero4.clone() for _ in range(4)] if variance else [None] * 4
+    return State(K, K.clone(), zero2, zero2.clone(), zero4, zero4.clone(), zero4.clone(), *more)
 
 
 class _Index:
@@ -150,7 +170,7 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
     g = Gauss(K, chain(phi), degrees)
     g.expect([(1, 1), (2, 0), (0, 2), (3, 1), (2, 2), (1, 3)]
              + [(k, 4 - k) for k in range(5)] + [(1 + k, 5 - k) for k in range(5)])
-    g.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1)] if A is not None else []))
+    g.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1), (2, 1, 1, 0)] if A is not None else []))
     q = K.diagonal(dim1=1, dim2=2)
     # the leading order by the layer's own kernel rule (closed form or its exact mixture), so
     # that the limit is the network's NNGP and NTK to rounding; corrections by quadrature.
@@ -182,4 +202,22 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
         A_new = V_new + X + X.permute(0, 3, 4, 1, 2) + Y
         a, b, c, d = ix.a4, ix.b4, ix.c4, ix.d4
         B_new = w2 * (tt * W4 / rho + S1[:, a, c] * S1[:, b, d] * Bt)
+        P_new, Q_new = _dntk(state, g, ix, S1, F_new, w2, rho)
+        return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new, P_new, Q_new)
     return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new)
+
+
+def _dntk(state: State, g: Gauss, ix: _Index, S1, F_new, w2: float, rho: float):
+    """The dNTK's correlation with the preactivations, ``P`` and ``Q`` (module docstring)."""
+    Theta, F, Bt, P, Q = state.Theta, state.F, state.B, state.P, state.Q
+    a0, a1, a2, c = ix.a4, ix.b4, ix.c4, ix.d4
+    j1, j2 = g.two(2, 0), g.two(1, 1)  # J_(a c), a and J_(a c), c of s'_a s_c
+    k1, k2 = g.two(3, 1), g.two(2, 2)  # the same of s''_a0 s'_a1
+    fresh = Theta[:, a0, a1] * Theta[:, a0, a2] * g.four((2, 1, 1, 0)) / rho
+    P_new = w2 * (fresh + j1[:, a0, c] * S1[:, a1, a2] * Bt[:, a0, a1, a0, a2]
+                  + S1[:, a1, a2] * (j1[:, a0, c] * P[:, a0, a1, a2, a0] + j2[:, a0, c] * P))
+    carried_F = (k1[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a0, a2] + k1[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a0, c]
+                 + k2[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a1, a2] + k2[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a1, c])
+    Q_new = F_new[:, a0, a2, a1, c] + w2 * (fresh + Theta[:, a0, a1] * carried_F
+                                            + S1[:, a0, a1] * (j1[:, a2, c] * Q[:, a0, a1, a2, a2] + j2[:, a2, c] * Q))
+    return P_new, Q_new

@@ -33,16 +33,20 @@ class FiniteWidthSamples:
             ``Cov(G_ab, G_cd) + Cov(G_ac, G_bd) + Cov(G_ad, G_bc)``, estimates without the
             readout's sampling noise (the conditional-Gaussian trick).
         widths: the hidden widths.
+        dntk: ``(S, N, N, N)`` with ``dntk=True``: ``sum_nu d Theta_hat_ab / d theta_nu
+            d f_c / d theta_nu``, the NTK's derivative along each output's gradient (its
+            change in a gradient step is ``-lr sum_c (f_c - y_c) dntk_abc``); else None.
     """
 
     outputs: torch.Tensor
     ntk: torch.Tensor
     metric: torch.Tensor
     widths: tuple
+    dntk: Optional[torch.Tensor] = None
 
 
 def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[Sequence[float]] = None,
-                         seed: Optional[int] = None, progress: bool = False) -> FiniteWidthSamples:
+                         seed: Optional[int] = None, dntk: bool = False, progress: bool = False) -> FiniteWidthSamples:
     """Draw ``samples`` finite networks of width scale ``n`` and evaluate them on ``x``.
 
     ``net`` is an MLP ``Dense -> phi -> ... -> Dense`` in the ntk parameterization (any
@@ -60,6 +64,8 @@ def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[
         samples: number of networks (>= 2).
         widths: relative hidden widths.
         seed: seed of the weights' generator.
+        dntk: also the NTK's derivatives along the outputs' gradients (one forward-mode
+            product per input, through the backpropagated NTK).
         progress: show a progress bar.
 
     Returns:
@@ -85,35 +91,61 @@ def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[
     gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
     dims = (x.shape[1],) + hidden + (1,)
     chunk = max(1, _AT_ONCE // max(a * b for a, b in zip(dims, dims[1:])))
-    out = [], [], []
+    out = [], [], [], []
     with progress_bar(samples, "finite networks", progress) as bar:
         for s in range(0, samples, chunk):
-            for acc, value in zip(out, _networks(layers, x, dims, min(chunk, samples - s), gen)):
+            S = min(chunk, samples - s)
+            params = []
+            for k in range(len(dims) - 1):
+                params += [torch.randn(S, dims[k + 1], dims[k], generator=gen, dtype=D),
+                           torch.randn(S, dims[k + 1], 1, generator=gen, dtype=D)]
+            for acc, value in zip(out, _evaluate(layers, x, dims, params, dntk)):
                 acc.append(value)
-            bar.advance(min(chunk, samples - s))
-    f, ntk, metric = (torch.cat(v) for v in out)
-    return FiniteWidthSamples(f, ntk, metric, hidden)
+            bar.advance(S)
+    f, ntk, metric = (torch.cat(v) for v in out[:3])
+    return FiniteWidthSamples(f, ntk, metric, hidden, torch.cat(out[3]) if dntk else None)
 
 
-def _networks(layers: list, x: torch.Tensor, dims: tuple, S: int, gen: torch.Generator):
-    """Outputs, NTKs and readout metrics of S networks (see finite_width_samples)."""
+def _evaluate(layers: list, x: torch.Tensor, dims: tuple, params: list, dntk: bool):
+    """Outputs, NTKs, readout metrics and (``dntk``) NTK derivatives of the networks whose
+    standard-normal parameters are ``params`` (weights and biases of each layer, batched)."""
+    if not dntk:
+        f, ntk, metric = _networks(layers, x, dims, params)
+        return f, ntk, metric, None
+    with torch.enable_grad():
+        params = [p.requires_grad_(True) for p in params]
+        f, ntk, metric = _networks(layers, x, dims, params)
+        steps = []
+        for c in range(x.shape[0]):
+            # each network's output depends on its own parameters only: the gradient of the
+            # sum over networks is every network's gradient
+            grads = torch.autograd.grad(f[:, c].sum(), params, retain_graph=True)
+            _, step = torch.func.jvp(lambda *p: _networks(layers, x, dims, list(p))[1],
+                                     tuple(p.detach() for p in params), grads)
+            steps.append(step)
+    return f.detach(), ntk.detach(), metric.detach(), torch.stack(steps, -1).detach()
+
+
+def _networks(layers: list, x: torch.Tensor, dims: tuple, params: list):
+    """Outputs, NTKs and readout metrics of the networks of ``params`` (see _evaluate)."""
     denses, phis = layers[::2], layers[1::2]
+    S = params[0].shape[0]
     h = x.T.expand(S, -1, -1)  # (S, width, N): the layer's input
     metrics, weights, pre = [], [], []
     for k, dense in enumerate(denses):
         cw = float(dense.W_std) ** 2
         cb = 0.0 if dense.b_std is None else float(dense.b_std) ** 2
-        W = torch.randn(S, dims[k + 1], dims[k], generator=gen, dtype=D) * math.sqrt(cw / dims[k])
+        W = params[2 * k] * math.sqrt(cw / dims[k])
         metrics.append(cb + cw / dims[k] * torch.einsum("sja,sjb->sab", h, h))
-        z = W @ h + math.sqrt(cb) * torch.randn(S, dims[k + 1], 1, generator=gen, dtype=D)
+        z = W @ h + math.sqrt(cb) * params[2 * k + 1]
         weights.append(W)
         pre.append(z)
         if k < len(phis):
             h = phis[k].fn(z)
     delta = torch.ones(S, 1, x.shape[0], dtype=D)
-    ntk = torch.zeros(S, x.shape[0], x.shape[0], dtype=D)
+    ntk = 0
     for k in range(len(denses) - 1, -1, -1):
-        ntk += torch.einsum("sia,sib->sab", delta, delta) * metrics[k]
+        ntk = ntk + torch.einsum("sia,sib->sab", delta, delta) * metrics[k]
         if k > 0:
             delta = (weights[k].transpose(1, 2) @ delta) * phis[k - 1].derivative(pre[k - 1])
     return pre[-1][:, 0, :], ntk, metrics[-1]
