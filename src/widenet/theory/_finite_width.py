@@ -288,6 +288,12 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     budget = None if memory is None else check_memory(OWNER, "memory", memory)
     n = x.shape[0]
     i, j = torch.triu_indices(n, n)
+    # pairs in the order of their second axis' spread in the first layer, so that a chunk's
+    # trapezoidal grid (sized by its widest pair) fits all its pairs closely
+    K0 = x @ x.T
+    spread = K0[j, j] - K0[i, j] ** 2 / K0[i, i].clamp_min(torch.finfo(D).tiny)
+    order = torch.argsort(spread)
+    i, j = i[order], j[order]
     out = torch.empty(4, n, n, dtype=D)
     with progress_bar(len(i), "finite-width pairs", progress) as bar:
         for s in range(0, len(i), _PAIRS_AT_ONCE):

@@ -163,76 +163,90 @@ class Gauss:
                     key = tuple(sorted((shape[perm[t]], p[t]) for t in range(r)))
                     assigns.setdefault(key, {}).setdefault(p, []).append(perm)
             values = {key: torch.empty(B, len(tuples), dtype=D) for key in assigns}
-            nodes, weights = self._rule(k)
-            chunk = max(1, _AT_ONCE // (weights.numel() * k * (order + 1) * max(B, 1)))
+            rule = self._rule(k, self.K[:, variables[:, :, None], variables[:, None, :]])
+            points = math.prod(len(w) for _, w in rule)
+            chunk = max(1, _AT_ONCE // (points * k * (order + 1) * max(B, 1)))
             for s in range(0, len(tuples), chunk):
                 v = variables[s:s + chunk]
-                f = self._values(self.K[:, v[:, :, None], v[:, None, :]], nodes, order)
+                f = self._values(self.K[:, v[:, :, None], v[:, None, :]], rule, order)
                 inner: dict = {}
                 for key in assigns:
-                    values[key][:, s:s + chunk] = _product_sum(key, f, weights, inner)
+                    values[key][:, s:s + chunk] = _product_sum(key, f, rule, inner)
             for key, by_pattern in assigns.items():
                 for p, perms in by_pattern.items():
                     for perm in perms:
                         outs[p][(slice(None),) + tuple(tuples[:, perm[t]] for t in range(r))] = values[key]
         self._cache.update(outs)
 
-    def _rule(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard-normal nodes and weights for k variables. One and two variables: the
-        trapezoidal rule on ``[-R, R]`` with a spacing that puts ``_STEP`` between the
-        preactivations' nodes at the largest variance (nodes ``(P1,)``, weights ``(P1,)``
-        or ``(P1, P1)``); three and four: the Gauss-Hermite product rule (``(P, k)``,
-        ``(P,)``)."""
+    def _rule(self, k: int, cov: torch.Tensor) -> list:
+        """Standard-normal rules for k variables whose covariances are ``cov`` ``(..., k, k)``:
+        ``[(nodes, weights)]`` per axis. One and two variables: trapezoidal rules on
+        ``[-R, R]``, each axis with a spacing that puts at most ``step`` between the
+        preactivations it moves (mapped by the triangular root, ``z_0 = l00 x_0``,
+        ``z_1 = l10 x_0 + l11 x_1``), so nearly collinear pairs need few nodes on the
+        second axis; three and four: one Gauss-Hermite product rule (``(P, k)``, ``(P,)``)."""
         if k > 2:
-            return _gauss_hermite(k, self.degrees[k])
-        scale = float(self.K.diagonal(dim1=-2, dim2=-1).max().clamp_min(0).sqrt())
-        half = max(8, math.ceil(_RANGE * scale / self.step))
-        x = torch.linspace(-_RANGE, _RANGE, 2 * half + 1, dtype=D)
-        w = (x[1] - x[0]) * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-        return x, (w if k == 1 else w[:, None] * w)
+            return [_gauss_hermite(k, self.degrees[k])]
+        l00, l10, l11 = _triangular(cov) if k == 2 else (cov[..., 0, 0].clamp_min(0).sqrt(), None, None)
+        spreads = [float(l00.max())] if k == 1 else [float(torch.maximum(l00, l10.abs()).max()), float(l11.max())]
+        rule = []
+        for spread in spreads:
+            half = max(8, math.ceil(_RANGE * spread / self.step)) if spread > 0 else 0
+            x = torch.linspace(-_RANGE, _RANGE, 2 * half + 1, dtype=D) if half else torch.zeros(1, dtype=D)
+            w = (x[1] - x[0]) * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi) if half else torch.ones(1, dtype=D)
+            rule.append((x, w))
+        return rule
 
-    def _values(self, cov: torch.Tensor, nodes: torch.Tensor, order: int) -> list:
+    def _values(self, cov: torch.Tensor, rule: list, order: int) -> list:
         """``f[var][o]``: ``phi^(o)`` at the quadrature points of each variable, for
         covariances ``cov`` ``(B, q, k, k)``. One and two variables map the rule by the
-        triangular root (the first variable then depends on the first node only: its values
-        are ``(B, q, P1, 1)`` and broadcast against the second's ``(B, q, P1, P1)``); more
+        triangular root (the first variable then depends on the first axis only: its values
+        are ``(B, q, P1, 1)`` and broadcast against the second's ``(B, q, P1, P2)``); more
         by the symmetric root, on the flat grid ``(B, q, P)``."""
-        k, x = cov.shape[-1], nodes
+        k = cov.shape[-1]
         if k == 1:
-            return [self.orders(cov[..., 0, :1].clamp_min(0).sqrt() * x, order)]
+            return [self.orders(cov[..., 0, :1].clamp_min(0).sqrt() * rule[0][0], order)]
         if k == 2:
-            l00 = cov[..., 0, 0].clamp_min(0).sqrt()
-            l10 = torch.where(l00 > 0, cov[..., 1, 0] / l00.where(l00 > 0, torch.ones_like(l00)), 0.0)
-            l11 = (cov[..., 1, 1] - l10**2).clamp_min(0).sqrt()
-            first = self.orders(l00[..., None, None] * x[:, None], order)  # (B, q, P1, 1)
-            second = self.orders(l10[..., None, None] * x[:, None] + l11[..., None, None] * x, order)
+            (x1, _), (x2, _) = rule
+            l00, l10, l11 = (t[..., None, None] for t in _triangular(cov))
+            first = self.orders(l00 * x1[:, None], order)  # (B, q, P1, 1)
+            second = self.orders(l10 * x1[:, None] + l11 * x2, order)  # (B, q, P1, P2)
             return [first, second]
         vals, vecs = torch.linalg.eigh(cov)
         root = vecs * vals.clamp_min(0).sqrt()[..., None, :]
-        points = nodes @ root.transpose(-1, -2)  # (B, q, P, k)
+        points = rule[0][0] @ root.transpose(-1, -2)  # (B, q, P, k)
         return [[t[..., var] for t in self.orders(points, order)] for var in range(k)]
 
 
-def _product_sum(key: tuple, f: list, weights: torch.Tensor, inner: dict) -> torch.Tensor:
+def _triangular(cov: torch.Tensor):
+    """``(l00, l10, l11)`` of the lower-triangular root of 2x2 covariances (zero variances
+    and singular ones included)."""
+    l00 = cov[..., 0, 0].clamp_min(0).sqrt()
+    l10 = torch.where(l00 > 0, cov[..., 1, 0] / l00.where(l00 > 0, torch.ones_like(l00)), 0.0)
+    l11 = (cov[..., 1, 1] - l10**2).clamp_min(0).sqrt()
+    return l00, l10, l11
+
+
+def _product_sum(key: tuple, f: list, rule: list, inner: dict) -> torch.Tensor:
     """``sum_p w_p prod_(var, o) in key phi^(o)(z_var,p)``. On a two-variable grid the weights
     factor, ``w_ij = w_i w_j``, and the first variable depends on node i only, so the sum
     over j of the second variable's factors is taken first and shared by every key with
-    the same second-variable factors (``inner``): O(P1^2) per distinct such product, O(P1)
-    per key, instead of O(P1^2) per key."""
-    if weights.ndim == 2:
-        w = weights.diagonal().sqrt()
+    the same second-variable factors (``inner``): O(P1 P2) per distinct such product, O(P1)
+    per key, instead of O(P1 P2) per key."""
+    if len(rule) == 2:
+        (_, w1), (_, w2) = rule
         second = tuple(o for var, o in key if var == 1)
         if second not in inner:
-            prod = w
+            prod = w2
             for o in second:
                 prod = prod * f[1][o]
             inner[second] = prod.sum(-1)  # (B, q, P1)
-        prod = w * inner[second]
+        prod = w1 * inner[second]
         for var, o in key:
             if var == 0:
                 prod = prod * f[0][o][..., 0]
         return prod.sum(-1)
-    prod = weights
+    prod = rule[0][1]
     for var, o in key:
         prod = prod * f[var][o]
     return prod.sum(-1)
