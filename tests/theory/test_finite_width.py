@@ -140,12 +140,22 @@ def _rb_means(phi, scales, x, n, networks, seed):
     SHS = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]  # (S, a, b, k1, k2)
     tr = c * SHS.diagonal(dim1=-2, dim2=-1).sum(-1)
     uMu = c**2 * torch.einsum("ske,sabkl,slf->sabef", s, SHS, s)
+    a, b = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
+    q = G.diagonal(dim1=1, dim2=2)
+    t, t1 = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
+    if isinstance(phi, wn.Relu):
+        # <d_e d_f (step_a step_b)> in closed form (Price's theorem on (pi - theta) / 2 pi):
+        # <delta_a delta_b> = 1 / (2 pi sqrt(det)), <delta'_a step_b> = -k / (2 pi q_a sqrt(det));
+        # for one input, <(step^2)''> = 2 d<step>/dq = 0
+        det = (q[:, a] * q[:, b] - G**2).clamp_min(1e-300)
+        off = ~torch.eye(N, dtype=torch.bool)
+        dd = off / (2 * math.pi * det.sqrt())
+        da, db = -G * dd / q[:, a], -G * dd / q[:, b]
+        second = uMu[:, a, b, a, a] * da + 2 * uMu[:, a, b, a, b] * dd + uMu[:, a, b, b, b] * db
+        return bo**2 + wo**2 * t, bo**2 + wo**2 * (t + (G + tr) * t1 + second)
     gs = Gauss(G, chain(phi), {}, step=0.6)  # ~1e-5 relative: far below the sampling noise
     gs.expect([(0, 0), (1, 1), (3, 1), (2, 2), (1, 3)])
-    a, b = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
     second = uMu[:, a, b, a, a] * gs.two(3, 1) + 2 * uMu[:, a, b, a, b] * gs.two(2, 2) + uMu[:, a, b, b, b] * gs.two(1, 3)
-    q = G.diagonal(dim1=1, dim2=2)
-    t, _ = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
     return bo**2 + wo**2 * t, bo**2 + wo**2 * (gs.two(0, 0) + (G + tr) * gs.two(1, 1) + second)
 
 
@@ -277,6 +287,54 @@ def test_dntk_and_the_first_step_match_monte_carlo(phi):
     assert _worst(fw.ntk_change(lr=1.0, n=1), step, step_se) < 4.5
 
 
+def test_relu_means_match_monte_carlo_and_vanish_for_one_input():
+    phi = wn.Relu()
+    fw = wn.theory.finite_width(_net(phi), X)
+    # E[relu(z)^2] = E[z^2] / 2 and E[step(z) H] = E[H] / 2 for any symmetric z: no diagonal shift
+    assert float(fw.nngp_correction.diagonal().abs().max()) == 0 == float(fw.ntk_correction.diagonal().abs().max())
+    off = ~torch.eye(3, dtype=torch.bool)
+    k1 = {n: torch.stack([n * (_rb_second_moment(phi, n, 20000, 100 * n + b).mean(0) - fw.nngp) for b in range(10)])
+          for n in (32, 64)}
+    value, se = _extrapolated(k1)
+    _check(fw.nngp_correction[off], value[off], se[off])
+    runs = {n: [_rb_means(phi, SCALES, X, n, 4000, 10 * n + b)[1] for b in range(8)] for n in (32, 64)}
+    value, se = _extrapolated({n: torch.stack([n * (r.mean(0) - fw.ntk) for r in runs[n]]) for n in runs})
+    _check(fw.ntk_correction[off], value[off], se[off])
+
+
+def test_relu_is_the_limit_of_softplus():
+    # softplus_beta -> relu as beta grows: the smooth quadrature path approaches ReLU's closed
+    # forms (off the diagonal, where ReLU's are smooth in the covariance)
+    off = ~torch.eye(3, dtype=torch.bool)
+    relu = wn.theory.finite_width(_net(wn.Relu()), X)
+    gaps = []
+    for beta in (10.0, 20.0, 40.0):
+        soft = wn.theory.finite_width(_net(wn.Softplus(beta)), X)
+        gaps.append([float((soft.nngp_correction - relu.nngp_correction)[off].abs().max()),
+                     float((soft.ntk_correction - relu.ntk_correction)[off].abs().max())])
+    gaps = torch.tensor(gaps)
+    assert bool((gaps[1:] < gaps[:-1]).all()) and float(gaps[-1].max()) < 2e-3
+
+
+def test_relu_four_point_grows_linearly_with_depth():
+    # critical ReLU (C_W = 2, C_b = 0), one input: K is the same at every layer and each
+    # ReLU layer adds C_W^2 (<s^4> - <s^2>^2) = 5 K^2 to V_(aa)(aa), so the connected
+    # four-point function of the output is 3 V = 15 L K^2 after L ReLU layers: the output's
+    # excess kurtosis 15 L / n grows with depth over width (Hanin & Nica, arXiv 1909.05989)
+    x = X[:1]
+    for depth in (1, 2, 4):
+        net = _net(wn.Relu(), [(math.sqrt(2), 0.0)] * (depth + 1))
+        fw = wn.theory.finite_width(net, x)
+        torch.testing.assert_close(fw.four_point[0, 0, 0, 0], 15 * depth * fw.nngp[0, 0] ** 2, rtol=1e-12, atol=0)
+    net = _net(wn.Relu(), [(math.sqrt(2), 0.0)] * 3)
+    fw = wn.theory.finite_width(net, x)
+    four = {}
+    for n in (32, 64):
+        G = torch.stack([wn.theory.finite_width_samples(net, x, n, 4000, seed=n + b).metric[:, 0, 0] for b in range(8)])
+        four[n] = 3 * n * G.var(1)
+    _check(fw.four_point[0, 0, 0, 0], *_extrapolated(four))
+
+
 # ---- exact special cases and independent computations ---------------------------------------
 
 def test_deep_linear_networks_have_their_closed_form():
@@ -334,8 +392,13 @@ def test_hidden_widths_enter_through_their_own_terms():
 
 def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
     fwf = wn.theory.finite_width
-    with pytest.raises(ParameterError, match=r"Relu\(\) at position 1 is not smooth"):
-        fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X)
+    with pytest.raises(ParameterError, match=r"LeakyRelu\(.*\) at position 1 is not smooth"):
+        fwf(wn.Serial(wn.Dense(1), wn.LeakyRelu(0.1), wn.Dense(1)), X)
+    relu = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X)
+    with pytest.raises(ParameterError, match=r"for ReLU only the \(N, N\) statistics"):
+        _ = relu.four_point
+    with pytest.raises(ParameterError, match="ntk_variance of a ReLU network needs"):
+        _ = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X[:2]).ntk_variance
     with pytest.raises(ParameterError, match=r"LayerNorm\(.*\) at position 2 is not supported here; the network "
                                              r"must be Dense \(ntk parameterization\)"):
         fwf(wn.Serial(wn.Dense(1), wn.Tanh(), wn.LayerNorm(), wn.Dense(1)), X)

@@ -122,7 +122,16 @@ class FiniteWidth:
                 f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
                 f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
                 f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
-        return _run(self._layers, self._x[None], self.widths, variance=True)
+        kinked = any(type(layer).__name__ == "Relu" for layer in self._layers)
+        return _run(self._layers, self._x[None], self.widths, variance=not kinked)
+
+    def _fluctuations(self, name: str) -> State:
+        if self._full.A is None:
+            raise ParameterError(
+                f"{OWNER}: {name} of a ReLU network needs expectations of its step function over three "
+                f"and four inputs and of its derivative's square, not supported yet; the (N, N) fields, "
+                f"and four_point and ntk_output_correlation of one or two inputs, are")
+        return self._full
 
     @cached_property
     def four_point(self) -> torch.Tensor:
@@ -131,7 +140,7 @@ class FiniteWidth:
 
     @cached_property
     def ntk_variance(self) -> torch.Tensor:
-        A, B = self._full.A[0], self._full.B[0]
+        A, B = self._fluctuations("ntk_variance").A[0], self._full.B[0]
         return A + B + B.transpose(2, 3)
 
     @cached_property
@@ -141,7 +150,7 @@ class FiniteWidth:
 
     @cached_property
     def dntk(self) -> torch.Tensor:
-        P, Q = self._full.P[0], self._full.Q[0]
+        P, Q = self._fluctuations("dntk").P[0], self._full.Q[0]
         return P + Q + Q.transpose(1, 2)
 
     def ntk_change(self, lr: Any, n: Any) -> torch.Tensor:
@@ -173,15 +182,15 @@ def _width(method: str, n: Any) -> float:
     return float(n)
 
 
-_SUPPORTED = ("Dense (ntk parameterization), then pairs (smooth elementwise nonlinearity, Dense); "
-              "smooth nonlinearities: Tanh, Erf, SigmoidLike, Gelu, Sin, Cos, Softplus, Exp, Gaussian, "
+_SUPPORTED = ("Dense (ntk parameterization), then pairs (elementwise nonlinearity, Dense); "
+              "nonlinearities: Relu (the (N, N) statistics), and the smooth Tanh, Erf, SigmoidLike, Gelu, Sin, Cos, Softplus, Exp, Gaussian, "
               "Rbf, Polynomial, Monomial, Hermite, Elementwise of a smooth function")
 
 
 def _flat_layers(net, owner: str = OWNER, smooth: bool = True) -> list:
     """The layers of ``net`` (a Serial, nested ones flattened, or a list of layers), checked;
     ``smooth``: refuse kinked nonlinearities."""
-    from ..layers import ABRelu, Dense, Nonlinearity, RectifiedMonomial, Serial, Sign
+    from ..layers import ABRelu, Dense, Nonlinearity, RectifiedMonomial, Relu, Serial, Sign
 
     if not isinstance(net, (Serial, list, tuple)):
         raise ParameterError(f"{owner}: net must be a widenet Serial (or a list of its layers); got {net!r}")
@@ -192,7 +201,7 @@ def _flat_layers(net, owner: str = OWNER, smooth: bool = True) -> list:
             todo[:0] = list(layer.layers)
             continue
         at = f"{layer!r} at position {len(layers)}"
-        if smooth and isinstance(layer, (ABRelu, Sign, RectifiedMonomial)):
+        if smooth and isinstance(layer, (ABRelu, Sign, RectifiedMonomial)) and type(layer) is not Relu:
             raise ParameterError(
                 f"{owner}: {at} is not smooth: the 1/n recursions take derivatives of the activation "
                 f"up to the fifth, which are distributions for it; supported: {_SUPPORTED}")
@@ -239,7 +248,8 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     """The statistics of a finite-width deep MLP's output to order 1/n (one output unit).
 
     ``net`` is a :class:`~widenet.Serial` ``Dense -> phi -> Dense -> ... -> phi -> Dense``
-    (nested Serials flattened) in the ntk parameterization, each ``phi`` smooth; every hidden
+    (nested Serials flattened) in the ntk parameterization, each ``phi`` smooth or ``Relu``
+    (for ReLU the (N, N) fields, and the four-point function of one or two inputs); every hidden
     layer has width ``rho_l n`` and the result holds the coefficients of 1/n. The declared
     ``out_features`` do not enter (pass ``widths`` for unequal hidden widths).
 
@@ -265,9 +275,10 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     Returns:
         a :class:`FiniteWidth`.
 
-    Expectations are Gauss-Hermite rules in as many dimensions as an expectation has
-    distinct inputs; the leading order uses each nonlinearity's own kernel rule, so
-    ``nngp`` and ``ntk`` equal ``net.kernel(x)``'s.
+    Expectations over one and two inputs use the trapezoidal rule (spaced for the
+    activation's smoothness), over three and four Gauss-Hermite rules; ReLU's are Price's-
+    theorem derivatives of its closed forms. The leading order uses each nonlinearity's own
+    kernel rule, so ``nngp`` and ``ntk`` equal ``net.kernel(x)``'s.
 
     Example:
 
@@ -287,15 +298,21 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     rho = _check_widths(widths, hidden)
     budget = None if memory is None else check_memory(OWNER, "memory", memory)
     n = x.shape[0]
-    i, j = torch.triu_indices(n, n)
-    # pairs in the order of their second axis' spread in the first layer, so that a chunk's
-    # trapezoidal grid (sized by its widest pair) fits all its pairs closely
-    K0 = x @ x.T
-    spread = K0[j, j] - K0[i, j] ** 2 / K0[i, i].clamp_min(torch.finfo(D).tiny)
-    order = torch.argsort(spread)
-    i, j = i[order], j[order]
     out = torch.empty(4, n, n, dtype=D)
-    with progress_bar(len(i), "finite-width pairs", progress) as bar:
+    # each input alone (the diagonal), then each pair of distinct inputs, the pairs in the
+    # order of their second axis' spread in the first layer, so that a chunk's trapezoidal
+    # grid (sized by its widest pair) fits all its pairs closely
+    i, j = torch.triu_indices(n, n, offset=1)
+    K0 = x @ x.T
+    order = torch.argsort(K0[j, j] - K0[i, j] ** 2 / K0[i, i].clamp_min(torch.finfo(D).tiny))
+    i, j = i[order], j[order]
+    diag = torch.arange(n)
+    with progress_bar(n + len(i), "finite-width pairs", progress) as bar:
+        for s in range(0, n, _PAIRS_AT_ONCE):
+            a = diag[s:s + _PAIRS_AT_ONCE]
+            st = _run(layers, x[a][:, None], rho, variance=False)
+            out[:, a, a] = torch.stack([st.K, st.K1, st.Theta, st.Theta1])[:, :, 0, 0]
+            bar.advance(len(a))
         for s in range(0, len(i), _PAIRS_AT_ONCE):
             a, b = i[s:s + _PAIRS_AT_ONCE], j[s:s + _PAIRS_AT_ONCE]
             st = _run(layers, torch.stack([x[a], x[b]], 1), rho, variance=False)

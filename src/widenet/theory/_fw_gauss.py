@@ -18,11 +18,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 from typing import Callable
 
 import torch
 
 from .._hermite import gauss_hermite
+from ..errors import AccuracyWarning
 
 D = torch.float64
 # quadrature points times coordinates evaluated at once
@@ -53,6 +55,24 @@ def all_orders(fn: Callable, z: torch.Tensor, order: int) -> list:
             if y is None:
                 y = torch.zeros_like(z)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _strip(orders: Callable) -> float:
+    """An estimate of the half-width of the strip around the real axis where the activation
+    is analytic, from the growth of its derivatives (Cauchy's estimates, ``|phi^(n)| ~ n! / d^n``):
+    ``d ~ 5 max|phi^(4)| / max|phi^(5)|`` on [-8, 8]; infinite for polynomials."""
+    z = torch.linspace(-8, 8, 4001, dtype=D)
+    f = orders(z, 5)
+    r4, r5 = float(f[4].abs().max()), float(f[5].abs().max())
+    return math.inf if r5 == 0 else 5 * r4 / r5
+
+
+def _step(orders: Callable) -> float:
+    """The trapezoidal rule's spacing for this activation: ``_STEP`` for tanh (whose estimate
+    ``_strip`` is about 1.3) and anything smoother, proportionally less for sharper ones
+    (Softplus with a large beta, a user's function with close singularities)."""
+    return max(min(_STEP, _STEP * _strip(orders) / 1.3), 1e-3)
 
 
 def _tanh_orders(z: torch.Tensor, order: int) -> list:
@@ -134,12 +154,38 @@ class Gauss:
 
     def __init__(self, K: torch.Tensor, orders: Callable, degrees: dict[int, int], step: float | None = None):
         self.K, self.orders, self.degrees = K, orders, degrees
-        self.step = _STEP if step is None else step
+        self.step = _step(orders) if step is None else step
+        if step is None and _strip(orders) < 0.1:
+            warnings.warn(AccuracyWarning(
+                "theory.finite_width: the activation's derivatives up to the fifth grow like 1/d^5 with "
+                f"d ~ {_strip(orders):.3g} (a sharp kink, e.g. Softplus with a large beta): their expectations "
+                "lose digits to rounding; for the limit of a kink use wn.Relu(), whose expectations are "
+                "closed forms"), stacklevel=4)
         self.m = K.shape[-1]
         self._cache: dict = {}
 
     def two(self, i: int, j: int) -> torch.Tensor:
         return self._cache[(i, j)]
+
+    # ---- what the recursions ask of an activation's expectations (see _fw_recursion) ----
+    def prepare(self, fluctuations: bool) -> None:
+        self.expect([(1, 1), (2, 0), (0, 2), (3, 1), (2, 2), (1, 3)]
+                     + [(k, 4 - k) for k in range(5)] + [(1 + k, 5 - k) for k in range(5)])
+        self.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1), (2, 1, 1, 0)] if fluctuations else []))
+
+    def pair(self, base: int) -> tuple:
+        """``(c_aa, c_ab, c_bb)`` of ``1/2 <d_e d_f (phi^(base)(z_a) phi^(base)(z_b))>``."""
+        i = base
+        return 0.5 * self.two(i + 2, i), 0.5 * self.two(i + 1, i + 1), 0.5 * self.two(i, i + 2)
+
+    def first(self) -> tuple:
+        """``(<phi''_a phi_c>, <phi'_a phi'_c>)``: ``<d_e (phi'_a phi_c)>`` at e = a and e = c."""
+        return self.two(2, 0), self.two(1, 1)
+
+    def placements(self, base: int) -> list:
+        """``<phi^(base + k)(z_a) phi^(base + 4 - k)(z_b)>`` for k = 0..4: the fourth derivatives
+        of the product, k of them on its first factor."""
+        return [self.two(base + k, base + 4 - k) for k in range(5)]
 
     def four(self, pattern: tuple) -> torch.Tensor:
         return self._cache[tuple(pattern)]

@@ -76,6 +76,7 @@ from dataclasses import dataclass
 import torch
 
 from ._fw_gauss import Gauss, chain
+from ._fw_relu import ReluExpectations
 
 
 @dataclass
@@ -136,15 +137,15 @@ class _Index:
         a, b = self.a, self.b
         return caa * T[:, a, b, a, a] + cab * (T[:, a, b, a, b] + T[:, a, b, b, a]) + cbb * T[:, a, b, b, b]
 
-    def quartic(self, g: Gauss, base: tuple, V):
-        """``out[a, b] = sum_efgh <d_e d_f d_g d_h (f(z_a) g(z_b))> V[e, f, g, h]`` with
-        ``f = phi^(base[0])``, ``g = phi^(base[1])``: the 16 ways of placing the four
-        derivatives on the two factors (O(m^2), not an m^6 tensor)."""
+    def quartic(self, g, base: int, V):
+        """``out[a, b] = sum_efgh <d_e d_f d_g d_h (f(z_a) f(z_b))> V[e, f, g, h]`` with
+        ``f = phi^(base)``: the 16 ways of placing the four derivatives on the two factors
+        (O(m^2), not an m^6 tensor)."""
+        values = g.placements(base)
         out = 0
         for slots in torch.cartesian_prod(*[torch.tensor([0, 1])] * 4).tolist():
-            on_a = slots.count(0)
             idx = tuple(self.a if s == 0 else self.b for s in slots)
-            out = out + g.two(base[0] + on_a, base[1] + 4 - on_a) * V[(slice(None),) + idx]
+            out = out + values[slots.count(0)] * V[(slice(None),) + idx]
         return out
 
     def carry_F(self, j1, j2, F):
@@ -157,6 +158,17 @@ class _Index:
                 + ac2 * bd1 * F[:, a, b, c, b] + ac2 * bd2 * F)
 
 
+def expectations(phi, K: torch.Tensor, degrees: dict):
+    """The Gaussian expectations the recursions need, for ``phi`` under ``K``: by quadrature
+    of the activation's derivatives for smooth ones, by Price's theorem on closed forms for
+    ReLU (two inputs at a time)."""
+    from ..layers import Relu
+
+    if type(phi) is Relu:
+        return ReluExpectations(K)
+    return Gauss(K, chain(phi), degrees)
+
+
 def _outer(x, y):
     return x[:, :, :, None, None] * y[:, None, None, :, :]
 
@@ -167,29 +179,26 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
     K, Theta, V, Dt, F, A, Bt = state.K, state.Theta, state.V, state.D, state.F, state.A, state.B
     m = K.shape[-1]
     ix = _Index(m)
-    g = Gauss(K, chain(phi), degrees)
-    g.expect([(1, 1), (2, 0), (0, 2), (3, 1), (2, 2), (1, 3)]
-             + [(k, 4 - k) for k in range(5)] + [(1 + k, 5 - k) for k in range(5)])
-    g.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1), (2, 1, 1, 0)] if A is not None else []))
+    g = expectations(phi, K, degrees)
+    g.prepare(fluctuations=A is not None)
     q = K.diagonal(dim1=1, dim2=2)
     # the leading order by the layer's own kernel rule (closed form or its exact mixture), so
     # that the limit is the network's NNGP and NTK to rounding; corrections by quadrature.
     S, S1 = phi.dual(q[:, :, None].expand_as(K), q[:, None, :].expand_as(K), K)
-    M = (0.5 * g.two(2, 0), 0.5 * g.two(1, 1), 0.5 * g.two(0, 2))
-    N = (0.5 * g.two(3, 1), 0.5 * g.two(2, 2), 0.5 * g.two(1, 3))
+    M, N = g.pair(0), g.pair(1)
     T4, U = g.four((0, 0, 0, 0)), g.four((1, 1, 0, 0))
     w2 = cw * cw
 
     K_new = cb + cw * S
     Theta_new = K_new + cw * S1 * Theta
     V_new = w2 * ((T4 - _outer(S, S)) / rho + ix.last(M, ix.first(M, V)))
-    K1_new = cw * (ix.pair(M, state.K1) + ix.quartic(g, (0, 0), V) / 8)
+    K1_new = cw * (ix.pair(M, state.K1) + ix.quartic(g, 0, V) / 8)
     th = Theta[:, :, :, None, None]
     X = w2 * (th * (U - _outer(S1, S)) / rho + th * ix.last(M, ix.first(N, V))
               + S1[:, :, :, None, None] * ix.last(M, Dt))
     D_new = V_new + X
-    F_new = w2 * (th * U / rho + ix.carry_F(g.two(2, 0), g.two(1, 1), F))
-    Theta1_new = K1_new + cw * (S1 * state.Theta1 + Theta * (ix.pair(N, state.K1) + ix.quartic(g, (1, 1), V) / 8)
+    F_new = w2 * (th * U / rho + ix.carry_F(*g.first(), F))
+    Theta1_new = K1_new + cw * (S1 * state.Theta1 + Theta * (ix.pair(N, state.K1) + ix.quartic(g, 1, V) / 8)
                                 + ix.own(N, Dt + F + F.transpose(3, 4)))
     A_new = B_new = None
     if A is not None:
