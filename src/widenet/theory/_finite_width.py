@@ -68,6 +68,9 @@ class FiniteWidth:
             tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
             training, see :meth:`ntk_change`.
 
+    For ReLU networks, ``four_point`` and ``ntk_output_correlation`` are given for one or two
+    inputs, and ``ntk_variance`` and ``dntk`` are refused (see the docs' finite-width page).
+
     Example:
 
         >>> net = wn.Serial(wn.Dense(512, 1.5, 0.1), wn.Tanh(), wn.Dense(512, 1.5, 0.1), wn.Tanh(), wn.Dense(1))
