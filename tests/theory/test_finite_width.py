@@ -143,13 +143,14 @@ def _rb_means(phi, scales, x, n, networks, seed):
     a, b = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
     q = G.diagonal(dim1=1, dim2=2)
     t, t1 = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
-    if isinstance(phi, wn.Relu):
-        # <d_e d_f (step_a step_b)> in closed form (Price's theorem on (pi - theta) / 2 pi):
-        # <delta_a delta_b> = 1 / (2 pi sqrt(det)), <delta'_a step_b> = -k / (2 pi q_a sqrt(det));
-        # for one input, <(step^2)''> = 2 d<step>/dq = 0
+    if isinstance(phi, wn.ABRelu):
+        # <d_e d_f (phi'_a phi'_b)> in closed form, phi' = a 1{z < 0} + b 1{z > 0}: Price's
+        # theorem on <phi' phi'> = (a^2 + b^2)/2 - (a - b)^2 theta / (2 pi) gives
+        # (a - b)^2 / (2 pi sqrt(det)) at (e, f) = (a, b) and -k / q_a times that at (a, a);
+        # for one input, <(phi'^2)''> = 2 d<phi'^2>/dq = 0
         det = (q[:, a] * q[:, b] - G**2).clamp_min(1e-300)
         off = ~torch.eye(N, dtype=torch.bool)
-        dd = off / (2 * math.pi * det.sqrt())
+        dd = off * (float(phi.a) - float(phi.b)) ** 2 / (2 * math.pi * det.sqrt())
         da, db = -G * dd / q[:, a], -G * dd / q[:, b]
         second = uMu[:, a, b, a, a] * da + 2 * uMu[:, a, b, a, b] * dd + uMu[:, a, b, b, b] * db
         return bo**2 + wo**2 * t, bo**2 + wo**2 * (t + (G + tr) * t1 + second)
@@ -302,18 +303,32 @@ def test_relu_means_match_monte_carlo_and_vanish_for_one_input():
     _check(fw.ntk_correction[off], value[off], se[off])
 
 
-def test_relu_is_the_limit_of_softplus():
-    # softplus_beta -> relu as beta grows: the smooth quadrature path approaches ReLU's closed
-    # forms (off the diagonal, where ReLU's are smooth in the covariance)
+@pytest.mark.parametrize("a, b", [(0.0, 1.0), (-1.0, 1.0), (-0.5, 1.2)], ids=["Relu", "Abs", "ABRelu"])
+def test_relu_family_is_the_limit_of_softplus(a, b):
+    # b softplus_beta(z) - a softplus_beta(-z) -> a min(z, 0) + b max(z, 0) as beta grows: the
+    # smooth quadrature path approaches the closed forms (off the diagonal, where the ReLU
+    # family's are smooth in the covariance)
     off = ~torch.eye(3, dtype=torch.bool)
-    relu = wn.theory.finite_width(_net(wn.Relu()), X)
+    kinked = wn.theory.finite_width(_net(wn.ABRelu(a, b)), X)
     gaps = []
     for beta in (10.0, 20.0, 40.0):
-        soft = wn.theory.finite_width(_net(wn.Softplus(beta)), X)
-        gaps.append([float((soft.nngp_correction - relu.nngp_correction)[off].abs().max()),
-                     float((soft.ntk_correction - relu.ntk_correction)[off].abs().max())])
+        def smooth(z, beta=beta):
+            return b * torch.nn.functional.softplus(z, beta) - a * torch.nn.functional.softplus(-z, beta)
+        soft = wn.theory.finite_width(_net(wn.Softplus(beta) if a == 0 else wn.Elementwise(smooth, degree=400)), X)
+        gaps.append([float((soft.nngp_correction - kinked.nngp_correction)[off].abs().max()),
+                     float((soft.ntk_correction - kinked.ntk_correction)[off].abs().max())])
     gaps = torch.tensor(gaps)
-    assert bool((gaps[1:] < gaps[:-1]).all()) and float(gaps[-1].max()) < 2e-3
+    assert bool((gaps[1:] < gaps[:-1]).all()) and float(gaps[-1].max()) < 5e-3
+
+
+def test_leaky_relu_two_point_correction_matches_monte_carlo():
+    phi = wn.LeakyRelu(0.2)
+    fw = wn.theory.finite_width(_net(phi), X)
+    assert float(fw.nngp_correction.diagonal().abs().max()) == 0 == float(fw.ntk_correction.diagonal().abs().max())
+    off = ~torch.eye(3, dtype=torch.bool)
+    k1 = {n: torch.stack([n * (_rb_second_moment(phi, n, 20000, 100 * n + b).mean(0) - fw.nngp) for b in range(10)])
+          for n in (32, 64)}
+    _check(fw.nngp_correction[off], *(t[off] for t in _extrapolated(k1)))
 
 
 def test_relu_four_point_grows_linearly_with_depth():
@@ -392,12 +407,12 @@ def test_hidden_widths_enter_through_their_own_terms():
 
 def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
     fwf = wn.theory.finite_width
-    with pytest.raises(ParameterError, match=r"LeakyRelu\(.*\) at position 1 is not smooth"):
-        fwf(wn.Serial(wn.Dense(1), wn.LeakyRelu(0.1), wn.Dense(1)), X)
+    with pytest.raises(ParameterError, match=r"Sign\(\) at position 1 is not smooth"):
+        fwf(wn.Serial(wn.Dense(1), wn.Sign(), wn.Dense(1)), X)
     relu = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X)
-    with pytest.raises(ParameterError, match=r"for ReLU only the \(N, N\) statistics"):
+    with pytest.raises(ParameterError, match=r"for the ReLU family only the \(N, N\) statistics"):
         _ = relu.four_point
-    with pytest.raises(ParameterError, match="ntk_variance of a ReLU network needs"):
+    with pytest.raises(ParameterError, match="ntk_variance of a network of the ReLU family needs"):
         _ = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X[:2]).ntk_variance
     with pytest.raises(ParameterError, match=r"LayerNorm\(.*\) at position 2 is not supported here; the network "
                                              r"must be Dense \(ntk parameterization\)"):

@@ -68,8 +68,9 @@ class FiniteWidth:
             tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
             training, see :meth:`ntk_change`.
 
-    For ReLU networks, ``four_point`` and ``ntk_output_correlation`` are given for one or two
-    inputs, and ``ntk_variance`` and ``dntk`` are refused (see the docs' finite-width page).
+    For networks of the ReLU family, ``four_point`` and ``ntk_output_correlation`` are given for
+    one or two inputs, and ``ntk_variance`` and ``dntk`` are refused (see the docs' finite-width
+    page).
 
     Example:
 
@@ -125,15 +126,17 @@ class FiniteWidth:
                 f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
                 f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
                 f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
-        kinked = any(type(layer).__name__ == "Relu" for layer in self._layers)
+        from ..layers import ABRelu
+
+        kinked = any(isinstance(layer, ABRelu) for layer in self._layers)
         return _run(self._layers, self._x[None], self.widths, variance=not kinked)
 
     def _fluctuations(self, name: str) -> State:
         if self._full.A is None:
             raise ParameterError(
-                f"{OWNER}: {name} of a ReLU network needs expectations of its step function over three "
-                f"and four inputs and of its derivative's square, not supported yet; the (N, N) fields, "
-                f"and four_point and ntk_output_correlation of one or two inputs, are")
+                f"{OWNER}: {name} of a network of the ReLU family needs expectations of its derivative's "
+                f"square over several inputs, not supported yet; the (N, N) fields, and four_point and "
+                f"ntk_output_correlation of one or two inputs, are")
         return self._full
 
     @cached_property
@@ -186,14 +189,14 @@ def _width(method: str, n: Any) -> float:
 
 
 _SUPPORTED = ("Dense (ntk parameterization), then pairs (elementwise nonlinearity, Dense); "
-              "nonlinearities: Relu (the (N, N) statistics), and the smooth Tanh, Erf, SigmoidLike, Gelu, Sin, Cos, Softplus, Exp, Gaussian, "
+              "nonlinearities: the ReLU family (Relu, LeakyRelu, Abs, ABRelu: the (N, N) statistics), and the smooth Tanh, Erf, SigmoidLike, Gelu, Sin, Cos, Softplus, Exp, Gaussian, "
               "Rbf, Polynomial, Monomial, Hermite, Elementwise of a smooth function")
 
 
 def _flat_layers(net, owner: str = OWNER, smooth: bool = True) -> list:
     """The layers of ``net`` (a Serial, nested ones flattened, or a list of layers), checked;
     ``smooth``: refuse kinked nonlinearities."""
-    from ..layers import ABRelu, Dense, Nonlinearity, RectifiedMonomial, Relu, Serial, Sign
+    from ..layers import Dense, Nonlinearity, RectifiedMonomial, Serial, Sign
 
     if not isinstance(net, (Serial, list, tuple)):
         raise ParameterError(f"{owner}: net must be a widenet Serial (or a list of its layers); got {net!r}")
@@ -204,7 +207,7 @@ def _flat_layers(net, owner: str = OWNER, smooth: bool = True) -> list:
             todo[:0] = list(layer.layers)
             continue
         at = f"{layer!r} at position {len(layers)}"
-        if smooth and isinstance(layer, (ABRelu, Sign, RectifiedMonomial)) and type(layer) is not Relu:
+        if smooth and isinstance(layer, (Sign, RectifiedMonomial)):
             raise ParameterError(
                 f"{owner}: {at} is not smooth: the 1/n recursions take derivatives of the activation "
                 f"up to the fifth, which are distributions for it; supported: {_SUPPORTED}")
@@ -251,8 +254,8 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     """The statistics of a finite-width deep MLP's output to order 1/n (one output unit).
 
     ``net`` is a :class:`~widenet.Serial` ``Dense -> phi -> Dense -> ... -> phi -> Dense``
-    (nested Serials flattened) in the ntk parameterization, each ``phi`` smooth or ``Relu``
-    (for ReLU the (N, N) fields, and the four-point function of one or two inputs); every hidden
+    (nested Serials flattened) in the ntk parameterization, each ``phi`` smooth or of the ReLU
+    family (for those the (N, N) fields, and the four-point function of one or two inputs); every hidden
     layer has width ``rho_l n`` and the result holds the coefficients of 1/n. The declared
     ``out_features`` do not enter (pass ``widths`` for unequal hidden widths).
 

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import torch
 
 from ._fw_gauss import Gauss, chain
-from ._fw_relu import ReluExpectations
+from ._fw_relu import RectifiedExpectations
 
 
 @dataclass
@@ -161,11 +161,11 @@ class _Index:
 def expectations(phi, K: torch.Tensor, degrees: dict):
     """The Gaussian expectations the recursions need, for ``phi`` under ``K``: by quadrature
     of the activation's derivatives for smooth ones, by Price's theorem on closed forms for
-    ReLU (two inputs at a time)."""
-    from ..layers import Relu
+    the ReLU family (two inputs at a time)."""
+    from ..layers import ABRelu
 
-    if type(phi) is Relu:
-        return ReluExpectations(K)
+    if isinstance(phi, ABRelu):
+        return RectifiedExpectations(K, float(phi.a), float(phi.b))
     return Gauss(K, chain(phi), degrees)
 
 
