@@ -224,15 +224,17 @@ def _cross(ntk, outputs):
     return ((th - th.mean(0)).T @ (ff - ff.mean(0)) / (len(th) - 1)).reshape(n, n, n, n)
 
 
-def test_ntk_variance_and_output_correlation_match_monte_carlo_with_unequal_widths():
-    net = _net(wn.Erf())
-    fw = wn.theory.finite_width(net, X, widths=(1, 2))
+@pytest.mark.parametrize("phi, x", [(wn.Erf(), X), (wn.Relu(), X[:2])], ids=["Erf", "Relu-two-inputs"])
+def test_ntk_variance_and_output_correlation_match_monte_carlo_with_unequal_widths(phi, x):
+    net = _net(phi)
+    fw = wn.theory.finite_width(net, x, widths=(1, 2))
+    N = x.shape[0]
     var, cross = {}, {}
     for n in (24, 48):
         v, c = [], []
         for b in range(10):
-            mc = wn.theory.finite_width_samples(net, X, n, 4000, widths=(1, 2), seed=7 * n + b)
-            v.append(n * torch.cov(mc.ntk.reshape(len(mc.ntk), -1).T).reshape(3, 3, 3, 3))
+            mc = wn.theory.finite_width_samples(net, x, n, 4000, widths=(1, 2), seed=7 * n + b)
+            v.append(n * torch.cov(mc.ntk.reshape(len(mc.ntk), -1).T).reshape(N, N, N, N))
             c.append(n * _cross(mc.ntk, mc.outputs))
         var[n], cross[n] = torch.stack(v), torch.stack(c)
     _check(fw.ntk_variance, *_extrapolated(var))
@@ -412,8 +414,8 @@ def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
     relu = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X)
     with pytest.raises(ParameterError, match=r"for the ReLU family only the \(N, N\) statistics"):
         _ = relu.four_point
-    with pytest.raises(ParameterError, match="ntk_variance of a network of the ReLU family needs"):
-        _ = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X[:2]).ntk_variance
+    with pytest.raises(ParameterError, match="the dNTK of a network of the ReLU family needs"):
+        _ = fwf(wn.Serial(wn.Dense(1), wn.Relu(), wn.Dense(1)), X[:2]).dntk
     with pytest.raises(ParameterError, match=r"LayerNorm\(.*\) at position 2 is not supported here; the network "
                                              r"must be Dense \(ntk parameterization\)"):
         fwf(wn.Serial(wn.Dense(1), wn.Tanh(), wn.LayerNorm(), wn.Dense(1)), X)

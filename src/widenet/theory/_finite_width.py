@@ -68,9 +68,8 @@ class FiniteWidth:
             tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
             training, see :meth:`ntk_change`.
 
-    For networks of the ReLU family, ``four_point`` and ``ntk_output_correlation`` are given for
-    one or two inputs, and ``ntk_variance`` and ``dntk`` are refused (see the docs' finite-width
-    page).
+    For networks of the ReLU family, the (N, N, N, N) fields are given for one or two inputs,
+    and ``dntk`` is refused (see the docs' finite-width page).
 
     Example:
 
@@ -129,15 +128,7 @@ class FiniteWidth:
         from ..layers import ABRelu
 
         kinked = any(isinstance(layer, ABRelu) for layer in self._layers)
-        return _run(self._layers, self._x[None], self.widths, variance=not kinked)
-
-    def _fluctuations(self, name: str) -> State:
-        if self._full.A is None:
-            raise ParameterError(
-                f"{OWNER}: {name} of a network of the ReLU family needs expectations of its derivative's "
-                f"square over several inputs, not supported yet; the (N, N) fields, and four_point and "
-                f"ntk_output_correlation of one or two inputs, are")
-        return self._full
+        return _run(self._layers, self._x[None], self.widths, variance=True, dntk=not kinked)
 
     @cached_property
     def four_point(self) -> torch.Tensor:
@@ -146,7 +137,7 @@ class FiniteWidth:
 
     @cached_property
     def ntk_variance(self) -> torch.Tensor:
-        A, B = self._fluctuations("ntk_variance").A[0], self._full.B[0]
+        A, B = self._full.A[0], self._full.B[0]
         return A + B + B.transpose(2, 3)
 
     @cached_property
@@ -156,7 +147,11 @@ class FiniteWidth:
 
     @cached_property
     def dntk(self) -> torch.Tensor:
-        P, Q = self._fluctuations("dntk").P[0], self._full.Q[0]
+        if self._full.P is None:
+            raise ParameterError(
+                f"{OWNER}: the dNTK of a network of the ReLU family needs expectations of products of its "
+                f"second derivative (a delta function) with its step at one input, not supported")
+        P, Q = self._full.P[0], self._full.Q[0]
         return P + Q + Q.transpose(1, 2)
 
     def ntk_change(self, lr: Any, n: Any) -> torch.Tensor:
@@ -236,12 +231,12 @@ def _check_widths(widths: Any, hidden: int, owner: str = OWNER) -> tuple:
     return values
 
 
-def _run(layers: list, x: torch.Tensor, widths: tuple, variance: bool) -> State:
+def _run(layers: list, x: torch.Tensor, widths: tuple, variance: bool, dntk: bool = False) -> State:
     """The recursion on a batch of input sets ``x`` ``(B, m, d)``."""
     first = layers[0]
     K = float(first.W_std) ** 2 * (x @ x.transpose(1, 2)) / x.shape[-1]
     K = K + (0.0 if first.b_std is None else float(first.b_std) ** 2)
-    state = first_layer(K, variance)
+    state = first_layer(K, variance, dntk)
     rest = layers[1:]
     for phi, dense, rho in zip(rest[::2], rest[1::2], widths):
         cb = 0.0 if dense.b_std is None else float(dense.b_std) ** 2

@@ -168,10 +168,11 @@ class Gauss:
         return self._cache[(i, j)]
 
     # ---- what the recursions ask of an activation's expectations (see _fw_recursion) ----
-    def prepare(self, fluctuations: bool) -> None:
+    def prepare(self, variance: bool, dntk: bool) -> None:
         self.expect([(1, 1), (2, 0), (0, 2), (3, 1), (2, 2), (1, 3)]
                      + [(k, 4 - k) for k in range(5)] + [(1 + k, 5 - k) for k in range(5)])
-        self.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1), (2, 1, 1, 0)] if fluctuations else []))
+        self.expect([(0, 0, 0, 0), (1, 1, 0, 0)] + ([(1, 1, 1, 1)] if variance else [])
+                    + ([(2, 1, 1, 0)] if dntk else []))
 
     def pair(self, base: int) -> tuple:
         """``(c_aa, c_ab, c_bb)`` of ``1/2 <d_e d_f (phi^(base)(z_a) phi^(base)(z_b))>``."""

@@ -97,12 +97,13 @@ class State:
     Q: torch.Tensor | None = None
 
 
-def first_layer(K: torch.Tensor, variance: bool) -> State:
+def first_layer(K: torch.Tensor, variance: bool, dntk: bool = False) -> State:
     """The first layer's preactivations: Gaussian, NTK equal to their covariance, no dNTK
-    (they are linear in the parameters). ``variance``: carry A, B and the dNTK's P, Q."""
+    (they are linear in the parameters). ``variance``: carry A, B; ``dntk``: and P, Q."""
     zero2 = torch.zeros_like(K)
     zero4 = K.new_zeros(K.shape + K.shape[1:])
-    more = [zero4.clone() for _ in range(4)] if variance else [None] * 4
+    more = ([zero4.clone() for _ in range(2)] if variance else [None] * 2) + (
+        [zero4.clone() for _ in range(2)] if variance and dntk else [None] * 2)
     return State(K, K.clone(), zero2, zero2.clone(), zero4, zero4.clone(), zero4.clone(), *more)
 
 
@@ -180,7 +181,7 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
     m = K.shape[-1]
     ix = _Index(m)
     g = expectations(phi, K, degrees)
-    g.prepare(fluctuations=A is not None)
+    g.prepare(variance=A is not None, dntk=state.P is not None)
     q = K.diagonal(dim1=1, dim2=2)
     # the leading order by the layer's own kernel rule (closed form or its exact mixture), so
     # that the limit is the network's NNGP and NTK to rounding; corrections by quadrature.
@@ -211,8 +212,9 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
         A_new = V_new + X + X.permute(0, 3, 4, 1, 2) + Y
         a, b, c, d = ix.a4, ix.b4, ix.c4, ix.d4
         B_new = w2 * (tt * W4 / rho + S1[:, a, c] * S1[:, b, d] * Bt)
-        P_new, Q_new = _dntk(state, g, ix, S1, F_new, w2, rho)
-        return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new, P_new, Q_new)
+        if state.P is not None:
+            P_new, Q_new = _dntk(state, g, ix, S1, F_new, w2, rho)
+            return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new, P_new, Q_new)
     return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new)
 
 

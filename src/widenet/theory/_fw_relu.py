@@ -56,9 +56,9 @@ class RectifiedExpectations:
         if K.shape[-1] > 2:
             raise ParameterError(
                 "theory.finite_width: for the ReLU family only the (N, N) statistics are computed (each "
-                "from a pair of inputs), and four_point and ntk_output_correlation of one or two inputs; "
-                "the (N, N, N, N) ones of more inputs need expectations of its step over three and four "
-                "inputs, not supported yet")
+                "from a pair of inputs), and the (N, N, N, N) ones of one or two inputs; those of more "
+                "inputs need expectations of the activation and its step over three and four inputs, "
+                "not supported yet")
         self.K, self.m, self.a, self.b = K, K.shape[-1], a, b
         self._grad = self._hess = None
         if self.m == 2:
@@ -74,12 +74,12 @@ class RectifiedExpectations:
             self._grad = torch.func.vmap(torch.func.jacrev(fn))(both)  # (2B, 2, 3)
             self._hess = torch.func.vmap(torch.func.hessian(fn))(both)  # (2B, 2, 3, 3)
 
-    def prepare(self, fluctuations: bool) -> None:
-        if fluctuations:
+    def prepare(self, variance: bool, dntk: bool) -> None:
+        if dntk:
             raise ParameterError(
-                "theory.finite_width: for the ReLU family only the (N, N) statistics, and four_point "
-                "and ntk_output_correlation, are computed; the NTK's variance and the dNTK need "
-                "expectations of its derivative's square over more inputs, not supported yet")
+                "theory.finite_width: the dNTK of a network of the ReLU family needs expectations of "
+                "products of its second derivative (a delta function) with its step at one input, "
+                "not supported")
 
     def _matrix(self, distinct, diagonal: float) -> torch.Tensor:
         """``(B, m, m)`` with ``distinct`` ``(2B,)`` off the diagonal (``[0, 1]`` then ``[1, 0]``)."""
