@@ -24,6 +24,12 @@ fraction in the top Hessian subspace during training; ``finite_width_study``, fi
 networks against their linearization and their infinite-width limit as the width grows (Lee et
 al. 2019; Golubeva et al. 2020); ``exact_posterior``, rejection-sampled posteriors of
 finite Bayesian networks against the NNGP posterior (Hron et al. 2020).
+
+Large but finite width: ``finite_width``, the 1/n corrections of perturbation theory for deep
+MLPs (Roberts, Yaida & Hanin 2021): the output's two-point correction and connected
+four-point function, the NTK's mean shift, variance and correlation with the outputs, the
+dNTK and the NTK's expected move in the first step of training; ``finite_width_samples``,
+the finite networks that check them.
 """
 
 from ._signal import (DepthProfile, PhaseDiagram, SignalPropagation, correlation_map, critical_line, depth_profile,
