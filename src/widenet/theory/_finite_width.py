@@ -276,7 +276,8 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     Returns:
         a :class:`FiniteWidth`.
 
-    Expectations over one and two inputs use the trapezoidal rule (spaced for the
+    Computed on the CPU in float64 (whatever ``x``'s device and dtype). Expectations over
+    one and two inputs use the trapezoidal rule (spaced for the
     activation's smoothness), over three and four Gauss-Hermite rules; ReLU's are Price's-
     theorem derivatives of its closed forms. The leading order uses each nonlinearity's own
     kernel rule, so ``nngp`` and ``ntk`` equal ``net.kernel(x)``'s.
@@ -292,7 +293,7 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
         torch.Size([5, 5])
     """
     layers = _flat_layers(net)
-    x = as_inputs(OWNER, "x", x).to(D)
+    x = as_inputs(OWNER, "x", x).to(device="cpu", dtype=D)  # small problems: CPU, float64
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ShapeError(f"{OWNER}: x must have shape (N, d) with N, d >= 1 (got {tuple(x.shape)})")
     hidden = len(layers) // 2

@@ -55,7 +55,8 @@ def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[
     scaled by ``W_std / sqrt(fan_in)`` and ``b_std``. The NTK is computed by backpropagation,
     ``Theta_hat_ab = sum_l sum_i delta_l,i(x_a) delta_l,i(x_b) G_(l-1),ab`` (``delta`` the
     output's derivative in layer l's preactivations, ``G`` the layer's input metric): exact,
-    vectorized over networks. These are the quantities :func:`finite_width` predicts.
+    vectorized over networks, on the CPU in float64. These are the quantities
+    :func:`finite_width` predicts.
 
     Args:
         net: the network.
@@ -81,7 +82,7 @@ def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[
     from ._finite_width import _check_widths, _flat_layers
 
     layers = _flat_layers(net, OWNER, smooth=False)
-    x = as_inputs(OWNER, "x", x).to(D)
+    x = as_inputs(OWNER, "x", x).to(device="cpu", dtype=D)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ShapeError(f"{OWNER}: x must have shape (N, d) with N, d >= 1 (got {tuple(x.shape)})")
     n = check_int(OWNER, "n", n, minimum=1)
