@@ -68,8 +68,8 @@ class FiniteWidth:
             tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
             training, see :meth:`ntk_change`.
 
-    For networks of the ReLU family, the (N, N, N, N) fields are given for one or two inputs,
-    and ``dntk`` is refused (see the docs' finite-width page).
+    For networks of the ReLU family, the (N, N, N, N) fields are given for one or two inputs
+    (see the docs' finite-width page).
 
     Example:
 
@@ -125,10 +125,7 @@ class FiniteWidth:
                 f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
                 f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
                 f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
-        from ..layers import ABRelu
-
-        kinked = any(isinstance(layer, ABRelu) for layer in self._layers)
-        return _run(self._layers, self._x[None], self.widths, variance=True, dntk=not kinked)
+        return _run(self._layers, self._x[None], self.widths, variance=True, dntk=True)
 
     @cached_property
     def four_point(self) -> torch.Tensor:
@@ -147,10 +144,6 @@ class FiniteWidth:
 
     @cached_property
     def dntk(self) -> torch.Tensor:
-        if self._full.P is None:
-            raise ParameterError(
-                f"{OWNER}: the dNTK of a network of the ReLU family needs expectations of products of its "
-                f"second derivative (a delta function) with its step at one input, not supported")
         P, Q = self._full.P[0], self._full.Q[0]
         return P + Q + Q.transpose(1, 2)
 

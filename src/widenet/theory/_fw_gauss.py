@@ -152,6 +152,8 @@ class Gauss:
     ``expect(patterns)`` computes several patterns of one arity in one pass over the
     quadrature points (each derivative of ``phi`` evaluated once per point)."""
 
+    pathwise_second = True  # phi'' is a function: the dNTK's terms in phi'' are there
+
     def __init__(self, K: torch.Tensor, orders: Callable, degrees: dict[int, int], step: float | None = None):
         self.K, self.orders, self.degrees = K, orders, degrees
         self.step = _step(orders) if step is None else step

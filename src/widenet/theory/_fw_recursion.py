@@ -52,7 +52,10 @@ integration over the new weights gives, with ``L_a0a1,e = <d_e (s''_a0 s'_a1)>``
                         + Theta_a0a1 sum_ef L_a0a1,e J_a2c,f F_a0a2ef + S'_a0a1 sum_f J_a2c,f Q_a0a1a2f]
 
 (the first term of Q' is the mixed part, a new weight against an earlier parameter, which is
-exactly the new layer's F).
+exactly the new layer's F). The terms with ``s''`` in front (the fresh ones, B's and L's)
+come from the activation's second derivative along the path; for the ReLU family it is
+zero almost surely, so they drop there, while ``J``, a derivative of an expectation, keeps
+its delta functions.
 The first hidden layer is Gaussian with a deterministic NTK: ``V = D = F = A = B = K1 =
 Theta1 = 0``. They follow from Gaussian integration over the new layer's weights given the
 previous layer, the previous layer's statistics entering through cumulant expansions
@@ -218,17 +221,23 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
     return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new)
 
 
-def _dntk(state: State, g: Gauss, ix: _Index, S1, F_new, w2: float, rho: float):
-    """The dNTK's correlation with the preactivations, ``P`` and ``Q`` (module docstring)."""
+def _dntk(state: State, g, ix: _Index, S1, F_new, w2: float, rho: float):
+    """The dNTK's correlation with the preactivations, ``P`` and ``Q`` (module docstring).
+    The terms with ``s''`` come from the second derivative of the activation along a path;
+    for the ReLU family it is zero almost surely (``g.pathwise_second`` False) and they drop,
+    while the derivatives of expectations (``J``) keep their delta functions."""
     Theta, F, Bt, P, Q = state.Theta, state.F, state.B, state.P, state.Q
     a0, a1, a2, c = ix.a4, ix.b4, ix.c4, ix.d4
-    j1, j2 = g.two(2, 0), g.two(1, 1)  # J_(a c), a and J_(a c), c of s'_a s_c
-    k1, k2 = g.two(3, 1), g.two(2, 2)  # the same of s''_a0 s'_a1
-    fresh = Theta[:, a0, a1] * Theta[:, a0, a2] * g.four((2, 1, 1, 0)) / rho
-    P_new = w2 * (fresh + j1[:, a0, c] * S1[:, a1, a2] * Bt[:, a0, a1, a0, a2]
-                  + S1[:, a1, a2] * (j1[:, a0, c] * P[:, a0, a1, a2, a0] + j2[:, a0, c] * P))
-    carried_F = (k1[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a0, a2] + k1[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a0, c]
-                 + k2[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a1, a2] + k2[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a1, c])
-    Q_new = F_new[:, a0, a2, a1, c] + w2 * (fresh + Theta[:, a0, a1] * carried_F
-                                            + S1[:, a0, a1] * (j1[:, a2, c] * Q[:, a0, a1, a2, a2] + j2[:, a2, c] * Q))
+    j1, j2 = g.first()  # J_(a c), a and J_(a c), c of s'_a s_c
+    P_new = w2 * S1[:, a1, a2] * (j1[:, a0, c] * P[:, a0, a1, a2, a0] + j2[:, a0, c] * P)
+    Q_new = F_new[:, a0, a2, a1, c] + w2 * S1[:, a0, a1] * (j1[:, a2, c] * Q[:, a0, a1, a2, a2] + j2[:, a2, c] * Q)
+    if g.pathwise_second:
+        k1, k2 = g.two(3, 1), g.two(2, 2)  # the same of s''_a0 s'_a1
+        fresh = Theta[:, a0, a1] * Theta[:, a0, a2] * g.four((2, 1, 1, 0)) / rho
+        P_new = P_new + w2 * (fresh + g.two(2, 0)[:, a0, c] * S1[:, a1, a2] * Bt[:, a0, a1, a0, a2])
+        carried_F = (k1[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a0, a2]
+                     + k1[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a0, c]
+                     + k2[:, a0, a1] * j1[:, a2, c] * F[:, a0, a2, a1, a2]
+                     + k2[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a1, c])
+        Q_new = Q_new + w2 * (fresh + Theta[:, a0, a1] * carried_F)
     return P_new, Q_new

@@ -52,6 +52,8 @@ class RectifiedExpectations:
     """The expectations ``_fw_recursion.step`` asks for (the interface of ``_fw_gauss.Gauss``),
     for ``a min(z, 0) + b max(z, 0)`` under covariances ``K`` ``(B, m, m)``, m <= 2."""
 
+    pathwise_second = False  # phi'' vanishes almost surely: the dNTK's terms in phi'' drop
+
     def __init__(self, K: torch.Tensor, a: float, b: float):
         if K.shape[-1] > 2:
             raise ParameterError(
@@ -75,11 +77,7 @@ class RectifiedExpectations:
             self._hess = torch.func.vmap(torch.func.hessian(fn))(both)  # (2B, 2, 3, 3)
 
     def prepare(self, variance: bool, dntk: bool) -> None:
-        if dntk:
-            raise ParameterError(
-                "theory.finite_width: the dNTK of a network of the ReLU family needs expectations of "
-                "products of its second derivative (a delta function) with its step at one input, "
-                "not supported")
+        pass
 
     def _matrix(self, distinct, diagonal: float) -> torch.Tensor:
         """``(B, m, m)`` with ``distinct`` ``(2B,)`` off the diagonal (``[0, 1]`` then ``[1, 0]``)."""
