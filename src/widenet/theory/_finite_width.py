@@ -292,6 +292,12 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
     hidden = len(layers) // 2
     rho = _check_widths(widths, hidden)
     budget = None if memory is None else check_memory(OWNER, "memory", memory)
+    out = _two_point_fields(layers, x, rho, progress)
+    return FiniteWidth(out[0], out[1], out[2], out[3], rho, layers, x, budget)
+
+
+def _two_point_fields(layers: list, x: torch.Tensor, rho: tuple, progress: bool) -> torch.Tensor:
+    """``(K, K1, Theta, Theta1)`` ``(4, N, N)`` from N one-input and N(N-1)/2 two-input problems."""
     n = x.shape[0]
     out = torch.empty(4, n, n, dtype=D)
     # each input alone (the diagonal), then each pair of distinct inputs, the pairs in the
@@ -315,4 +321,4 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
             out[:, a, b] = values
             out[:, b, a] = values
             bar.advance(len(a))
-    return FiniteWidth(out[0], out[1], out[2], out[3], rho, layers, x, budget)
+    return out
