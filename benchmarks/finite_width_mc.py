@@ -35,27 +35,14 @@ def network(phi, hidden: int) -> wn.Serial:
     return wn.Serial(*layers)
 
 
-def _cov(a, b):
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    return (a - a.mean(0)).T @ (b - b.mean(0)) / (len(a) - 1)
+QUANTITIES = ("nngp_correction", "four_point", "ntk_correction", "ntk_variance", "ntk_output_correlation")
 
 
 def measure(net, n: int, samples: int, batches: int, fw, seed: int) -> dict:
     """n (MC - limit) or n Cov per batch, ``{quantity: (batches, ...)}``."""
-    N = X.shape[0]
-    out: dict = {k: [] for k in ("nngp_correction", "four_point", "ntk_correction", "ntk_variance",
-                                 "ntk_output_correlation")}
-    for b in range(batches):
-        mc = wn.theory.finite_width_samples(net, X, n, samples // batches, seed=seed + b)
-        G = mc.metric
-        V = _cov(G, G).reshape(N, N, N, N)
-        ff = torch.einsum("sc,sd->scd", mc.outputs, mc.outputs)
-        out["nngp_correction"].append(n * (G.mean(0) - fw.nngp))
-        out["four_point"].append(n * (V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)))
-        out["ntk_correction"].append(n * (mc.ntk.mean(0) - fw.ntk))
-        out["ntk_variance"].append(n * _cov(mc.ntk, mc.ntk).reshape(N, N, N, N))
-        out["ntk_output_correlation"].append(n * _cov(mc.ntk, ff).reshape(N, N, N, N))
-    return {k: torch.stack(v) for k, v in out.items()}
+    runs = [wn.theory.finite_width_samples(net, X, n, samples // batches, seed=seed + b).estimates(fw)
+            for b in range(batches)]
+    return {k: torch.stack([r[k] for r in runs]) for k in QUANTITIES}
 
 
 def extrapolate(by_width: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +83,7 @@ def main() -> None:
             net = network(phi, hidden)
             start = time.perf_counter()
             fw = wn.theory.finite_width(net, X)
-            pred = {k: getattr(fw, k) for k in ("nngp_correction", "four_point", "ntk_correction", "ntk_variance",
-                                                "ntk_output_correlation")}
+            pred = {k: getattr(fw, k) for k in QUANTITIES}
             runs = {n: measure(net, n, args.samples, args.batches, fw, seed=1000 * n + 10 * hidden) for n in widths}
             seconds = time.perf_counter() - start
             for k, p in pred.items():

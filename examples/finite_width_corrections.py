@@ -34,26 +34,12 @@ PANELS = [
 ]
 
 
-def _cov(a, b):
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    return (a - a.mean(0)).T @ (b - b.mean(0)) / (len(a) - 1)
-
-
 def measured(net, fw, n, samples, batches=12):
-    """``{field: (batches, ...)}`` of the measured quantities times n."""
-    N = X.shape[0]
-    out = {name: [] for _, name, _ in PANELS}
-    for b in range(batches):
-        mc = wn.theory.finite_width_samples(net, X, n, samples // batches, seed=97 * n + b)
-        G = mc.metric  # the readout's covariance given the last hidden layer: no readout noise
-        V = _cov(G, G).reshape(N, N, N, N)
-        ff = torch.einsum("sc,sd->scd", mc.outputs, mc.outputs)
-        out["nngp_correction"].append(n * (G.mean(0) - fw.nngp))
-        out["ntk_correction"].append(n * (mc.ntk.mean(0) - fw.ntk))
-        out["four_point"].append(n * (V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)))
-        out["ntk_variance"].append(n * _cov(mc.ntk, mc.ntk).reshape(N, N, N, N))
-        out["ntk_output_correlation"].append(n * _cov(mc.ntk, ff).reshape(N, N, N, N))
-    return {k: torch.stack(v) for k, v in out.items()}
+    """``{field: (batches, ...)}`` of the measured quantities times n (the readout's covariance
+    given the last hidden layer stands in for the outputs' moments: no readout noise)."""
+    runs = [wn.theory.finite_width_samples(net, X, n, samples // batches, seed=97 * n + b).estimates(fw)
+            for b in range(batches)]
+    return {name: torch.stack([r[name] for r in runs]) for _, name, _ in PANELS}
 
 
 def main():

@@ -106,7 +106,7 @@ def test_sampled_ntk_is_the_ntk_torch_func_computes_for_the_same_network():
             torch.testing.assert_close((moved[0] - moved[1]) / (2 * eps), mc.dntk[s, :, :, c], rtol=1e-6, atol=1e-8)
 
 
-def _rb_means(phi, scales, x, n, networks, seed):
+def _rb_means(phi, scales, x, n, networks, seed, ntk=True):
     """``(E[f f | layer L-2], E[Theta_hat | layer L-2])`` per network, ``(S, N, N)`` each, for
     an MLP with ``L - 1 = len(scales) - 1`` hidden layers: the layers up to the last-but-one
     hidden one are sampled (with their full NTK matrices ``H_ab`` ``(n, n)``, forward:
@@ -115,7 +115,8 @@ def _rb_means(phi, scales, x, n, networks, seed):
     ``z_j = u^T w + sqrt(C_b) b`` (w standard normal, ``u_e = sqrt(C_W/n) s_e``) and NTK
     ``H_jj = G + w^T M w`` with ``M_ab = (C_W/n) diag(s'_a) H_ab diag(s'_b)``; Gaussian
     integration by parts gives ``E[g(z) w^T M w] = tr M <g> + sum_ef (u_e^T M u_f) <d_e d_f g>``,
-    and ``E[f f | .] = C_b + C_W <s s>_G`` by the layer's kernel rule."""
+    and ``E[f f | .] = C_b + C_W <s s>_G`` by the layer's kernel rule (the second is None
+    with ``ntk=False``)."""
     from widenet.theory._fw_gauss import Gauss, chain
 
     g = torch.Generator().manual_seed(seed)
@@ -128,21 +129,24 @@ def _rb_means(phi, scales, x, n, networks, seed):
         s, s1 = phi.fn(z), phi.derivative(z)
         G = b**2 + w**2 / n * torch.einsum("ska,skb->sab", s, s)
         W = torch.randn(networks, n, n, generator=g, dtype=D)
-        t1 = s1.transpose(1, 2)
-        inner = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]
-        H = G[..., None, None] * torch.eye(n, dtype=D) + w**2 / n * W[:, None, None] @ inner @ W.transpose(1, 2)[:, None, None]
+        if ntk:
+            t1 = s1.transpose(1, 2)
+            inner = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]
+            H = G[..., None, None] * torch.eye(n, dtype=D) + w**2 / n * W[:, None, None] @ inner @ W.transpose(1, 2)[:, None, None]
         z = w / math.sqrt(n) * W @ s + b * torch.randn(networks, n, 1, generator=g, dtype=D)
     s, s1 = phi.fn(z), phi.derivative(z)
     c = wl**2 / n
     G = bl**2 + c * torch.einsum("ska,skb->sab", s, s)
+    q = G.diagonal(dim1=1, dim2=2)
+    t, tdot = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
+    if not ntk:
+        return bo**2 + wo**2 * t, None
     # M_ab's trace and u_e^T M_ab u_f, with M_ab = c diag(s1_a) H_ab diag(s1_b)
     t1 = s1.transpose(1, 2)
     SHS = t1[:, :, None, :, None] * H * t1[:, None, :, None, :]  # (S, a, b, k1, k2)
     tr = c * SHS.diagonal(dim1=-2, dim2=-1).sum(-1)
     uMu = c**2 * torch.einsum("ske,sabkl,slf->sabef", s, SHS, s)
     a, b = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
-    q = G.diagonal(dim1=1, dim2=2)
-    t, t1 = phi.dual(q[:, :, None].expand_as(G), q[:, None, :].expand_as(G), G)
     if isinstance(phi, wn.ABRelu):
         # <d_e d_f (phi'_a phi'_b)> in closed form, phi' = a 1{z < 0} + b 1{z > 0}: Price's
         # theorem on <phi' phi'> = (a^2 + b^2)/2 - (a - b)^2 theta / (2 pi) gives
@@ -153,24 +157,11 @@ def _rb_means(phi, scales, x, n, networks, seed):
         dd = off * (float(phi.a) - float(phi.b)) ** 2 / (2 * math.pi * det.sqrt())
         da, db = -G * dd / q[:, a], -G * dd / q[:, b]
         second = uMu[:, a, b, a, a] * da + 2 * uMu[:, a, b, a, b] * dd + uMu[:, a, b, b, b] * db
-        return bo**2 + wo**2 * t, bo**2 + wo**2 * (t + (G + tr) * t1 + second)
+        return bo**2 + wo**2 * t, bo**2 + wo**2 * (t + (G + tr) * tdot + second)
     gs = Gauss(G, chain(phi), {}, step=0.6)  # ~1e-5 relative: far below the sampling noise
     gs.expect([(0, 0), (1, 1), (3, 1), (2, 2), (1, 3)])
     second = uMu[:, a, b, a, a] * gs.two(3, 1) + 2 * uMu[:, a, b, a, b] * gs.two(2, 2) + uMu[:, a, b, b, b] * gs.two(1, 3)
     return bo**2 + wo**2 * t, bo**2 + wo**2 * (gs.two(0, 0) + (G + tr) * gs.two(1, 1) + second)
-
-
-def _rb_second_moment(phi, n, networks, seed):
-    """``E[f_a f_b | first hidden layer]``: the second hidden layer's preactivations are
-    exactly ``N(0, G2)`` given it, so this is ``C_b + C_W <s s>_G2`` by the layer's kernel rule."""
-    g = torch.Generator().manual_seed(seed)
-    (w0, b0), (w1, b1), (w2, b2) = SCALES
-    chol = torch.linalg.cholesky(w0**2 * X @ X.T / X.shape[1] + b0**2)
-    s = phi.fn(torch.randn(networks, n, 3, generator=g, dtype=D) @ chol.T)
-    G2 = b1**2 + w1**2 / n * torch.einsum("sna,snb->sab", s, s)
-    q = G2.diagonal(dim1=1, dim2=2)
-    t, _ = phi.dual(q[:, :, None].expand_as(G2), q[:, None, :].expand_as(G2), G2)
-    return b2**2 + w2**2 * t
 
 
 @pytest.mark.parametrize("phi", [wn.Tanh(), wn.Erf(), wn.Gelu()], ids=repr)
@@ -185,7 +176,7 @@ def test_four_point_and_nngp_correction_match_monte_carlo(phi):
             batches.append(n * _pairings(torch.cov(G.reshape(len(G), -1).T).reshape(3, 3, 3, 3)))
         four[n] = torch.stack(batches)
     _check(fw.four_point, *_extrapolated(four))
-    k1 = {n: torch.stack([n * (_rb_second_moment(phi, n, 20000, 100 * n + b).mean(0) - fw.nngp) for b in range(10)])
+    k1 = {n: torch.stack([n * (_rb_means(phi, SCALES, X, n, 20000, 100 * n + b, ntk=False)[0].mean(0) - fw.nngp) for b in range(10)])
           for n in (32, 64)}
     _check(fw.nngp_correction, *_extrapolated(k1))
 
@@ -298,7 +289,7 @@ def test_relu_means_match_monte_carlo_and_vanish_for_one_input():
     # E[relu(z)^2] = E[z^2] / 2 and E[step(z) H] = E[H] / 2 for any symmetric z: no diagonal shift
     assert float(fw.nngp_correction.diagonal().abs().max()) == 0 == float(fw.ntk_correction.diagonal().abs().max())
     off = ~torch.eye(3, dtype=torch.bool)
-    k1 = {n: torch.stack([n * (_rb_second_moment(phi, n, 20000, 100 * n + b).mean(0) - fw.nngp) for b in range(10)])
+    k1 = {n: torch.stack([n * (_rb_means(phi, SCALES, X, n, 20000, 100 * n + b, ntk=False)[0].mean(0) - fw.nngp) for b in range(10)])
           for n in (32, 64)}
     value, se = _extrapolated(k1)
     _check(fw.nngp_correction[off], value[off], se[off])
@@ -330,7 +321,7 @@ def test_leaky_relu_two_point_correction_matches_monte_carlo():
     fw = wn.theory.finite_width(_net(phi), X)
     assert float(fw.nngp_correction.diagonal().abs().max()) == 0 == float(fw.ntk_correction.diagonal().abs().max())
     off = ~torch.eye(3, dtype=torch.bool)
-    k1 = {n: torch.stack([n * (_rb_second_moment(phi, n, 20000, 100 * n + b).mean(0) - fw.nngp) for b in range(10)])
+    k1 = {n: torch.stack([n * (_rb_means(phi, SCALES, X, n, 20000, 100 * n + b, ntk=False)[0].mean(0) - fw.nngp) for b in range(10)])
           for n in (32, 64)}
     _check(fw.nngp_correction[off], *(t[off] for t in _extrapolated(k1)))
 

@@ -57,7 +57,6 @@ def all_orders(fn: Callable, z: torch.Tensor, order: int) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=64)
 def _strip(orders: Callable) -> float:
     """An estimate of the half-width of the strip around the real axis where the activation
     is analytic, from the growth of its derivatives (Cauchy's estimates, ``|phi^(n)| ~ n! / d^n``):
@@ -68,11 +67,11 @@ def _strip(orders: Callable) -> float:
     return math.inf if r5 == 0 else 5 * r4 / r5
 
 
-def _step(orders: Callable) -> float:
-    """The trapezoidal rule's spacing for this activation: ``_STEP`` for tanh (whose estimate
-    ``_strip`` is about 1.3) and anything smoother, proportionally less for sharper ones
-    (Softplus with a large beta, a user's function with close singularities)."""
-    return max(min(_STEP, _STEP * _strip(orders) / 1.3), 1e-3)
+def _step(strip: float) -> float:
+    """The trapezoidal rule's spacing for an activation whose ``_strip`` is ``strip``:
+    ``_STEP`` for tanh (about 1.3) and anything smoother, proportionally less for sharper
+    ones (Softplus with a large beta, a user's function with close singularities)."""
+    return max(min(_STEP, _STEP * strip / 1.3), 1e-3)
 
 
 def _tanh_orders(z: torch.Tensor, order: int) -> list:
@@ -156,11 +155,12 @@ class Gauss:
 
     def __init__(self, K: torch.Tensor, orders: Callable, degrees: dict[int, int], step: float | None = None):
         self.K, self.orders, self.degrees = K, orders, degrees
-        self.step = _step(orders) if step is None else step
-        if step is None and _strip(orders) < 0.1:
+        strip = _strip(orders) if step is None else math.inf
+        self.step = _step(strip) if step is None else step
+        if strip < 0.1:
             warnings.warn(AccuracyWarning(
                 "theory.finite_width: the activation's derivatives up to the fifth grow like 1/d^5 with "
-                f"d ~ {_strip(orders):.3g} (a sharp kink, e.g. Softplus with a large beta): their expectations "
+                f"d ~ {strip:.3g} (a sharp kink, e.g. Softplus with a large beta): their expectations "
                 "lose digits to rounding; for the limit of a kink use wn.Relu(), whose expectations are "
                 "closed forms"), stacklevel=4)
         self.m = K.shape[-1]

@@ -36,6 +36,7 @@ class FiniteWidthSamples:
         dntk: ``(S, N, N, N)`` with ``dntk=True``: ``sum_nu d Theta_hat_ab / d theta_nu
             d f_c / d theta_nu``, the NTK's derivative along each output's gradient (its
             change in a gradient step is ``-lr sum_c (f_c - y_c) dntk_abc``); else None.
+        n: the width scale.
     """
 
     outputs: torch.Tensor
@@ -43,6 +44,38 @@ class FiniteWidthSamples:
     metric: torch.Tensor
     widths: tuple
     dntk: Optional[torch.Tensor] = None
+    n: Optional[int] = None
+
+    def estimates(self, fw) -> dict:
+        """Monte Carlo estimates of :func:`finite_width`'s 1/n fields from these networks, all
+        times the width scale n (each is the field plus ``O(1/n)``; extrapolate in 1/n over
+        several widths): ``nngp_correction = n (mean G - K)``, ``ntk_correction =
+        n (mean Theta_hat - Theta)``, ``four_point = n (Cov(G_ab, G_cd) + Cov(G_ac, G_bd) +
+        Cov(G_ad, G_bc))``, ``ntk_variance = n Cov(Theta_hat_ab, Theta_hat_cd)``,
+        ``ntk_output_correlation = n Cov(Theta_hat_ab, f_c f_d)``; ``fw`` gives the limits.
+
+        Example:
+
+            >>> net = wn.Serial(wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1, 1.5), wn.Erf(), wn.Dense(1))
+            >>> x = torch.randn(2, 3)
+            >>> mc = wn.theory.finite_width_samples(net, x, n=32, samples=500, seed=0)
+            >>> sorted(mc.estimates(wn.theory.finite_width(net, x)))[:2]
+            ['four_point', 'ntk_correction']
+        """
+        N, n = self.outputs.shape[1], self.n
+        V = _cov(self.metric, self.metric).reshape(N, N, N, N)
+        ff = torch.einsum("sc,sd->scd", self.outputs, self.outputs)
+        return {"nngp_correction": n * (self.metric.mean(0) - fw.nngp),
+                "ntk_correction": n * (self.ntk.mean(0) - fw.ntk),
+                "four_point": n * (V + V.permute(0, 2, 1, 3) + V.permute(0, 2, 3, 1)),
+                "ntk_variance": n * _cov(self.ntk, self.ntk).reshape(N, N, N, N),
+                "ntk_output_correlation": n * _cov(self.ntk, ff).reshape(N, N, N, N)}
+
+
+def _cov(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The covariance matrix of the flattened samples of ``a`` and ``b`` (first axis)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a - a.mean(0)).T @ (b - b.mean(0)) / (len(a) - 1)
 
 
 def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[Sequence[float]] = None,
@@ -104,7 +137,7 @@ def finite_width_samples(net, x: Any, n: int, samples: int, *, widths: Optional[
                 acc.append(value)
             bar.advance(S)
     f, ntk, metric = (torch.cat(v) for v in out[:3])
-    return FiniteWidthSamples(f, ntk, metric, hidden, torch.cat(out[3]) if dntk else None)
+    return FiniteWidthSamples(f, ntk, metric, hidden, torch.cat(out[3]) if dntk else None, n)
 
 
 def _evaluate(layers: list, x: torch.Tensor, dims: tuple, params: list, dntk: bool):
