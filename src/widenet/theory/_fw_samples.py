@@ -60,7 +60,7 @@ class FiniteWidthSamples:
             >>> x = torch.randn(2, 3)
             >>> mc = wn.theory.finite_width_samples(net, x, n=32, samples=500, seed=0)
             >>> sorted(mc.estimates(wn.theory.finite_width(net, x)))[:2]
-            ['four_point', 'ntk_correction']
+            ['four_point', 'nngp_correction']
         """
         N, n = self.outputs.shape[1], self.n
         V = _cov(self.metric, self.metric).reshape(N, N, N, N)
