@@ -283,6 +283,68 @@ def test_dntk_and_the_first_step_match_monte_carlo(phi):
     assert _worst(fw.ntk_change(lr=1.0, n=1), step, step_se) < 4.5
 
 
+def test_ddntk_means_match_monte_carlo():
+    # every network's ddNTKs by nested forward modes over backpropagated gradients; their
+    # means are O(1/n), their fluctuations O(n^-3/2): n * mean - prediction extrapolated in 1/n
+    net = _net(wn.Tanh())
+    I, II = wn.theory.finite_width(net, X).ddntk
+    by_width = {}
+    for n in (16, 32):
+        batches = [wn.theory.finite_width_samples(net, X, n, 300, seed=7 * n + b, ddntk=True).ddntk for b in range(4)]
+        by_width[n] = [torch.stack([n * d[k].mean(0) for d in batches]) for k in range(2)]
+    for k, pred in enumerate((I, II)):
+        _check(pred, *_extrapolated({n: v[k] for n, v in by_width.items()}))
+
+
+def _trained_mean_check(net, n, samples, t):
+    """The trained networks' mean prediction against ``trained_mean`` at width n: the
+    correction, n (mean - frozen), within errors (antithetic pairs; the O(1/n) remainder
+    of n (mean - frozen) is below them at these widths)."""
+    fw = wn.theory.finite_width(net, X)
+    lr = 0.5 / float(torch.linalg.eigvalsh(fw.ntk).max())
+    tm = fw.trained_mean(XT, Y, lr=lr, t=t)
+    mc = wn.theory.finite_width_training(net, X, Y, XT, n=n, samples=samples, lr=lr, t=t, seed=n)
+    _check(tm.correction, n * (mc.mean - tm.frozen), n * mc.stderr)
+    torch.testing.assert_close(tm.at(n), tm.frozen + tm.correction / n)
+    torch.testing.assert_close(sum(tm.parts.values()), tm.correction)
+
+
+XT = torch.tensor([[0.5, 0.5, 0.5], [-0.2, 0.9, -0.8]], dtype=D)
+Y = torch.tensor([0.8, -0.5, 0.3], dtype=D)
+
+
+def test_trained_mean_matches_trained_networks_one_hidden_layer():
+    _trained_mean_check(wn.Serial(wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.5, 0.2)), 128, 30000, [10, 40])
+
+
+def test_trained_mean_matches_trained_networks_two_hidden_layers():
+    _trained_mean_check(_net(wn.Erf(), [(1.2, 0.3), (1.5, 0.2), (1.5, 0.2)]), 64, 8000, [10, 40])
+
+
+def test_trained_mean_is_exact_where_it_must_be():
+    net = _net(wn.Erf())
+    fw = wn.theory.finite_width(net, X)
+    lr = 0.5 / float(torch.linalg.eigvalsh(fw.ntk).max())
+    # the frozen prediction is kernel regression with the NTK run for t steps
+    tm = fw.trained_mean(XT, Y, lr=lr, t=[0, 3, 2000])
+    Theta = wn.theory.finite_width(net, torch.cat([X, XT])).ntk
+    M = torch.eye(3, dtype=D) - lr * Theta[:3, :3]
+    for row, t in enumerate((0, 3, 2000)):
+        series = sum(torch.linalg.matrix_power(M, s) for s in range(t)) if t else torch.zeros(3, 3, dtype=D)
+        torch.testing.assert_close(tm.frozen[row], lr * Theta[3:, :3] @ series @ Y, rtol=1e-9, atol=1e-12)
+    assert float(tm.correction[0].abs().max()) == 0
+    # on the training inputs a converged network fits the targets at every width: the
+    # correction vanishes there (here with x_test repeating x: duplicated inputs included)
+    on_train = fw.trained_mean(X, Y, lr=lr, t=2000)
+    torch.testing.assert_close(on_train.frozen, Y, rtol=1e-9, atol=1e-12)
+    assert float(on_train.correction.abs().max()) < 1e-6 * float(tm.correction[2].abs().max())
+    # a (N, N, N, N) field at a repeated input equals it at the original (the quadrature's
+    # accuracy over three and four inputs, where the two copies are different variables)
+    both = wn.theory.finite_width(net, torch.cat([X, X[:1]]))
+    for field in (both.four_point, both.ntk_variance, both.dntk, *both.ddntk):
+        torch.testing.assert_close(field[3], field[0], rtol=1e-4, atol=1e-4 * float(field.abs().max()))
+
+
 def test_relu_means_match_monte_carlo_and_vanish_for_one_input():
     phi = wn.Relu()
     fw = wn.theory.finite_width(_net(phi), X)
@@ -433,3 +495,18 @@ def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
                                fwf(wn.Serial(wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.1, 0.1)), X).ntk_variance)
     with pytest.raises(ParameterError, match="n must be"):
         wn.theory.finite_width_samples(_net(wn.Relu()), X, n=0, samples=10)
+    tm = fwf(_net(wn.Tanh()), X).trained_mean
+    with pytest.raises(ParameterError, match=r"readout Dense\(out_features=2.* has 2 outputs; .* end the network with Dense\(1\)"):
+        fwf(wn.Serial(wn.Dense(1), wn.Tanh(), wn.Dense(2)), X).trained_mean(XT, Y, lr=0.1, t=5)
+    with pytest.raises(ShapeError, match=r"y_train must have shape \(3,\)"):
+        tm(XT, Y[:2], lr=0.1, t=5)
+    with pytest.raises(ShapeError, match=r"x_test must have shape \(M, 3\)"):
+        tm(XT[:, :2], Y, lr=0.1, t=5)
+    with pytest.raises(NonFiniteInputError, match="x_test must be finite"):
+        tm(XT * float("nan"), Y, lr=0.1, t=5)
+    with pytest.raises(ParameterError, match=r"lr must be positive and below 2 / lambda_max\(Theta\)"):
+        tm(XT, Y, lr=100.0, t=5)
+    with pytest.raises(ParameterError, match="t must be a non-negative number of steps"):
+        tm(XT, Y, lr=0.1, t=-1)
+    with pytest.raises(ParameterError, match="samples must be even"):
+        wn.theory.finite_width_training(_net(wn.Tanh()), X, Y, XT, n=8, samples=3, lr=0.1, t=1)

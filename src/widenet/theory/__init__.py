@@ -28,8 +28,9 @@ finite Bayesian networks against the NNGP posterior (Hron et al. 2020).
 Large but finite width: ``finite_width``, the 1/n corrections of perturbation theory for deep
 MLPs (Roberts, Yaida & Hanin 2021): the output's two-point correction and connected
 four-point function, the NTK's mean shift, variance and correlation with the outputs, the
-dNTK and the NTK's expected move in the first step of training; ``finite_width_samples``,
-the finite networks that check them.
+dNTK and the two ddNTKs, the NTK's expected move in the first step of training, and the
+mean prediction of a width-n network trained by gradient descent (``trained_mean``);
+``finite_width_samples`` and ``finite_width_training``, the finite networks that check them.
 """
 
 from ._signal import (DepthProfile, PhaseDiagram, SignalPropagation, correlation_map, critical_line, depth_profile,
@@ -42,7 +43,7 @@ from ._posterior import PosteriorStudy, exact_posterior, wasserstein_to_gaussian
 from ._subspace import HessianSubspace, hessian_subspace
 from ._width import WidthStudy, finite_width_study
 from ._finite_width import FiniteWidth, finite_width
-from ._fw_samples import FiniteWidthSamples, finite_width_samples
+from ._fw_samples import FiniteWidthSamples, FiniteWidthTraining, finite_width_samples, finite_width_training
 from ._spectra import KernelSpectrum, PowerLawFit, fit_power_law, kernel_spectrum
 from ._learning import LearningCurve, LearningCurvePrediction, eigenlearning, kare, learning_curve
 
@@ -55,4 +56,5 @@ __all__ = ["dual", "length_map", "correlation_map", "fixed_point_q", "fixed_poin
            "learning_rate_thresholds", "LearningRateThresholds", "catapult_probe", "CatapultRun",
            "learning_rate_sweep", "LearningRateSweep", "hessian_subspace", "HessianSubspace",
            "finite_width_study", "WidthStudy", "finite_width", "FiniteWidth",
-           "finite_width_samples", "FiniteWidthSamples", "exact_posterior", "PosteriorStudy", "wasserstein_to_gaussian"]
+           "finite_width_samples", "FiniteWidthSamples", "finite_width_training", "FiniteWidthTraining",
+           "exact_posterior", "PosteriorStudy", "wasserstein_to_gaussian"]

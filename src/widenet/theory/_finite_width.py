@@ -24,6 +24,7 @@ import torch
 from .._validate import as_inputs, available_memory, check_memory
 from ..errors import OutOfMemoryError, ParameterError, ShapeError
 from ._fw_recursion import State, first_layer, step
+from ._fw_training import TrainedMean
 from ._progress import progress_bar
 
 __all__ = ["FiniteWidth", "finite_width"]
@@ -31,10 +32,10 @@ __all__ = ["FiniteWidth", "finite_width"]
 D = torch.float64
 OWNER = "theory.finite_width"
 # Gauss-Hermite degree per dimension of the expectations over three and four distinct inputs
-# (those over one and two use the trapezoidal rule of _fw_gauss)
+# for polynomial activations, where it is exact (the others use _fw_gauss's trapezoidal rules)
 DEGREES = {3: 24, 4: 14}
 # float64 tensors of N^4 entries alive at once in a step of the full recursion
-_FULL_TENSORS = 24
+_FULL_TENSORS = 32
 # input pairs whose two-input problems run at once
 _PAIRS_AT_ONCE = 512
 
@@ -117,15 +118,7 @@ class FiniteWidth:
 
     @cached_property
     def _full(self) -> State:
-        n = self._x.shape[0]
-        need = _FULL_TENSORS * n**4 * 8
-        budget = self._memory if self._memory is not None else available_memory(torch.device("cpu")) // 4
-        if need > budget:
-            raise OutOfMemoryError(
-                f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
-                f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
-                f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
-        return _run(self._layers, self._x[None], self.widths, variance=True, dntk=True)
+        return _full_state(self._layers, self._x, self.widths, self._memory)
 
     @cached_property
     def four_point(self) -> torch.Tensor:
@@ -146,6 +139,82 @@ class FiniteWidth:
     def dntk(self) -> torch.Tensor:
         P, Q = self._full.P[0], self._full.Q[0]
         return P + Q + Q.transpose(1, 2)
+
+    @cached_property
+    def ddntk(self) -> tuple:
+        """``(I, II)``, the ddNTKs' means times n, each ``(N, N, N, N)``:
+        ``E[ddI_abcd] = I_abcd / n + O(n^-2)`` and ``E[ddII_abcd] = II_abcd / n + O(n^-2)`` with
+
+            ddI_abcd  = sum d^3 f_a / d theta_mu d theta_nu d theta_rho  d f_b / d theta_mu  d f_c / d theta_nu  d f_d / d theta_rho
+            ddII_abcd = sum d^2 f_a / d theta_mu d theta_rho  d^2 f_b / d theta_mu d theta_sigma  d f_c / d theta_rho  d f_d / d theta_sigma
+
+        (PDLT ch. 11's two ddNTKs, ``lambda = C``; for one output unit its tensors enter as
+        ``I_abcd = R_abcd + R_acdb + R_adbc`` and ``II = S + T + U``, here in this module's index
+        order). ``ddI`` is symmetric in its last three inputs, ``ddII_abcd = ddII_badc``. They
+        drive the NTK's change at second order in the step and the dNTK's change at first
+        (see :meth:`trained_mean`); their fluctuations are ``O(n^-3/2)``.
+
+        Example:
+
+            >>> net = wn.Serial(wn.Dense(1, 1.5), wn.Tanh(), wn.Dense(1, 1.5), wn.Tanh(), wn.Dense(1))
+            >>> I, II = wn.theory.finite_width(net, torch.randn(3, 2)).ddntk
+            >>> torch.allclose(I, I.permute(0, 2, 1, 3)), torch.allclose(II, II.permute(1, 0, 3, 2))
+            (True, True)
+        """
+        st = self._full
+        R = st.R[0]
+        return R + R.permute(0, 2, 1, 3) + R.permute(0, 2, 3, 1), st.S[0] + st.T[0] + st.U[0]
+
+    def trained_mean(self, x_test: Any, y_train: Any, lr: Any, t: Any) -> TrainedMean:
+        """The mean output on ``x_test`` of a width-n network trained from initialization by
+        ``t`` steps of full-batch gradient descent on ``1/2 sum_a (f(x_a) - y_a)^2`` over this
+        object's inputs ``x`` (the training set) with learning rate ``lr``, to order 1/n:
+        ``E[f_t(x_test)] = frozen + correction / n`` (a :class:`TrainedMean`; ``.at(n)``).
+
+        ``frozen`` is the infinite-width prediction (the frozen NTK); the correction adds the
+        NTK's 1/n mean shift, its fluctuation at initialization, its motion through the dNTK
+        and the ddNTKs: PDLT ch. ∞'s order-1/n solution of the training dynamics,
+        computed here by forward-mode differentiation of the exact step map expanded in those
+        statistics (written out in ``widenet/theory/_fw_training.py``). Runs the recursion on
+        the N + M inputs together (memory-checked like the (N, N, N, N) fields).
+
+        Conditions: one output unit (``Dense(1)`` readout), MSE, full batch, constant ``lr``
+        below ``2 / lambda_max(Theta)`` (where the infinite-width dynamics converge), t fixed
+        as n grows; the ReLU family only for N + M <= 2 inputs.
+
+        Args:
+            x_test: ``(M, d)`` inputs to predict on (``x`` itself for the training points).
+            y_train: ``(N,)`` targets of the training inputs.
+            lr: learning rate, positive, below ``2 / lambda_max(Theta)``.
+            t: number of steps (int; fields ``(M,)``), or a sequence of them (``(T, M)``).
+
+        Example:
+
+            >>> net = wn.Serial(wn.Dense(1, 1.5, 0.1), wn.Tanh(), wn.Dense(1, 1.5, 0.1), wn.Tanh(), wn.Dense(1))
+            >>> x, y = torch.randn(4, 2), torch.randn(4)
+            >>> tm = wn.theory.finite_width(net, x).trained_mean(torch.randn(3, 2), y, lr=0.2, t=[10, 100])
+            >>> tm.frozen.shape, tm.at(64).shape, sorted(tm.parts)
+            (torch.Size([2, 3]), torch.Size([2, 3]), ['ddntk', 'dntk', 'ntk_fluctuation', 'ntk_mean'])
+        """
+        from ._fw_training import check, trained_mean
+
+        xt, y, lr, steps, single = check(self, x_test, y_train, lr, t)
+        xs = torch.cat([self._x, xt])
+        st = _full_state(self._layers, xs, self.widths, self._memory)
+        R = st.R[0]
+        fields = {"ntk": st.Theta[0], "ntk_correction": st.Theta1[0], "nngp": st.K[0],
+                  "ntk_variance": st.A[0] + st.B[0] + st.B[0].transpose(2, 3),
+                  "dntk": st.P[0] + st.Q[0] + st.Q[0].transpose(1, 2),
+                  "ddntk_i": R + R.permute(0, 2, 1, 3) + R.permute(0, 2, 3, 1),
+                  "ddntk_ii": st.S[0] + st.T[0] + st.U[0]}
+        out = trained_mean(fields, self._x.shape[0], y, lr, steps)
+        n = self._x.shape[0]
+        frozen = out["frozen"][:, n:]
+        parts = {k: v[:, n:] for k, v in out["parts"].items()}
+        correction = sum(parts.values())
+        if single:
+            frozen, correction, parts = frozen[0], correction[0], {k: v[0] for k, v in parts.items()}
+        return TrainedMean(steps, frozen, correction, parts)
 
     def ntk_change(self, lr: Any, n: Any) -> torch.Tensor:
         """The expected change of the NTK on the inputs after one full-batch gradient-descent
@@ -168,6 +237,20 @@ class FiniteWidth:
             raise ParameterError(f"FiniteWidth.ntk_change: lr must be a positive number (got {lr!r})")
         d = self.dntk.diagonal(dim1=2, dim2=3).sum(-1)
         return -(lr / _width("ntk_change", n)) * (d + d.T)
+
+
+def _full_state(layers: list, x: torch.Tensor, widths: tuple, memory: Optional[int]) -> State:
+    """The recursion on all of ``x``'s inputs at once, with every (N, N, N, N) statistic, after
+    checking the memory it needs against ``memory`` (default a quarter of what is available)."""
+    n = x.shape[0]
+    need = _FULL_TENSORS * n**4 * 8
+    budget = memory if memory is not None else available_memory(torch.device("cpu")) // 4
+    if need > budget:
+        raise OutOfMemoryError(
+            f"{OWNER}: the (N, N, N, N) statistics of N={n} inputs need about {need / 2**30:.2f} GiB "
+            f"({_FULL_TENSORS} float64 tensors of N^4 = {n**4} entries), over the memory budget of "
+            f"{budget / 2**30:.2f} GiB; use fewer inputs, or pass memory= to finite_width")
+    return _run(layers, x[None], widths, variance=True, dntk=True)
 
 
 def _width(method: str, n: Any) -> float:
@@ -271,7 +354,8 @@ def finite_width(net, x: Any, *, widths: Optional[Sequence[float]] = None, memor
 
     Computed on the CPU in float64 (whatever ``x``'s device and dtype). Expectations over
     one and two inputs use the trapezoidal rule (spaced for the
-    activation's smoothness), over three and four Gauss-Hermite rules; ReLU's are Price's-
+    activation's smoothness), over three and four product trapezoidal rules in the
+    covariance's eigenbasis (about 1e-5 relative); ReLU's are Price's-
     theorem derivatives of its closed forms. The leading order uses each nonlinearity's own
     kernel rule, so ``nngp`` and ``ntk`` equal ``net.kernel(x)``'s.
 

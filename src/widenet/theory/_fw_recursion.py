@@ -98,15 +98,20 @@ class State:
     B: torch.Tensor | None
     P: torch.Tensor | None = None
     Q: torch.Tensor | None = None
+    R: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    T: torch.Tensor | None = None
+    U: torch.Tensor | None = None
 
 
 def first_layer(K: torch.Tensor, variance: bool, dntk: bool = False) -> State:
     """The first layer's preactivations: Gaussian, NTK equal to their covariance, no dNTK
-    (they are linear in the parameters). ``variance``: carry A, B; ``dntk``: and P, Q."""
+    (they are linear in the parameters). ``variance``: carry A, B; ``dntk``: and P, Q and the
+    ddNTKs' R, S, T, U."""
     zero2 = torch.zeros_like(K)
     zero4 = K.new_zeros(K.shape + K.shape[1:])
     more = ([zero4.clone() for _ in range(2)] if variance else [None] * 2) + (
-        [zero4.clone() for _ in range(2)] if variance and dntk else [None] * 2)
+        [zero4.clone() for _ in range(6)] if variance and dntk else [None] * 6)
     return State(K, K.clone(), zero2, zero2.clone(), zero4, zero4.clone(), zero4.clone(), *more)
 
 
@@ -155,9 +160,14 @@ class _Index:
     def carry_F(self, j1, j2, F):
         """``out[a, b, c, d] = sum_ef J_ac,e J_bd,f F[a, b, e, f]`` with ``J_ac,a = j1[a, c]``,
         ``J_ac,c = j2[a, c]`` (and their sum at a == c)."""
+        return self.carry((j1, j2), (j1, j2), F)
+
+    def carry(self, x, y, F):
+        """``out[a, b, c, d] = sum_ef X_ac,e Y_bd,f F[a, b, e, f]``, ``X_ac,a = x[0][a, c]``,
+        ``X_ac,c = x[1][a, c]``, Y the same from ``y``."""
         a, b, c, d = self.a4, self.b4, self.c4, self.d4
-        ac1, ac2 = j1[:, a, c], j2[:, a, c]
-        bd1, bd2 = j1[:, b, d], j2[:, b, d]
+        ac1, ac2 = x[0][:, a, c], x[1][:, a, c]
+        bd1, bd2 = y[0][:, b, d], y[1][:, b, d]
         return (ac1 * bd1 * F[:, a, b, a, b] + ac1 * bd2 * F[:, a, b, a, d]
                 + ac2 * bd1 * F[:, a, b, c, b] + ac2 * bd2 * F)
 
@@ -217,7 +227,8 @@ def step(state: State, phi, cw: float, cb: float, rho: float, degrees: dict) -> 
         B_new = w2 * (tt * W4 / rho + S1[:, a, c] * S1[:, b, d] * Bt)
         if state.P is not None:
             P_new, Q_new = _dntk(state, g, ix, S1, F_new, w2, rho)
-            return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new, P_new, Q_new)
+            dd = _ddntk(state, g, ix, S1, B_new, F_new, P_new, w2, rho)
+            return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new, P_new, Q_new, *dd)
     return State(K_new, Theta_new, K1_new, Theta1_new, V_new, D_new, F_new, A_new, B_new)
 
 
@@ -241,3 +252,39 @@ def _dntk(state: State, g, ix: _Index, S1, F_new, w2: float, rho: float):
                      + k2[:, a0, a1] * j2[:, a2, c] * F[:, a0, a2, a1, c])
         Q_new = Q_new + w2 * (fresh + Theta[:, a0, a1] * carried_F)
     return P_new, Q_new
+
+
+def _ddntk(state: State, g, ix: _Index, S1, B_new, F_new, P_new, w2: float, rho: float):
+    """The ddNTKs' means ``R``, ``S``, ``T``, ``U`` (module docstring). As in ``_dntk``, the
+    terms with ``s''`` or ``s'''`` along a path drop for the ReLU family."""
+    Theta, F, Bt, P, Q = state.Theta, state.F, state.B, state.P, state.Q
+    a, b, c, d = ix.a4, ix.b4, ix.c4, ix.d4
+    j = g.first()  # J_(a c), a and J_(a c), c of s'_a s_c
+    Sab, Scd, Sac, Sbd = S1[:, a, b], S1[:, c, d], S1[:, a, c], S1[:, b, d]
+
+    def with_q(x):  # (sum_e X_(a c), e Q[b, d, a, e], the same with (a, c) and (b, d) swapped)
+        return (x[0][:, a, c] * Q[:, b, d, a, a] + x[1][:, a, c] * Q[:, b, d, a, c],
+                x[0][:, b, d] * Q[:, a, c, b, b] + x[1][:, b, d] * Q[:, a, c, b, d])
+
+    jq_ac, jq_bd = with_q(j)
+    R_new = P_new[:, a, c, d, b] + w2 * Sab * Scd * state.R
+    S_new = B_new[:, a, c, b, d] + w2 * Sab * Scd * state.S
+    T_new = F_new + w2 * (Sbd * jq_ac + Sac * jq_bd + Sac * Sbd * state.T)
+    U_new = w2 * S1[:, a, d] * S1[:, b, c] * state.U
+    if g.pathwise_second:
+        k = g.two(3, 1), g.two(2, 2)  # L_(a b), a and L_(a b), b of s''_a s'_b
+        th = Theta
+        t3 = th[:, a, b] * th[:, a, c] * th[:, b, d] * g.four((2, 2, 1, 1)) / rho
+        f2110 = g.four((2, 1, 1, 0))
+        lq_ac, lq_bd = with_q(k)
+        R_new = R_new + w2 * (th[:, a, b] * th[:, a, c] * th[:, a, d] * g.four((3, 1, 1, 1)) / rho
+                              + th[:, a, b] * k[0][:, a, b] * Scd * Bt[:, a, c, a, d]
+                              + th[:, a, b] * Scd * (k[0][:, a, b] * P[:, a, c, d, a] + k[1][:, a, b] * P[:, a, c, d, b]))
+        S_new = S_new + w2 * (t3 + th[:, a, b] * k[1][:, a, b] * Scd * Bt[:, a, c, b, d])
+        T_new = T_new + w2 * (th[:, a, b] * th[:, b, d] * f2110.permute(0, 2, 1, 4, 3) / rho
+                              + th[:, a, b] * th[:, a, c] * f2110 / rho + t3
+                              + th[:, b, d] * ix.carry(j, k, F) + th[:, a, c] * ix.carry(k, j, F)
+                              + th[:, a, c] * th[:, b, d] * ix.carry(k, k, F)
+                              + th[:, a, c] * Sbd * lq_ac + th[:, b, d] * Sac * lq_bd)
+        U_new = U_new + w2 * t3
+    return R_new, S_new, T_new, U_new
