@@ -68,6 +68,11 @@ class FiniteWidth:
             (PDLT ch. 11's dNTK, whose correlation with the outputs it defines through its
             tensors ``P_abcd + Q_abcd + Q_acbd``): how the NTK moves in the first step of
             training, see :meth:`ntk_change`.
+        ddntk: ``(I, II)``, the two ddNTKs' means times n (see :attr:`ddntk`).
+
+    Methods: :meth:`nngp_at`, :meth:`ntk_at` (the corrected expectations at width n),
+    :meth:`ntk_change` (the NTK's expected first step) and :meth:`trained_mean` (the mean
+    prediction of a width-n network trained by gradient descent for t steps).
 
     For networks of the ReLU family, the (N, N, N, N) fields are given for one or two inputs
     (see the docs' finite-width page).

@@ -56,14 +56,35 @@ exactly the new layer's F). The terms with ``s''`` in front (the fresh ones, B's
 come from the activation's second derivative along the path; for the ReLU family it is
 zero almost surely, so they drop there, while ``J``, a derivative of an expectation, keeps
 its delta functions.
+The ddNTKs ``ddI_i0i1i2i3 = d^3 z_i0 [g_i1, g_i2, g_i3]`` and ``ddII_i1i2i3i4 = <Hess z_i1 g_i3,
+Hess z_i2 g_i4>`` (``g`` the gradients; PDLT ch. 11) have means of order 1/n,
+
+    E[ddI_i0i1i2i3]  = (d01 d23 R_a0a1a2a3 + d02 d13 R_a0a2a1a3 + d03 d12 R_a0a3a1a2) / n
+    E[ddII_i1i2i3i4] = (d12 d34 S_a1a2a3a4 + d13 d24 T_a1a2a3a4 + d14 d23 U_a1a2a3a4) / n
+
+(R symmetric in its last two inputs; PDLT's R, S, T, U, here in slot order). With ``(a, b,
+c, d)`` for the four inputs and ``L_ab,e = <d_e (s''_a s'_b)>`` (``L_ab,a = <s'''_a s'_b>``,
+``L_ab,b = <s''_a s''_b>``), Gaussian integration over the new weights gives
+
+    R' = P'_acdb + C_W^2 [Theta_ab Theta_ac Theta_ad <s'''_a s'_b s'_c s'_d> + Theta_ab <s'''_a s'_b> S'_cd B_acad
+                          + Theta_ab S'_cd sum_e L_ab,e P_acde + S'_ab S'_cd R]
+    S' = B'_acbd + C_W^2 [W + Theta_ab <s''_a s''_b> S'_cd B_acbd + S'_ab S'_cd S]
+    T' = F' + C_W^2 [W + Theta_ab Theta_bd <s'_a s''_b s_c s'_d> + Theta_ab Theta_ac <s''_a s'_b s'_c s_d>
+                     + Theta_bd (J L F)_abcd + Theta_ac (L J F)_abcd + Theta_ac Theta_bd (L L F)_abcd
+                     + S'_bd sum_e (J + Theta_ac L)_ac,e Q_bdae + S'_ac sum_e (J + Theta_bd L)_bd,e Q_acbe
+                     + S'_ac S'_bd T]
+    U' = C_W^2 [W + S'_ad S'_bc U],     W = Theta_ab Theta_ac Theta_bd <s''_a s''_b s'_c s'_d>
+
+where ``(X Y F)_abcd = sum_ef X_ac,e Y_bd,f F_abef``. A new weight in one slot gives back the new layer's own P (for
+ddI) and B, F (for ddII), the first terms; the rest take two or three earlier parameters.
 The first hidden layer is Gaussian with a deterministic NTK: ``V = D = F = A = B = K1 =
-Theta1 = 0``. They follow from Gaussian integration over the new layer's weights given the
-previous layer, the previous layer's statistics entering through cumulant expansions
+Theta1 = 0`` (and no dNTK or ddNTKs: ``P = Q = R = S = T = U = 0``). They follow from
+Gaussian integration over the new layer's weights given the previous layer, the previous layer's statistics entering through cumulant expansions
 (``E[f(z) X] = 1/2 sum <d_e d_f f> E[X z_e z_f]`` for the centred, order-1/sqrt(n) X). They
 are the multi-input forms of PDLT's recursions for the four-point vertex and the
 next-to-leading-order metric (ch. 4) and for the NTK's mean, its cross-correlations D, F with
-the preactivations and its variance A, B (ch. 8), written for ``lambda = C``; this derivation
-stands on its own, and the test suite checks every tensor against Monte Carlo of finite
+the preactivations and its variance A, B (ch. 8), written for ``lambda = C``, and of
+PDLT ch. 11's dNTK and ddNTK statistics; this derivation stands on its own, and the test suite checks every tensor against Monte Carlo of finite
 networks.
 
 Hidden layers of unequal widths ``n_l = rho_l n``: every term of a layer's statistics that is

@@ -140,11 +140,11 @@ def trained_mean(fields: dict, n_train: int, y: torch.Tensor, lr: float, steps: 
     Theta = fields["ntk"]
     m, a = Theta.shape[0], n_train
     wanted = sorted(set(steps))
-    last = wanted[-1]
+    last, keep_at = wanted[-1], set(wanted)
     Th, ThA = Theta[:, :a], Theta[:a, :a]
 
     def record(out, s, value):
-        if s in wanted:
+        if s in keep_at:
             out.append(value)
 
     # the frozen trajectory from outputs z0 (B, a) on the training inputs: errors e_t (B, a)
@@ -171,8 +171,7 @@ def trained_mean(fields: dict, n_train: int, y: torch.Tensor, lr: float, steps: 
             z, z1, z2 = z - lr * e @ Th.T, z1 - lr * (e1 @ Th.T + Ve), z2 - lr * (e2 @ Th.T + Ve1)
         return [torch.stack(o, 1) for o in out]  # (B, T, m): the coefficients of eps^0, eps^1, eps^2
 
-    Vs = torch.cat([fields["ntk_correction"][None, :, :a]])
-    base, ntk_mean, _ = (o[0] for o in frozen(Vs))
+    base, ntk_mean, _ = (o[0] for o in frozen(fields["ntk_correction"][None, :, :a]))
     C = fields["ntk_variance"][:, :a, :, :a].reshape(m * a, m * a)
     lam, vec = torch.linalg.eigh((C + C.T) / 2)
     keep = lam > lam.abs().max() * 1e-12
