@@ -16,6 +16,7 @@ once per multiset and the value scattered to every ordering.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
@@ -151,6 +152,44 @@ def _shape(t: tuple) -> tuple:
     return tuple(out)
 
 
+
+_GRIDS: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+_GRID_BYTES = 1 << 28  # what the cache of grids may hold (least recently used go first)
+
+
+def _ball_grid(halves: tuple) -> tuple:
+    """The product trapezoidal rule on the ball of radius ``_RANGE_K`` with ``2 h + 1`` nodes on
+    an axis of ``halves`` (one node at 0 where h = 0): points ``(P, k)`` and standard-normal
+    weights ``(P,)``. Cached up to ``_GRID_BYTES``: the tuples of one layer often share their
+    node counts (callers round them up onto a ladder ~12% apart, ``_nodes``). The ball is cut
+    from the squared radii's outer sum, so the box's points are never materialized."""
+    if halves in _GRIDS:
+        _GRIDS.move_to_end(halves)
+        return _GRIDS[halves]
+    axes = [torch.linspace(-_RANGE_K, _RANGE_K, 2 * h + 1, dtype=D) if h else torch.zeros(1, dtype=D)
+            for h in halves]
+    k = len(axes)
+    r2 = torch.zeros((), dtype=D)
+    for a, x in enumerate(axes):
+        r2 = r2.unsqueeze(-1) + (x * x).reshape((1,) * a + (-1,))
+    inside = r2 <= _RANGE_K**2
+    index = inside.nonzero()
+    grid = torch.stack([axes[a][index[:, a]] for a in range(k)], -1)
+    scale = math.prod(float(x[1] - x[0]) / math.sqrt(2 * math.pi) for x in axes if len(x) > 1)
+    rule = grid, scale * torch.exp(-0.5 * r2[inside])
+    _GRIDS[halves] = rule
+    while sum(g.numel() + w.numel() for g, w in _GRIDS.values()) * 8 > _GRID_BYTES and len(_GRIDS) > 1:
+        _GRIDS.popitem(last=False)
+    return rule
+
+
+def _nodes(half: int) -> int:
+    """``half`` rounded up onto a ladder of steps ~12% apart (8, 9, ..., 16, 18, 20, ...), so
+    that nearby tuples share one cached grid."""
+    q = max(1, half // 8)
+    return -(-half // q) * q
+
+
 class Gauss:
     """Expectations under a batch of Gaussians ``N(0, K[b])``, see the module docstring.
     ``expect(patterns)`` computes several patterns of one arity in one pass over the
@@ -253,22 +292,13 @@ class Gauss:
         k = cov.shape[-1]
         vals, vecs = torch.linalg.eigh(cov)
         vals = vals.clamp_min(0)
-        axes, weights = [], []
         top = float(vals.max())
-        for lam in vals.tolist():
-            if lam <= 1e-14 * top:  # a singular direction: the integrand does not vary along it
-                axes.append(torch.zeros(1, dtype=D))
-                weights.append(torch.ones(1, dtype=D))
-                continue
-            # at least 8 nodes a side: the Gaussian weight itself then errs by exp(-2 pi^2 / h^2) ~ 1e-11
-            half = max(math.ceil(_RANGE_K * math.sqrt(lam) / (_COARSE * self.step)), 8)
-            x = torch.linspace(-_RANGE_K, _RANGE_K, 2 * half + 1, dtype=D)
-            axes.append(x)
-            weights.append((x[1] - x[0]) * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi))
-        grid = torch.cartesian_prod(*axes).reshape(-1, k)
-        w = torch.cartesian_prod(*weights).reshape(-1, k).prod(-1)
-        inside = (grid * grid).sum(-1) <= _RANGE_K**2
-        grid, w = grid[inside], w[inside]
+        # nodes a side per axis, 0 for a singular direction (the integrand does not vary along
+        # it); at least 8 a side: the Gaussian weight itself then errs by exp(-2 pi^2 / h^2) ~ 1e-11
+        halves = tuple(0 if lam <= 1e-14 * top else
+                       _nodes(max(math.ceil(_RANGE_K * math.sqrt(lam) / (_COARSE * self.step)), 8))
+                       for lam in vals.tolist())
+        grid, w = _ball_grid(halves)
         root = vecs * vals.sqrt()
         sums = {key: torch.zeros((), dtype=D) for key in keys}
         at_once = max(1, _AT_ONCE // (k * (order + 1)))
