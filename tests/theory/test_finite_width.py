@@ -508,5 +508,7 @@ def test_unsupported_architectures_and_inputs_are_refused_naming_the_layer():
         tm(XT, Y, lr=100.0, t=5)
     with pytest.raises(ParameterError, match="t must be a non-negative number of steps"):
         tm(XT, Y, lr=0.1, t=-1)
+    with pytest.raises(ParameterError, match=r"trained mean needs a smooth activation, and LeakyRelu.* order n\^-1/2"):
+        fwf(_net(wn.LeakyRelu(0.1)), X[:1]).trained_mean(XT[:1], Y[:1], lr=0.1, t=5)
     with pytest.raises(ParameterError, match="samples must be even"):
         wn.theory.finite_width_training(_net(wn.Tanh()), X, Y, XT, n=8, samples=3, lr=0.1, t=1)

@@ -185,7 +185,8 @@ class FiniteWidth:
 
         Conditions: one output unit (``Dense(1)`` readout), MSE, full batch, constant ``lr``
         below ``2 / lambda_max(Theta)`` (where the infinite-width dynamics converge), t fixed
-        as n grows; the ReLU family only for N + M <= 2 inputs.
+        as n grows; a smooth activation (the ReLU family is refused: its kink moves trained
+        networks' mean at order n^-1/2, outside any 1/n expansion).
 
         Args:
             x_test: ``(M, d)`` inputs to predict on (``x`` itself for the training points).

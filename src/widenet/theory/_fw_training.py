@@ -109,6 +109,16 @@ def check(fw, x_test: Any, y_train: Any, lr: Any, t: Any):
             f"{OWNER}: the network's readout {readout!r} has {readout.out_features} outputs; the trained "
             "mean is derived for one output unit (outputs trained together on MSE couple at order 1/n "
             "through the NTK's off-diagonal fluctuations): end the network with Dense(1)")
+    from ..layers import ABRelu
+
+    kinked = [layer for layer in fw._layers if isinstance(layer, ABRelu)]
+    if kinked:
+        raise ParameterError(
+            f"{OWNER}: the trained mean needs a smooth activation, and {kinked[0]!r} is of the ReLU family: "
+            "trained by gradient descent, a ReLU network's units whose preactivations cross the kink move "
+            "its mean prediction at order n^-1/2 (measured: n (E f_t - frozen) grows with n instead of "
+            "settling), which no 1/n expansion holds; use a smooth activation (Gelu, Softplus, Tanh, Erf) or "
+            "train finite networks with theory.finite_width_training")
     xt = as_inputs(OWNER, "x_test", x_test).to(device="cpu", dtype=D)
     if xt.ndim != 2 or xt.shape[1] != x.shape[1] or xt.shape[0] < 1:
         raise ShapeError(f"{OWNER}: x_test must have shape (M, {x.shape[1]}) like the training inputs "
