@@ -275,7 +275,7 @@ def check_against_quadrature(layer: wn.Layer, rtol: float = 1e-9) -> None:
     """Closed form against a degree-200 Gauss-Hermite rule over the same function."""
     q1, q2, K = covariances()
     T, Tdot, var = dual(layer, q1, q2, K)
-    reference = wn.Elementwise(layer.fn, autograd_derivative(layer.fn), degree=200)
+    reference = wn.Elementwise(layer.fn, dfn=autograd_derivative(layer.fn), degree=200)
     T_ref, Tdot_ref, var_ref = dual(reference, q1, q2, K)
     scale = T_ref.abs().max()
     assert torch.allclose(T, T_ref, rtol=rtol, atol=rtol * scale), layer

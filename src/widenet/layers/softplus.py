@@ -42,6 +42,8 @@ class Softplus(Elementwise):
     beta: float = 1.0
     degree: int = field(default=96, kw_only=True)
     fn: Callable = field(default=None, init=False, repr=False)
+    nngp_fn: Optional[Callable] = field(default=None, init=False, repr=False)
+    d_nngp_fn: Optional[Callable] = field(default=None, init=False, repr=False)
     dfn: Optional[Callable] = field(default=None, init=False, repr=False)
     name: Optional[str] = field(default="softplus", init=False, repr=False)
 
