@@ -39,8 +39,11 @@ def test_dual_variance_and_derivative_agree_with_the_kernel_rule_and_autograd(la
 def test_nonlinearity_needs_a_gaussian_input():
     with pytest.raises(LayerOrderError, match=r"Relu: its input must be Gaussian, i.e. the output of an affine layer"):
         wn.Serial(wn.Relu(), wn.Dense(1)).kernel(X)
-    with pytest.raises(LayerOrderError, match=r"Erf: its input must be Gaussian.*cannot follow .* another nonlinearity"):
-        wn.Serial(wn.Dense(4), wn.Relu(), wn.Erf()).kernel(X)
+    # next to each other in a Serial they compose (tests/layers/test_chain.py); across a
+    # branch point they cannot
+    with pytest.raises(LayerOrderError, match=r"Erf: its input must be Gaussian.*only next to it in a Serial"):
+        wn.Serial(wn.Dense(4), wn.Relu(), wn.FanOut(2), wn.Parallel(wn.Erf(), wn.Identity()),
+                  wn.FanInSum()).kernel(X)
 
 
 def test_single_input_and_zero_norm_inputs_are_finite():

@@ -25,6 +25,7 @@ from .rectified_monomial import RectifiedMonomial
 from .quadrature import Elementwise
 from .tanh import Tanh
 from .softplus import Softplus
+from .chain import Chain
 from .pooling import AvgPool, MaxPool, SumPool
 from .global_pool import GlobalAvgPool, GlobalSumPool
 from .flatten import Flatten

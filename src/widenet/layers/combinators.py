@@ -32,6 +32,10 @@ def _check_layers(owner: str, layers: tuple) -> tuple:
 class Serial(Layer):
     """Applies ``layers`` one after another: ``Serial(a, b, c)(x) = c(b(a(x)))``.
 
+    Consecutive nonlinearities (``wn.Relu(), wn.Erf()``), also across nested ``Serial``s, are
+    one elementwise function of their Gaussian input: the kernel is that of their ``Chain``
+    (exact; see ``widenet.layers.chain``), the twin applies them one by one.
+
     Example:
 
         >>> net = wn.Serial(wn.Dense(512), wn.Relu(), wn.Dense(1))   # also wn.Dense(512) >> wn.Relu()
@@ -46,7 +50,9 @@ class Serial(Layer):
         return any(layer._needs_full() for layer in self.layers)
 
     def _rule(self, flow: Flow) -> Flow:
-        for layer in self.layers:
+        from .chain import merge_runs
+
+        for layer in merge_runs(self.layers):
             flow = layer._rule(flow)
             for w in flow if isinstance(flow, tuple) else (flow,):
                 w.remask()

@@ -110,7 +110,8 @@ class Nonlinearity(Layer):
             raise LayerOrderError(
                 f"{self._name}: its input must be Gaussian, i.e. the output of an affine layer "
                 f"such as Dense; add a Dense layer before it (a nonlinearity cannot follow the "
-                f"network input or another nonlinearity directly)"
+                f"network input, and follows another nonlinearity only next to it in a Serial, "
+                f"where the two compose)"
             )
         if w.nngp is not None:
             # Each input against itself takes its own covariance's exact bits first: the rules

@@ -162,6 +162,11 @@ class ABRelu(Nonlinearity):
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """``a`` where ``x < 0``, ``b`` where ``x > 0``, 0 at the kink (as autograd has it for
+        ``torch.relu``); differentiable in ``a`` and ``b`` when they are tensors."""
+        return self.a * (x < 0).to(x.dtype) + self.b * (x > 0).to(x.dtype)
+
     def _tile(self, w: Tile) -> None:
         factor = (self.a - self.b) ** 2 / (2 * PI)
         half = (self.a**2 + self.b**2) / 2
