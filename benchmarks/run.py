@@ -14,6 +14,9 @@ Workloads (names for --only):
   cnn1d-pool  the same with 1-D convolutions of width 3 on 1x40 inputs, N=400
   cnn1d-pool-small  the same, N=200
   cnn-flatten the 8x8 CNN with Flatten instead of pooling, N=200
+  cnn-transpose     ConvTranspose 3x3 stride 2 "same" + ReLU + Conv 3x3 + ReLU + GlobalAvgPool +
+              Dense on 1x6x6 inputs (12x12 after the transposed convolution), N=60
+  cnn1d-transpose   the same in 1-D, width 3, on 1x20 inputs, N=200
   attention   one transformer block (softmax self-attention with positional embeddings,
               LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
 
@@ -61,6 +64,12 @@ def cnn(head):
     return wn.Serial(*convs, head, wn.Dense(10, 1.4, 0.1))
 
 
+def transpose_cnn():
+    return wn.Serial(wn.ConvTranspose(64, 3, stride=2, padding="same", W_std=1.4, b_std=0.1), wn.Relu(),
+                     wn.Conv(64, 3, padding="same", W_std=1.4, b_std=0.1), wn.Relu(),
+                     wn.GlobalAvgPool(), wn.Dense(10, 1.4, 0.1))
+
+
 def transformer_block():
     attention = wn.SelfAttention(64, pos_emb="sum", b_std=0.1)
     mlp = wn.Serial(wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Dense(64, 1.0, 0.1))
@@ -79,6 +88,8 @@ WORKLOADS = {
     "cnn1d-pool": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 400),
     "cnn1d-pool-small": (lambda: cnn(wn.GlobalAvgPool()), (1, 40), 200),
     "cnn-flatten": (lambda: cnn(wn.Flatten()), (1, 8, 8), 200),
+    "cnn-transpose": (transpose_cnn, (1, 6, 6), 60),
+    "cnn1d-transpose": (transpose_cnn, (1, 20), 200),
     "attention": (transformer_block, (4, 32), 200),
 }
 

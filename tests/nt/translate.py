@@ -128,6 +128,13 @@ def _conv(layer, ndim):
                 parameterization=layer.parameterization)
 
 
+@translates(wn.ConvTranspose)
+def _conv_transpose(layer, ndim):
+    return call("ConvTranspose", layer.out_channels, _size(layer.kernel_size, ndim), _size(layer.stride, ndim),
+                _PADDING[layer.padding], W_std=layer.W_std, b_std=layer.b_std,
+                parameterization=layer.parameterization)
+
+
 # ---- nonlinearities -----------------------------------------------------------------------------
 @translates(wn.Relu)
 def _relu(layer, ndim):

@@ -14,6 +14,7 @@ from .fan_in import FanInConcat, FanInProd, FanInSum
 from .identity import Identity
 from .dense import Dense
 from .conv import Conv
+from .conv_transpose import ConvTranspose
 from .relu import ABRelu, Abs, LeakyRelu, Relu
 from .erf import Erf, SigmoidLike
 from .gelu import Gelu

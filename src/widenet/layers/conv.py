@@ -99,35 +99,7 @@ class Conv(Layer):
             groups = [[a, b] for a, b in zip(first, second)] if second else [[a] for a in first]
             return window_sum(t, groups, window_size, stride, dilation, pads, circular)
 
-        w_var = self.W_std**2
-        b_var = 0.0 if self.b_std is None else self.b_std**2
-        k_scale = w_var * scale  # one pass: W_std^2 A[K] + b_std^2 from the window sum
-        if w.nngp is not None:
-            k = window(w.nngp)
-            if w.ntk is not None:
-                # The input layer's NTK is zero: its window sum is zero too (skipped).
-                theta = None if w.ntk_is_zero else window(w.ntk)
-                if self.parameterization == "standard":
-                    # C_in prod(kernel_size) A[K] is C_in times the window sum k.
-                    if theta is None:
-                        theta = scratch.call(torch.mul, k, float(w.width))
-                    else:
-                        theta.mul_(k_scale).add_(k, alpha=float(w.width))
-                    if self.b_std is not None:
-                        theta.add_(1.0)
-                    k = exact.scale_add_(k, k_scale, b_var)
-                else:
-                    k = exact.scale_add_(k, k_scale, b_var)
-                    theta = scratch.clone(k) if theta is None else exact.scale_add_(theta, k_scale, k)
-                w.ntk = theta
-            else:
-                k = exact.scale_add_(k, k_scale, b_var)
-            w.nngp = k
-        w.set_covs(lambda c: exact.scale_add_(window(c), k_scale, b_var))
-        w.spatial = out_spatial
-        w.is_gaussian = True
-        w.width = self.out_channels
-        return w
+        return affine_window_rule(self, w, window, scale, out_spatial)
 
     def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
         spec = self._single_spec(spec)
@@ -229,3 +201,40 @@ class ConvModule(LazyModuleMixin, nn.Module):
             f"parameterization={self.parameterization!r}"
             + ("" if self.init == "gaussian" else f", init={self.init!r}")
         )
+
+
+def affine_window_rule(layer, w, window, scale: float, out_spatial: tuple):
+    """The kernel rule of a convolution-like layer (``Conv``, ``ConvTranspose``): with
+    ``window(t)`` the sum of ``t`` over tied filter offsets and ``scale = 1 / prod(kernel_size)``,
+    ``K' = W_std^2 scale window(K) + b_std^2`` and the NTK of ``layer.parameterization``
+    (see ``Conv``); the own covariances alike. ``layer`` gives ``W_std``, ``b_std``,
+    ``parameterization`` and ``out_channels``."""
+    w_var = layer.W_std**2
+    b_var = 0.0 if layer.b_std is None else layer.b_std**2
+    k_scale = w_var * scale  # one pass: W_std^2 A[K] + b_std^2 from the window sum
+    if w.nngp is not None:
+        k = window(w.nngp)
+        if w.ntk is not None:
+            # The input layer's NTK is zero: its window sum is zero too (skipped).
+            theta = None if w.ntk_is_zero else window(w.ntk)
+            if layer.parameterization == "standard":
+                # C_in prod(kernel_size) A[K] is C_in times the window sum k.
+                if theta is None:
+                    theta = scratch.call(torch.mul, k, float(w.width))
+                else:
+                    theta.mul_(k_scale).add_(k, alpha=float(w.width))
+                if layer.b_std is not None:
+                    theta.add_(1.0)
+                k = exact.scale_add_(k, k_scale, b_var)
+            else:
+                k = exact.scale_add_(k, k_scale, b_var)
+                theta = scratch.clone(k) if theta is None else exact.scale_add_(theta, k_scale, k)
+            w.ntk = theta
+        else:
+            k = exact.scale_add_(k, k_scale, b_var)
+        w.nngp = k
+    w.set_covs(lambda c: exact.scale_add_(window(c), k_scale, b_var))
+    w.spatial = out_spatial
+    w.is_gaussian = True
+    w.width = layer.out_channels
+    return w
