@@ -135,6 +135,13 @@ def _conv_transpose(layer, ndim):
                 parameterization=layer.parameterization)
 
 
+@translates(wn.ConvLocal)
+def _conv_local(layer, ndim):
+    return call("ConvLocal", layer.out_channels, _size(layer.kernel_size, ndim), _size(layer.stride, ndim),
+                _PADDING[layer.padding], W_std=layer.W_std, b_std=layer.b_std,
+                parameterization=layer.parameterization)
+
+
 # ---- nonlinearities -----------------------------------------------------------------------------
 @translates(wn.Relu)
 def _relu(layer, ndim):

@@ -15,6 +15,7 @@ from .identity import Identity
 from .dense import Dense
 from .conv import Conv
 from .conv_transpose import ConvTranspose
+from .conv_local import ConvLocal
 from .relu import ABRelu, Abs, LeakyRelu, Relu
 from .erf import Erf, SigmoidLike
 from .gelu import Gelu

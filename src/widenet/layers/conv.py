@@ -65,31 +65,31 @@ class Conv(Layer):
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "out_channels", check_int("Conv", "out_channels", self.out_channels, minimum=1))
+        set_(self, "out_channels", check_int(self._name, "out_channels", self.out_channels, minimum=1))
         for name in ("kernel_size", "stride", "dilation"):
-            set_(self, name, check_size("Conv", name, getattr(self, name)))
-        check_choice("Conv", "padding", self.padding, PADDINGS)
-        set_(self, "W_std", check_float("Conv", "W_std", self.W_std, minimum=0.0, tensor=True))
-        set_(self, "b_std", check_float("Conv", "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
-        check_choice("Conv", "parameterization", self.parameterization, ("ntk", "standard"))
+            set_(self, name, check_size(self._name, name, getattr(self, name)))
+        check_choice(self._name, "padding", self.padding, PADDINGS)
+        set_(self, "W_std", check_float(self._name, "W_std", self.W_std, minimum=0.0, tensor=True))
+        set_(self, "b_std", check_float(self._name, "b_std", self.b_std, minimum=0.0, allow_none=True, tensor=True))
+        check_choice(self._name, "parameterization", self.parameterization, ("ntk", "standard"))
 
     def _geometry(self, spatial: tuple[int, ...]):
         d = len(spatial)
-        window = as_tuple("Conv", "kernel_size", self.kernel_size, d)
-        stride = as_tuple("Conv", "stride", self.stride, d)
-        dilation = as_tuple("Conv", "dilation", self.dilation, d)
-        geo = [pads_for("Conv", n, k, s, r, self.padding) for n, k, s, r in zip(spatial, window, stride, dilation)]
+        window = as_tuple(self._name, "kernel_size", self.kernel_size, d)
+        stride = as_tuple(self._name, "stride", self.stride, d)
+        dilation = as_tuple(self._name, "dilation", self.dilation, d)
+        geo = [pads_for(self._name, n, k, s, r, self.padding) for n, k, s, r in zip(spatial, window, stride, dilation)]
         return window, stride, dilation, [(lo, hi) for lo, hi, _ in geo], tuple(o for _, _, o in geo)
 
     def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
-        spatial = spatial_of("Conv", w)
+        spatial = spatial_of(self._name, w)
         window_size, stride, dilation, pads, out_spatial = self._geometry(spatial)
         d = len(spatial)
         if w.masked and (self.padding != "same" or any(s != 1 for s in stride)):
             # With zeros at padded positions, a stride-1 "same" convolution of a padded input
             # is exactly that of the unpadded one; other geometries move or wrap positions.
-            w.require_unmasked("Conv", f"has padding={self.padding!r} and stride={stride} "
+            w.require_unmasked(self._name, f"has padding={self.padding!r} and stride={stride} "
                                        f"(masks need padding='same' and stride 1)")
         scale = 1.0 / math.prod(window_size)
         circular = self.padding == "circular"
@@ -99,7 +99,12 @@ class Conv(Layer):
             groups = [[a, b] for a, b in zip(first, second)] if second else [[a] for a in first]
             return window_sum(t, groups, window_size, stride, dilation, pads, circular)
 
-        return affine_window_rule(self, w, window, scale, out_spatial)
+        return affine_window_rule(self, w, window, scale, out_spatial, self._positions(d))
+
+    def _positions(self, d: int):
+        """What the rule does to its outputs last (``ConvLocal`` keeps the position
+        diagonal); None for a convolution."""
+        return None
 
     def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
         spec = self._single_spec(spec)
@@ -203,12 +208,13 @@ class ConvModule(LazyModuleMixin, nn.Module):
         )
 
 
-def affine_window_rule(layer, w, window, scale: float, out_spatial: tuple):
+def affine_window_rule(layer, w, window, scale: float, out_spatial: tuple, post=None):
     """The kernel rule of a convolution-like layer (``Conv``, ``ConvTranspose``): with
     ``window(t)`` the sum of ``t`` over tied filter offsets and ``scale = 1 / prod(kernel_size)``,
     ``K' = W_std^2 scale window(K) + b_std^2`` and the NTK of ``layer.parameterization``
     (see ``Conv``); the own covariances alike. ``layer`` gives ``W_std``, ``b_std``,
-    ``parameterization`` and ``out_channels``."""
+    ``parameterization`` and ``out_channels``; ``post(t, full)``, when given, transforms every
+    result last (the tile's kernels and the own covariances)."""
     w_var = layer.W_std**2
     b_var = 0.0 if layer.b_std is None else layer.b_std**2
     k_scale = w_var * scale  # one pass: W_std^2 A[K] + b_std^2 from the window sum
@@ -229,11 +235,14 @@ def affine_window_rule(layer, w, window, scale: float, out_spatial: tuple):
             else:
                 k = exact.scale_add_(k, k_scale, b_var)
                 theta = scratch.clone(k) if theta is None else exact.scale_add_(theta, k_scale, k)
-            w.ntk = theta
+            w.ntk = theta if post is None else post(theta, w.is_full)
         else:
             k = exact.scale_add_(k, k_scale, b_var)
-        w.nngp = k
-    w.set_covs(lambda c: exact.scale_add_(window(c), k_scale, b_var))
+        w.nngp = k if post is None else post(k, w.is_full)
+    if post is None:
+        w.set_covs(lambda c: exact.scale_add_(window(c), k_scale, b_var))
+    else:
+        w.set_covs(lambda c: post(exact.scale_add_(window(c), k_scale, b_var), w.is_full))
     w.spatial = out_spatial
     w.is_gaussian = True
     w.width = layer.out_channels
