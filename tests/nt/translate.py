@@ -142,6 +142,14 @@ def _conv_local(layer, ndim):
                 parameterization=layer.parameterization)
 
 
+@translates(wn.ImageResize)
+def _image_resize(layer, ndim):
+    if layer.method not in ("linear", "nearest"):
+        raise NoCounterpart(f"Neural Tangents' ImageResize kernel has no {layer.method!r} method")
+    size = layer.size if isinstance(layer.size, tuple) else (layer.size,) * ndim
+    return call("ImageResize", (-1,) + size + (-1,), method=layer.method, antialias=layer.antialias)
+
+
 # ---- nonlinearities -----------------------------------------------------------------------------
 @translates(wn.Relu)
 def _relu(layer, ndim):

@@ -31,6 +31,7 @@ from .chain import Chain
 from .pooling import AvgPool, MaxPool, SumPool
 from .global_pool import GlobalAvgPool, GlobalSumPool
 from .flatten import Flatten
+from .image_resize import ImageResize
 from .layer_norm import LayerNorm
 from .batch_norm import BatchNorm
 from .dropout import Dropout
