@@ -20,6 +20,8 @@ def build(node, stax):
         args = [build(a, stax) for a in node["args"]]
         kwargs = {k: build(v, stax) for k, v in node["kwargs"].items()}
         return getattr(stax, node["fn"])(*args, **kwargs)
+    if isinstance(node, dict) and "slice" in node:  # a slice (for Index)
+        return slice(*node["slice"])
     if isinstance(node, list):
         return tuple(build(v, stax) for v in node)
     return node

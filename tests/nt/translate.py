@@ -150,6 +150,15 @@ def _image_resize(layer, ndim):
     return call("ImageResize", (-1,) + size + (-1,), method=layer.method, antialias=layer.antialias)
 
 
+@translates(wn.Index)
+def _index(layer, ndim):
+    items = layer._plan(2 + ndim)
+    if items[1] != slice(None):
+        raise NoCounterpart("Neural Tangents' Index kernel cannot slice the channel axis")
+    as_json = [item if isinstance(item, int) else {"slice": [item.start, item.stop, item.step]} for item in items]
+    return call("Index", (as_json[0],) + tuple(as_json[2:]) + (as_json[1],))
+
+
 # ---- nonlinearities -----------------------------------------------------------------------------
 @translates(wn.Relu)
 def _relu(layer, ndim):

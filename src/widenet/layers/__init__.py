@@ -32,6 +32,7 @@ from .pooling import AvgPool, MaxPool, SumPool
 from .global_pool import GlobalAvgPool, GlobalSumPool
 from .flatten import Flatten
 from .image_resize import ImageResize
+from .index import Index, Slice
 from .layer_norm import LayerNorm
 from .batch_norm import BatchNorm
 from .dropout import Dropout
