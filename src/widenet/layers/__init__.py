@@ -33,6 +33,7 @@ from .global_pool import GlobalAvgPool, GlobalSumPool
 from .flatten import Flatten
 from .image_resize import ImageResize
 from .index import Index, Slice
+from .dot_general import DotGeneral
 from .layer_norm import LayerNorm
 from .batch_norm import BatchNorm
 from .dropout import Dropout
