@@ -207,6 +207,18 @@ class KernelContract(LayerContract):
             assert rel_error(getattr(ours, name), torch.from_numpy(np.asarray(theirs[name]))) <= 1e-10, name
 
 
+def check_neural_tangents(net: wn.Layer, x1: torch.Tensor, x2: torch.Tensor, tol: float = 1e-10) -> None:
+    """``net``'s NNGP and NTK equal Neural Tangents' on the same inputs within ``tol``
+    (relative to the largest entry), with ``x2`` given and with ``x2=None``."""
+    from nt import nt_kernel
+
+    for second in (x2, None):
+        theirs = nt_kernel(net, x1, second)
+        ours = net.kernel(x1, second)
+        for name in ("nngp", "ntk"):
+            assert rel_error(getattr(ours, name), torch.as_tensor(theirs[name])) <= tol, (name, second is None)
+
+
 class NonlinearityContract(KernelContract):
     """The contract of elementwise layers: ``layer_type`` with ``params`` inside
     ``Dense - phi - Dense``, in both parameterizations, and its dual activation against an

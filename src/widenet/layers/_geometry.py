@@ -16,7 +16,7 @@ from .._validate import check_int
 from ..errors import ParameterError, ShapeError
 
 __all__ = ["PADDINGS", "Size", "as_tuple", "check_size", "pads_for", "spatial_of", "pad_input",
-           "torch_pads", "spatial_pads"]
+           "torch_pads", "spatial_pads", "map_positions"]
 
 PADDINGS = ("same", "valid", "circular")
 
@@ -92,3 +92,16 @@ def pad_input(x: torch.Tensor, pads, padding: str) -> torch.Tensor:
     if not any(flat):
         return x
     return torch.nn.functional.pad(x, flat, mode="circular" if padding == "circular" else "constant")
+
+
+def map_positions(tile: Tile, fn, out_spatial: Sequence[int]) -> Tile:
+    """Applies a linear map of positions ``fn`` (a new tensor from a kernel tensor: both
+    positions of every pair, as ``ImageResize``, ``Index`` and ``DotGeneral`` do) to the
+    tile's NNGP, NTK and own covariances, and sets its spatial shape."""
+    if tile.nngp is not None:
+        tile.nngp = fn(tile.nngp)
+        if tile.ntk is not None:
+            tile.ntk = fn(tile.ntk)
+    tile.set_covs(fn)
+    tile.spatial = tuple(out_spatial)
+    return tile

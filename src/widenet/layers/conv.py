@@ -170,7 +170,7 @@ class ConvModule(LazyModuleMixin, nn.Module):
     def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():
             if input.ndim < 3 or input.ndim > 5:
-                raise ShapeError(f"ConvModule: expected input (N, C, *spatial) with 1 to 3 spatial axes "
+                raise ShapeError(f"{type(self).__name__}: expected input (N, C, *spatial) with 1 to 3 spatial axes "
                                  f"(got {tuple(input.shape)})")
             with torch.no_grad():
                 self.in_channels = int(input.shape[1])

@@ -15,7 +15,7 @@ from torch.nn.parameter import UninitializedParameter
 from .._engine import spatial_axes
 from ..errors import ShapeError
 from ._geometry import pad_input, spatial_pads
-from ._init import standard_normal
+from ._init import draw_affine
 from ._masks import require_no_padding
 from .base import Build, Spec
 from .conv import Conv
@@ -106,6 +106,7 @@ class ConvLocalModule(LazyModuleMixin, nn.Module):
                  ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.init = "gaussian"  # draw_affine's weight law (per-position filters have no orthogonal form)
         self._sizes = (kernel_size, stride)
         self.kernel_size = self.stride = self.in_spatial = None
         self.padding = padding
@@ -129,19 +130,8 @@ class ConvLocalModule(LazyModuleMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         """Redraws the parameters from this module's seed (the same values every time)."""
-        if self.has_uninitialized_params():
-            return
-        generator = torch.Generator().manual_seed(self.seed)
-        weight = standard_normal(self.weight.shape, generator)
-        bias = None if self.bias is None else standard_normal(self.bias.shape, generator)
-        if self.parameterization == "standard":
-            weight.mul_(self.W_std / math.sqrt(self.fan_in))
-            if bias is not None:
-                bias.mul_(self.b_std)
-        with torch.no_grad():
-            self.weight.copy_(weight)
-            if bias is not None:
-                self.bias.copy_(bias)
+        if not self.has_uninitialized_params():
+            draw_affine(self, self.fan_in)
 
     def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
         if self.has_uninitialized_params():

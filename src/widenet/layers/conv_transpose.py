@@ -8,17 +8,14 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedParameter
 
 from .._engine import Flow, spatial_axes, window_sum
 from .._validate import check_choice, check_float, check_int
 from ..errors import ShapeError
 from ._geometry import PADDINGS, Size, as_tuple, check_size, spatial_of
-from ._init import draw_affine
 from ._masks import require_no_padding
 from .base import Build, Layer, Spec
-from .conv import affine_window_rule
+from .conv import ConvModule, affine_window_rule
 
 __all__ = ["ConvTranspose", "ConvTransposeModule"]
 
@@ -148,13 +145,14 @@ class ConvTranspose(Layer):
         return module, spec.with_features(self.out_channels)
 
 
-class ConvTransposeModule(LazyModuleMixin, nn.Module):
+class ConvTransposeModule(ConvModule):
     """N-d transposed convolution with widenet's initialization and ``ConvTranspose``'s
-    geometry.
+    geometry: a ``ConvModule`` (dilation 1; the same parameters, drawn the same way) whose
+    forward pass transposes.
 
-    ``weight`` is ``(out, in, *kernel_size)`` (drawn like ``ConvModule``'s; the forward pass
-    hands ``torch.nn.functional.conv_transposeNd`` its ``(in, out, ...)`` transpose) and
-    ``bias`` ``(out,)``. Parameterization "ntk": ``W, b ~ N(0, 1)`` and the output is
+    ``weight`` is ``(out, in, *kernel_size)`` (the forward pass hands
+    ``torch.nn.functional.conv_transposeNd`` its ``(in, out, ...)`` transpose) and ``bias``
+    ``(out,)``. Parameterization "ntk": ``W, b ~ N(0, 1)`` and the output is
     ``W_std / sqrt(in * prod(kernel_size)) * conv_transpose(x, W) + b_std * b``; "standard":
     ``W ~ N(0, W_std^2 / (in * prod(kernel_size)))``, ``b ~ N(0, b_std^2)``. The transposed
     convolution is cut to ``ConvTranspose``'s output and, for "circular", folded.
@@ -166,50 +164,8 @@ class ConvTransposeModule(LazyModuleMixin, nn.Module):
                  W_std: float, b_std: Optional[float], parameterization: str, seed: int,
                  ndim: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None,
                  init: str = "gaussian") -> None:
-        super().__init__()
-        self.init = init
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self._sizes = (kernel_size, stride)
-        self.kernel_size = self.stride = None
-        self.padding = padding
-        self.W_std, self.b_std, self.parameterization, self.seed = W_std, b_std, parameterization, seed
-        if ndim is None and isinstance(kernel_size, tuple):
-            ndim = len(kernel_size)
-        if ndim is not None:
-            self._resolve(ndim)
-        factory = {"dtype": dtype or torch.get_default_dtype(), "device": device}
-        if in_channels is None or ndim is None:
-            self.weight = UninitializedParameter(**factory)
-        else:
-            self.weight = nn.Parameter(torch.empty((out_channels, in_channels) + self.kernel_size, **factory))
-        self.bias = None if b_std is None else nn.Parameter(torch.empty(out_channels, **factory))
-        if not self.has_uninitialized_params():
-            self.reset_parameters()
-
-    def _resolve(self, ndim: int) -> None:
-        as_tuple_ = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * ndim  # noqa: E731
-        self.kernel_size, self.stride = (as_tuple_(v) for v in self._sizes)
-
-    @property
-    def fan_in(self) -> int:
-        return self.in_channels * math.prod(self.kernel_size)
-
-    def reset_parameters(self) -> None:
-        """Redraws the parameters from this module's seed (the same values every time)."""
-        if not self.has_uninitialized_params():
-            draw_affine(self, self.fan_in)
-
-    def initialize_parameters(self, input: torch.Tensor) -> None:  # called by LazyModuleMixin
-        if self.has_uninitialized_params():
-            if input.ndim < 3 or input.ndim > 5:
-                raise ShapeError(f"ConvTransposeModule: expected input (N, C, *spatial) with 1 to 3 spatial "
-                                 f"axes (got {tuple(input.shape)})")
-            with torch.no_grad():
-                self.in_channels = int(input.shape[1])
-                if self.kernel_size is None:
-                    self._resolve(input.ndim - 2)
-                self.weight.materialize((self.out_channels, self.in_channels) + self.kernel_size)
-                self.reset_parameters()
+        super().__init__(in_channels, out_channels, kernel_size, stride, 1, padding, W_std, b_std,
+                         parameterization, seed, ndim=ndim, dtype=dtype, device=device, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = len(self.kernel_size)
@@ -239,13 +195,6 @@ class ConvTransposeModule(LazyModuleMixin, nn.Module):
             y = y + self.bias.reshape((1, -1) + (1,) * d)
         return y
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
-            f"parameterization={self.parameterization!r}"
-            + ("" if self.init == "gaussian" else f", init={self.init!r}")
-        )
 
 
 def _fold_all(y: torch.Tensor, geo) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._engine import Flow, exact, spatial_axes
 from ..errors import ParameterError, ShapeError
-from ._geometry import spatial_of
+from ._geometry import map_positions, spatial_of
 from ._masks import require_no_padding
 from .base import Build, Layer, Spec
 
@@ -128,13 +128,7 @@ class DotGeneral(Layer):
             return _contract(t, [second[a] for a in self.axes], self.rhs.to(t.device), self.rhs_axes,
                              t.ndim - len(self.axes))
 
-        if w.nngp is not None:
-            w.nngp = apply(w.nngp)
-            if w.ntk is not None:
-                w.ntk = apply(w.ntk)
-        w.set_covs(apply)
-        w.spatial = out
-        return w
+        return map_positions(w, apply, out)
 
     def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
         spec = self._single_spec(spec)

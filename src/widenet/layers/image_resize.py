@@ -13,7 +13,7 @@ from torch import nn
 from .._engine import Flow, exact, spatial_axes
 from .._validate import check_choice
 from ..errors import ParameterError, ShapeError
-from ._geometry import spatial_of
+from ._geometry import map_positions, spatial_of
 from ._masks import require_no_padding
 from .base import Build, Layer, Spec
 
@@ -152,13 +152,7 @@ class ImageResize(Layer):
             matrices = self._matrices(spatial, t)
             return _apply(_apply(t, first, matrices), second, matrices)
 
-        if w.nngp is not None:
-            w.nngp = resize(w.nngp)
-            if w.ntk is not None:
-                w.ntk = resize(w.ntk)
-        w.set_covs(resize)
-        w.spatial = out
-        return w
+        return map_positions(w, resize, out)
 
     def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
         return ImageResizeModule(self), self._single_spec(spec)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .._engine import Flow, spatial_axes
 from ..errors import ParameterError, ShapeError
+from ._geometry import map_positions
 from ._masks import require_no_padding
 from .base import Build, Layer, Spec
 
@@ -126,13 +127,7 @@ class Index(Layer):
                     t = t.select(ax, p) if isinstance(p, int) else t.index_select(ax, p.to(t.device))
             return t
 
-        if w.nngp is not None:
-            w.nngp = select(w.nngp)
-            if w.ntk is not None:
-                w.ntk = select(w.ntk)
-        w.set_covs(select)
-        w.spatial = tuple(len(p) for p in picks if not isinstance(p, int))
-        return w
+        return map_positions(w, select, [len(p) for p in picks if not isinstance(p, int)])
 
     def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
         spec = self._single_spec(spec)
