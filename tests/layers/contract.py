@@ -98,6 +98,16 @@ class KernelContract(LayerContract):
     float32_tol = 1e-4
     reproducible_tol = 1e-12  # reproducible mode against the default: rounding only
 
+    def side(self, x1: torch.Tensor, x2=None) -> dict:
+        """Keyword arguments that go with inputs ``x1`` (and ``x2``) into every kernel call
+        and Monte Carlo run: layers that read side inputs (``Aggregate``'s graphs,
+        ``pattern1``/``pattern2``) derive them from the inputs, one per input, so that every
+        sub-batch carries its own."""
+        return {}
+
+    def kernel(self, net: wn.Layer, x1: torch.Tensor, x2=None, **options) -> wn.Kernel:
+        return net.kernel(x1, x2, **self.side(x1, x2), **options)
+
     def mc_cases(self):
         """``(params, n_samples)`` of the networks checked against Monte Carlo."""
         return [(self.params, self.mc_samples)]
@@ -108,14 +118,15 @@ class KernelContract(LayerContract):
         for params, samples in self.mc_cases():
             for parameterization in self.parameterizations:
                 net = self.network(self.mc_width, parameterization, **params)
-                exact = net.kernel(x1, x2)
-                nngp, ntk = monte_carlo(net, x1, x2, n_samples=samples, ntk=self.mc_ntk)
+                exact = self.kernel(net, x1, x2)
+                nngp, ntk = monte_carlo(net, x1, x2, n_samples=samples, ntk=self.mc_ntk,
+                                         **self.side(x1, x2))
                 assert rel_frobenius(nngp, exact.nngp) < self.mc_tol, (params, parameterization)
                 if ntk is not None:
                     assert rel_frobenius(ntk, exact.ntk) < self.mc_tol, (params, parameterization)
 
     def test_same_inputs_kernel_is_exactly_symmetric_and_psd(self):
-        k = self.net().kernel(self.inputs(9, seed=2))
+        k = self.kernel(self.net(), self.inputs(9, seed=2))
         for m in (k.nngp, k.ntk):
             assert torch.equal(m, m.T)
             assert torch.linalg.eigvalsh(m).min() >= -1e-10 * m.diagonal().abs().max()
@@ -124,7 +135,7 @@ class KernelContract(LayerContract):
 
     def test_batch_invariance(self):
         net, x = self.net(), self.inputs(10, seed=3)
-        full, sub = net.kernel(x), net.kernel(x[1:4], x[6:10])
+        full, sub = self.kernel(net, x), self.kernel(net, x[1:4], x[6:10])
         for name in ("nngp", "ntk"):
             assert rel_error(getattr(sub, name), getattr(full, name)[1:4, 6:10]) <= 1e-12, name
         assert rel_error(sub.var1, full.var1[1:4]) <= 1e-12
@@ -132,28 +143,28 @@ class KernelContract(LayerContract):
 
     def test_float32_agrees_with_float64(self):
         net, x = self.net(), self.inputs(6, seed=4)
-        k64, k32 = net.kernel(x), net.kernel(x.float())
+        k64, k32 = self.kernel(net, x), self.kernel(net, x.float())
         assert k32.nngp.dtype == torch.float32 and k32.ntk.dtype == torch.float32
         for name in ("nngp", "ntk"):
             assert rel_error(getattr(k32, name).double(), getattr(k64, name)) <= self.float32_tol, name
 
     def test_tiles_equal_one_call(self):
         net, (x1, x2) = self.net(), self.pair(7, 5, seed=5)
-        cross, same = net.kernel(x1, x2), net.kernel(x1)
+        cross, same = self.kernel(net, x1, x2), self.kernel(net, x1)
         for block_size in (1, 3):
-            tiled_cross = net.kernel(x1, x2, block_size=block_size)
-            tiled_same = net.kernel(x1, block_size=block_size)
+            tiled_cross = self.kernel(net, x1, x2, block_size=block_size)
+            tiled_same = self.kernel(net, x1, block_size=block_size)
             for name in ("nngp", "ntk"):
                 assert rel_error(getattr(tiled_cross, name), getattr(cross, name)) <= 1e-13, (name, block_size)
                 assert rel_error(getattr(tiled_same, name), getattr(same, name)) <= 1e-13, (name, block_size)
 
     def test_reproducible_tiles_equal_one_call_bit_for_bit(self):
         net, (x1, x2) = self.net(), self.pair(6, 5, seed=6)
-        one, one_same = net.kernel(x1, x2, reproducible=True), net.kernel(x1, reproducible=True)
-        default = net.kernel(x1, x2)
+        one, one_same = self.kernel(net, x1, x2, reproducible=True), self.kernel(net, x1, reproducible=True)
+        default = self.kernel(net, x1, x2)
         for block_size in (1, 4):
-            tiled = net.kernel(x1, x2, reproducible=True, block_size=block_size)
-            tiled_same = net.kernel(x1, reproducible=True, block_size=block_size)
+            tiled = self.kernel(net, x1, x2, reproducible=True, block_size=block_size)
+            tiled_same = self.kernel(net, x1, reproducible=True, block_size=block_size)
             for name in ("nngp", "ntk"):
                 assert torch.equal(getattr(tiled, name), getattr(one, name)), (name, block_size)
                 assert torch.equal(getattr(tiled_same, name), getattr(one_same, name)), (name, block_size)
@@ -165,11 +176,11 @@ class KernelContract(LayerContract):
         x1, x2 = (x.requires_grad_() for x in self.pair(2, 2, seed=7))
 
         def cross(a, b):
-            k = net.kernel(a, b)
+            k = self.kernel(net, a, b)
             return k.nngp, k.ntk
 
         def same(a):
-            k = net.kernel(a)
+            k = self.kernel(net, a)
             return k.nngp, k.ntk
 
         assert torch.autograd.gradcheck(cross, (x1, x2), fast_mode=True)
@@ -184,7 +195,7 @@ class KernelContract(LayerContract):
 
         def kernel(*tensors):
             params = {**self.params, **dict(zip(names, tensors))}
-            k = self.network(8, "ntk", **params).kernel(x1, x2)
+            k = self.kernel(self.network(8, "ntk", **params), x1, x2)
             return k.nngp, k.ntk
 
         assert torch.autograd.gradcheck(kernel, values, fast_mode=True)
@@ -199,22 +210,25 @@ class KernelContract(LayerContract):
 
         net, (x1, x2) = self.nt_network(), self.pair(5, 4, seed=9)
         try:
-            theirs = nt_kernel(net, x1, x2)
+            theirs = nt_kernel(net, x1, x2, **self.side(x1, x2))
         except NoCounterpart as err:
             pytest.skip(str(err))
-        ours = net.kernel(x1, x2)
+        ours = self.kernel(net, x1, x2)
         for name in ("nngp", "ntk"):
             assert rel_error(getattr(ours, name), torch.from_numpy(np.asarray(theirs[name]))) <= 1e-10, name
 
 
-def check_neural_tangents(net: wn.Layer, x1: torch.Tensor, x2: torch.Tensor, tol: float = 1e-10) -> None:
+def check_neural_tangents(net: wn.Layer, x1: torch.Tensor, x2: torch.Tensor, tol: float = 1e-10,
+                          pattern1=None, pattern2=None) -> None:
     """``net``'s NNGP and NTK equal Neural Tangents' on the same inputs within ``tol``
-    (relative to the largest entry), with ``x2`` given and with ``x2=None``."""
+    (relative to the largest entry), with ``x2`` given and with ``x2=None`` (``pattern1``,
+    ``pattern2``: the inputs' graphs, for networks with an ``Aggregate``)."""
     from nt import nt_kernel
 
     for second in (x2, None):
-        theirs = nt_kernel(net, x1, second)
-        ours = net.kernel(x1, second)
+        graphs = {} if pattern1 is None else {"pattern1": pattern1, "pattern2": None if second is None else pattern2}
+        theirs = nt_kernel(net, x1, second, **graphs)
+        ours = net.kernel(x1, second, **graphs)
         for name in ("nngp", "ntk"):
             assert rel_error(getattr(ours, name), torch.as_tensor(theirs[name])) <= tol, (name, second is None)
 

@@ -67,6 +67,8 @@ def nt_kernel(
     batch_size: int = 0,
     mask1: Optional[torch.Tensor] = None,
     mask2: Optional[torch.Tensor] = None,
+    pattern1: Optional[torch.Tensor] = None,
+    pattern2: Optional[torch.Tensor] = None,
     python: Optional[str] = None,
     timeout: float = 1800,
 ) -> dict:
@@ -74,7 +76,9 @@ def nt_kernel(
 
     Returns a dict with one numpy array per name in ``get`` and ``times`` (seconds per run,
     jit-compiled, after an optional warm-up run). ``mask1``/``mask2`` (True at padded
-    positions) become Neural Tangents' ``mask_constant`` masking.
+    positions) become Neural Tangents' ``mask_constant`` masking. ``pattern1``/``pattern2``:
+    the graphs of an ``Aggregate`` network (dense adjacencies, or integer arcs, which switch
+    its Aggregate layers to ``implementation="SPARSE"``; weighted arcs have no counterpart).
     """
     python = python or nt_python()
     if python is None:
@@ -95,8 +99,21 @@ def nt_kernel(
         np.save(tmp / "x1.npy", x1.detach().cpu().numpy())
         if x2 is not None:
             np.save(tmp / "x2.npy", x2.detach().cpu().numpy())
+        spec = translate(layer, x1.ndim - 2)
+        patterns = None
+        if pattern1 is not None:
+            if isinstance(pattern1, tuple):
+                raise NoCounterpart("Neural Tangents' sparse Aggregate takes unweighted arcs only")
+            sparse = not (pattern1.is_floating_point() or pattern1.dtype == torch.bool)
+            if sparse:
+                spec = _sparse_aggregates(spec)
+            patterns = []
+            for i, p in enumerate((pattern1, pattern1 if pattern2 is None else pattern2)):
+                p = p.detach().cpu().numpy()
+                np.save(tmp / f"p{i}.npy", p if sparse else p.astype(x1.detach().cpu().numpy().dtype))
+                patterns.append(str(tmp / f"p{i}.npy"))
         job = {
-            "spec": translate(layer, x1.ndim - 2), "dtype": dtype, "x1": str(tmp / "x1.npy"),
+            "spec": spec, "patterns": patterns, "dtype": dtype, "x1": str(tmp / "x1.npy"),
             "x2": None if x2 is None else str(tmp / "x2.npy"), "get": list(get),
             "repeats": repeats, "warmup": warmup, "batch_size": batch_size,
             "out": str(tmp / "out.npz"), "mask_constant": constant,
@@ -104,6 +121,18 @@ def nt_kernel(
         _run(python, tmp, job, timeout)
         with np.load(tmp / "out.npz") as data:
             return {name: data[name] for name in data.files}
+
+
+def _sparse_aggregates(spec):
+    """``spec`` with every Aggregate call set to ``implementation="SPARSE"``."""
+    if isinstance(spec, dict) and "fn" in spec:
+        kwargs = {k: _sparse_aggregates(v) for k, v in spec["kwargs"].items()}
+        if spec["fn"] == "Aggregate":
+            kwargs["implementation"] = "SPARSE"
+        return {"fn": spec["fn"], "args": [_sparse_aggregates(a) for a in spec["args"]], "kwargs": kwargs}
+    if isinstance(spec, list):
+        return [_sparse_aggregates(v) for v in spec]
+    return spec
 
 
 def _encode(value, arrays: dict):

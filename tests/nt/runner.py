@@ -135,6 +135,11 @@ def main(path):
         fn = nt.batch(kernel_fn, batch_size=batch)
     else:
         fn = jax.jit(kernel_fn, static_argnames="get")
+    if job.get("patterns"):
+        # Aggregate's graphs, for the row and the column inputs.
+        pattern = tuple(jnp.asarray(np.load(path)) for path in job["patterns"])
+        with_graphs = fn
+        fn = lambda a, b, g, **kw: with_graphs(a, b, g, pattern=pattern, **kw)  # noqa: E731
     if job.get("mask_constant") is not None:
         # Padded positions hold mask_constant in every channel (Neural Tangents' masking).
         constant = job["mask_constant"]

@@ -150,6 +150,12 @@ def _image_resize(layer, ndim):
     return call("ImageResize", (-1,) + size + (-1,), method=layer.method, antialias=layer.antialias)
 
 
+@translates(wn.Aggregate)
+def _aggregate(layer, ndim):
+    # "DENSE"; nt_kernel makes it "SPARSE" when the patterns are integer arcs.
+    return call("Aggregate", implementation="DENSE")
+
+
 @translates(wn.Index)
 def _index(layer, ndim):
     items = layer._plan(2 + ndim)

@@ -60,11 +60,14 @@ class _Call:
     x2: Optional[torch.Tensor]
     keep1: Optional[torch.Tensor]
     keep2: Optional[torch.Tensor]
+    side1: dict
+    side2: dict
     want_ntk: bool
     block_size: Optional[int]
     budget: int
     full: bool
     differentiable: bool
+    plain: bool  # no derivatives carried (no autograd, no forward-mode tangents)
 
     @property
     def same(self) -> bool:
@@ -78,16 +81,23 @@ class _Call:
     def keepb(self) -> Optional[torch.Tensor]:
         return self.keep1 if self.x2 is None else self.keep2
 
+    @property
+    def sideb(self) -> dict:
+        return self.side1 if self.x2 is None else self.side2
+
 
 def compute(rule: Rule, x1: Any, x2: Any = None, *, owner: str, needs_full: bool,
             parameters: Sequence[torch.Tensor] = (), want_ntk: bool = True,
             block_size: Optional[int] = None, memory: Any = None, layout: str = "auto",
-            mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> Kernel:
+            mask1: Any = None, mask2: Any = None, reproducible: bool = False,
+            side1: Optional[dict] = None, side2: Optional[dict] = None) -> Kernel:
     """The ``widenet.Kernel`` of ``rule`` between ``x1`` and ``x2`` (see
     ``widenet.layers.Layer.kernel`` for the options). ``needs_full``: the rule mixes
     positions, so its input kernel must hold every pair of positions. ``parameters``: the
     rule's tensor hyperparameters (they decide, with the inputs, whether derivatives are
-    carried)."""
+    carried). ``side1``/``side2``: side inputs of ``x1``'s and ``x2``'s rows, validated by
+    the caller (dicts of tensors, or tuples of tensors, with one leading entry per input):
+    every tile's rule finds its rows' and columns' slices in ``Tile.side1``/``side2``."""
     if not isinstance(reproducible, bool):
         raise ParameterError(f"{owner}: reproducible must be a bool (got {reproducible!r})")
     device = getattr(x1, "device", None)
@@ -116,7 +126,8 @@ def compute(rule: Rule, x1: Any, x2: Any = None, *, owner: str, needs_full: bool
     differentiable = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
     budget = budget if budget is not None else available_memory(x1.device) // 4
-    call = _Call(owner, x1, x2, keep1, keep2, want_ntk, block_size, budget, full, differentiable)
+    call = _Call(owner, x1, x2, keep1, keep2, side1 or {}, side2 or {}, want_ntk, block_size, budget,
+                 full, differentiable, plain)
     recording = autodiff.recording() if differentiable else contextlib.nullcontext()
     with scratch.reusing(plain, limit=budget), exact.enabled(reproducible), recording:
         return _run(rule, call)
@@ -243,13 +254,15 @@ def _run(rule: Rule, call: _Call) -> Kernel:
     x1, xb = call.x1, call.xb
     n1, n2 = x1.shape[0], xb.shape[0]
     rows = lambda k, s: None if k is None else k[s]  # noqa: E731
+    side_rows = lambda d, s: {k: _slice(v, s) for k, v in d.items()}  # noqa: E731
 
     # The probe: one pair through the network validates the architecture against the inputs
     # (orders, shapes, closed forms) before any expensive work, and gives the output layout.
     probe_tape = CovTape()
     with torch.no_grad():
         probe_in = input_tile(x1[:1], x1[:1], same=True, full=call.full, tile=True, diagonal=0,
-                              keep_r=rows(call.keep1, slice(0, 1)), tapes=Tapes(probe_tape, probe_tape))
+                              keep_r=rows(call.keep1, slice(0, 1)), side_r=side_rows(call.side1, slice(0, 1)),
+                              tapes=Tapes(probe_tape, probe_tape))
         if call.want_ntk:
             probe_in.start_ntk()
         probe = _apply(rule, call.owner, probe_in)
@@ -274,7 +287,12 @@ def _run(rule: Rule, call: _Call) -> Kernel:
     var1 = RowBlocks(n1, plan.rows, out_cov, x1, differentiable=diff)
     var2 = None if call.same else RowBlocks(n2, plan.cols, out_cov, x1, differentiable=diff)
     last = probe
+    # One input against itself (a single large graph or image): the probe was the whole call.
+    probe_is_call = n1 == 1 and call.same and call.plain
     for i, j in plan.tiles():
+        if probe_is_call:
+            _store(plan, i, j, probe, grids, var1, var2, paired)
+            continue
         r, c = plan.row_slice(i), plan.col_slice(j)
         on_diagonal = plan.on_diagonal(i, j)
         tapes = None
@@ -283,7 +301,8 @@ def _run(rule: Rule, call: _Call) -> Kernel:
             tapes = Tapes(side1, side1 if on_diagonal else col_tapes.setdefault(j, CovTape()))
         work = input_tile(x1[r], xb[c], same=on_diagonal, full=call.full, tile=True,
                           diagonal=0 if on_diagonal else None, keep_r=rows(call.keep1, r),
-                          keep_c=rows(call.keepb, c), tapes=tapes)
+                          keep_c=rows(call.keepb, c), side_r=side_rows(call.side1, r),
+                          side_c=side_rows(call.sideb, c), tapes=tapes)
         if call.want_ntk:
             work.start_ntk()
         last = work = _apply(rule, call.owner, work)
@@ -299,6 +318,11 @@ def _run(rule: Rule, call: _Call) -> Kernel:
         grids["nngp"].result(), grids["ntk"].result() if call.want_ntk else None,
         var1.result(), None if var2 is None else var2.result(),
         is_gaussian=last.is_gaussian, width=last.width, layout="full" if probe.is_full else "diagonal"))
+
+
+def _slice(value, s: slice):
+    """Rows ``s`` of a side input: a tensor, or a tuple of tensors."""
+    return tuple(v[s] for v in value) if isinstance(value, tuple) else value[s]
 
 
 def _size(nbytes: float) -> str:

@@ -22,10 +22,13 @@ _OUTER_CHANNELS = 4
 
 def input_tile(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, tile: bool,
                diagonal: Optional[int], keep_r: Optional[torch.Tensor] = None,
-               keep_c: Optional[torch.Tensor] = None, tapes: Optional[Tapes] = None) -> Tile:
+               keep_c: Optional[torch.Tensor] = None, side_r: Optional[dict] = None,
+               side_c: Optional[dict] = None, tapes: Optional[Tapes] = None) -> Tile:
     """The input layer's ``Tile`` for row inputs ``xr`` against column inputs ``xc``
     (``same``: the rows against themselves, ``xc`` ignored). ``tile=False`` propagates only the
-    own covariances; those are replayed from ``tapes`` when an earlier tile recorded them."""
+    own covariances; those are replayed from ``tapes`` when an earlier tile recorded them.
+    ``keep_r``/``keep_c`` and ``side_r``/``side_c``: the rows' and columns' padding masks and
+    side inputs (see ``Tile``)."""
     c = xr.shape[1]
     spatial = tuple(xr.shape[2:])
     cov1 = _own(xr, full, None if tapes is None else tapes.side1)
@@ -37,7 +40,8 @@ def input_tile(xr: torch.Tensor, xc: torch.Tensor, *, same: bool, full: bool, ti
             nngp = symmetric_block(nngp, len(spatial) if full else 0)
             nngp.diagonal(0, 0, 1).copy_(cov1.movedim(0, -1))
     out = Tile(nngp, None, cov1, cov2, width=c, diagonal=diagonal, spatial=spatial, full=full,
-               keep1=keep_r, keep2=keep_r if same else keep_c, tapes=tapes)
+               keep1=keep_r, keep2=keep_r if same else keep_c, side1=side_r,
+               side2=side_r if same else side_c, tapes=tapes)
     out.remask()
     return out
 

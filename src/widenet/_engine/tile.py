@@ -39,12 +39,14 @@ class Tile:
     through ``set_covs``. ``diagonal`` is the offset of the tile's main diagonal (x_i
     against itself) when the tile contains it, else ``None``. ``keep1``/``keep2`` are
     ``(B, *S)``/``(C, *S)`` ones at real positions and zeros at padding, or ``None``.
-    ``is_gaussian`` (the output of an affine layer) and ``width`` (declared features or
+    ``side1``/``side2`` hold the row and column inputs' side inputs (a graph's edges for
+    ``Aggregate``): a dict of tensors whose leading axis runs over the tile's inputs, empty
+    when the call has none. ``is_gaussian`` (the output of an affine layer) and ``width`` (declared features or
     channels) describe the layer represented.
     """
 
     __slots__ = ("nngp", "ntk", "cov1", "cov2", "self_mode", "is_gaussian", "width",
-                 "diagonal", "spatial", "full", "keep1", "keep2", "tapes", "_zero_ntk")
+                 "diagonal", "spatial", "full", "keep1", "keep2", "side1", "side2", "tapes", "_zero_ntk")
 
     def __init__(
         self,
@@ -61,12 +63,16 @@ class Tile:
         full: bool = False,
         keep1: Optional[torch.Tensor] = None,
         keep2: Optional[torch.Tensor] = None,
+        side1: Optional[dict] = None,
+        side2: Optional[dict] = None,
         tapes: Optional[Tapes] = None,
     ) -> None:
         self.nngp, self.ntk, self.cov1, self.cov2 = nngp, ntk, cov1, cov2
         self.self_mode, self.is_gaussian, self.width = self_mode, is_gaussian, width
         self.diagonal, self.spatial, self.full = diagonal, tuple(spatial), full
         self.keep1, self.keep2, self.tapes = keep1, keep2, tapes
+        self.side1 = {} if side1 is None else side1
+        self.side2 = self.side1 if side2 is None else side2
         self._zero_ntk: Optional[tuple] = None
 
     # ---- the input layer's NTK ----------------------------------------------------------------
@@ -224,7 +230,7 @@ class Tile:
             d.copy_(self.cov1[: d.shape[-1]].movedim(0, -1))
 
     def copy(self) -> "Tile":
-        """An independent copy (FanOut's branches), sharing masks and tapes."""
+        """An independent copy (FanOut's branches), sharing masks, side inputs and tapes."""
         clone = lambda t: None if t is None else scratch.clone(t)  # noqa: E731
         cov1 = scratch.clone(self.cov1)
         cov2 = cov1 if self.cov2 is self.cov1 else scratch.clone(self.cov2)
@@ -232,7 +238,7 @@ class Tile:
             clone(self.nngp), clone(self.ntk), cov1, cov2,
             self_mode=self.self_mode, is_gaussian=self.is_gaussian, width=self.width,
             diagonal=self.diagonal, spatial=self.spatial, full=self.full,
-            keep1=self.keep1, keep2=self.keep2, tapes=self.tapes,
+            keep1=self.keep1, keep2=self.keep2, side1=self.side1, side2=self.side2, tapes=self.tapes,
         )
 
 

@@ -34,6 +34,7 @@ from .flatten import Flatten
 from .image_resize import ImageResize
 from .index import Index, Slice
 from .dot_general import DotGeneral
+from .aggregate import Aggregate
 from .layer_norm import LayerNorm
 from .batch_norm import BatchNorm
 from .dropout import Dropout

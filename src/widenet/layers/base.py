@@ -61,7 +61,7 @@ from torch import nn
 
 from .. import _engine
 from .._engine import Flow, Tile
-from .._validate import check_choice, check_int
+from .._validate import as_inputs, check_choice, check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
 from ..kernel import Kernel
 
@@ -128,6 +128,11 @@ def derive_seed(base_seed: int, index: int) -> int:
 class Layer:
     """Base class of every widenet layer (see the module docstring for the contract)."""
 
+    # A layer that reads a graph for every input (Aggregate) sets this and gives
+    # ``_prepare_pattern(owner, name, pattern, x) -> dict``: the validated side input that its
+    # rule finds, sliced to the tile's rows and columns, in ``Tile.side1``/``side2``.
+    _reads_pattern = False
+
     # ---- the contract -----------------------------------------------------------------------
     def _rule(self, flow: Flow) -> Flow:
         """The kernel rule on one tile of input pairs (see the module docstring)."""
@@ -170,7 +175,8 @@ class Layer:
     # ---- public API ---------------------------------------------------------------------------
     def kernel(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
                memory: Union[int, str, None] = None, layout: str = "auto", mask1: Any = None,
-               mask2: Any = None, reproducible: bool = False) -> Kernel:
+               mask2: Any = None, reproducible: bool = False, pattern1: Any = None,
+               pattern2: Any = None) -> Kernel:
         """NNGP and NTK between ``x1`` and ``x2``.
 
         Inputs are ``(N, features)`` for fully connected networks and ``(N, C, *S)`` (PyTorch's
@@ -211,6 +217,9 @@ class Layer:
                 the last place. Compiled rules (``widenet.set_compile``) are not used.
                 CPU inputs only, and not differentiable (the exact products split their
                 operands with ``round``).
+            pattern1, pattern2: the graphs of ``x1``'s and ``x2``'s inputs, for networks with
+                an ``Aggregate`` layer (see ``widenet.Aggregate`` for the dense and sparse
+                formats); ``pattern2`` must be None when ``x2`` is None.
 
         Returns:
             a ``Kernel``; ``nngp`` and ``ntk`` have shape ``(N1, N2)`` for outputs
@@ -229,26 +238,35 @@ class Layer:
             >>> net.kernel(torch.randn(20, 10), torch.randn(30, 10)).ntk.shape
             torch.Size([20, 30])
         """
-        return _engine.compute(
-            self._rule, x1, x2, owner=f"{self._name}.kernel", needs_full=self._needs_full(),
-            parameters=self._parameters(), want_ntk=True, block_size=block_size, memory=memory,
-            layout=layout, mask1=mask1, mask2=mask2, reproducible=reproducible)
+        return self._compute(x1, x2, True, block_size=block_size, memory=memory, layout=layout,
+                             mask1=mask1, mask2=mask2, reproducible=reproducible,
+                             pattern1=pattern1, pattern2=pattern2)
 
     def nngp(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
              memory: Union[int, str, None] = None, layout: str = "auto",
-             mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
+             mask1: Any = None, mask2: Any = None, reproducible: bool = False,
+             pattern1: Any = None, pattern2: Any = None) -> torch.Tensor:
         """Only the NNGP kernel (see ``kernel``); no NTK work is done."""
-        return _engine.compute(
-            self._rule, x1, x2, owner=f"{self._name}.kernel", needs_full=self._needs_full(),
-            parameters=self._parameters(), want_ntk=False, block_size=block_size, memory=memory,
-            layout=layout, mask1=mask1, mask2=mask2, reproducible=reproducible).nngp
+        return self._compute(x1, x2, False, block_size=block_size, memory=memory, layout=layout,
+                             mask1=mask1, mask2=mask2, reproducible=reproducible,
+                             pattern1=pattern1, pattern2=pattern2).nngp
 
     def ntk(self, x1: Any, x2: Any = None, *, block_size: Optional[int] = None,
             memory: Union[int, str, None] = None, layout: str = "auto",
-            mask1: Any = None, mask2: Any = None, reproducible: bool = False) -> torch.Tensor:
+            mask1: Any = None, mask2: Any = None, reproducible: bool = False,
+            pattern1: Any = None, pattern2: Any = None) -> torch.Tensor:
         """Only the NTK (see ``kernel``; its recursion needs the NNGP, not returned)."""
         return self.kernel(x1, x2, block_size=block_size, memory=memory, layout=layout,
-                           mask1=mask1, mask2=mask2, reproducible=reproducible).ntk
+                           mask1=mask1, mask2=mask2, reproducible=reproducible,
+                           pattern1=pattern1, pattern2=pattern2).ntk
+
+    def _compute(self, x1: Any, x2: Any, want_ntk: bool, *, pattern1: Any, pattern2: Any,
+                 **options) -> Kernel:
+        owner = f"{self._name}.kernel"
+        x1, x2, side1, side2 = _graphs(self, owner, x1, x2, pattern1, pattern2)
+        return _engine.compute(
+            self._rule, x1, x2, owner=owner, needs_full=self._needs_full(),
+            parameters=self._parameters(), want_ntk=want_ntk, side1=side1, side2=side2, **options)
 
     def apply(self, kernel: Kernel) -> Kernel:
         """Transforms an existing ``Kernel`` by this layer (the input is not modified).
@@ -322,6 +340,38 @@ class Layer:
         from .combinators import Serial
 
         return Serial(self, other)
+
+
+def _layers(layer: Any) -> Iterator[Layer]:
+    """Every layer of an architecture, containers and the layers inside them."""
+    if isinstance(layer, (tuple, list)):
+        for item in layer:
+            yield from _layers(item)
+    elif dataclasses.is_dataclass(layer) and isinstance(layer, Layer):
+        yield layer
+        for f in dataclasses.fields(layer):
+            yield from _layers(getattr(layer, f.name))
+
+
+def _graphs(net: Layer, owner: str, x1: Any, x2: Any, pattern1: Any,
+            pattern2: Any) -> tuple[Any, Any, Optional[dict], Optional[dict]]:
+    """The inputs and, for a network that reads graphs, their validated patterns (before any
+    work; the inputs are converted here when the patterns need their shapes)."""
+    readers = [layer for layer in _layers(net) if layer._reads_pattern]
+    if not readers:
+        if pattern1 is not None or pattern2 is not None:
+            given = " and ".join(n for n, p in (("pattern1", pattern1), ("pattern2", pattern2)) if p is not None)
+            raise ParameterError(f"{owner}: got {given}, but the network has no Aggregate layer to read "
+                                 f"graphs; leave the patterns out")
+        return x1, x2, None, None
+    x1 = as_inputs(owner, "x1", x1)
+    x2 = None if x2 is None else as_inputs(owner, "x2", x2, like=x1)
+    if x2 is None and pattern2 is not None:
+        raise ParameterError(f"{owner}: pattern2 must be None when x2 is None (pattern1 covers x1)")
+    prepare = readers[0]._prepare_pattern
+    side1 = prepare(owner, "pattern1", pattern1, x1)
+    side2 = None if x2 is None else prepare(owner, "pattern2", pattern2, x2)
+    return x1, x2, side1, side2
 
 
 def _hyperparameters(layer: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ from .._engine import Flow
 from .._validate import check_int
 from ..errors import LayerOrderError, ParameterError, ShapeError
 from ._masks import masking, zero_padding
+from .aggregate import graph_patterns
 from .base import Build, Layer, Spec
 
 __all__ = ["Serial", "Parallel", "FanOut", "Repeat", "SerialModule", "ParallelModule", "FanOutModule"]
@@ -155,13 +156,15 @@ class Repeat(Layer):
 class SerialModule(nn.Sequential):
     """Applies its children in order; children may pass tuples of tensors between them.
 
-    ``forward(x, mask=None)``: ``mask`` (boolean ``(N, *S)``, True at padded positions) runs
-    the network on variable-length inputs: padded positions are zero after every layer and
-    left out of attention, global pooling and LayerNorm, as in the kernels' masks.
+    ``forward(x, mask=None, pattern=None)``: ``mask`` (boolean ``(N, *S)``, True at padded
+    positions) runs the network on variable-length inputs: padded positions are zero after
+    every layer and left out of attention, global pooling and LayerNorm, as in the kernels'
+    masks. ``pattern``: the inputs' graphs, read by every ``Aggregate`` inside (the formats
+    of ``widenet.Aggregate``).
     """
 
-    def forward(self, x, mask: Optional[torch.Tensor] = None):
-        with masking(x, mask, "SerialModule"):
+    def forward(self, x, mask: Optional[torch.Tensor] = None, pattern=None):
+        with masking(x, mask, "SerialModule"), graph_patterns(pattern):
             x = zero_padding(x)
             for module in self:
                 x = zero_padding(module(x))
