@@ -34,7 +34,7 @@ docs: $(STAMP)
 
 # The examples' figures that the documentation shows (several minutes on two cores).
 figures: $(STAMP)
-	for example in phase_diagrams learning_curves learning_rate_phases hessian_subspace finite_vs_infinite finite_width_corrections; do \
+	for example in phase_diagrams learning_curves learning_rate_phases hessian_subspace finite_vs_infinite finite_width_corrections graph_kernels; do \
 		MPLBACKEND=Agg $(PY) examples/$$example.py --out docs/figures || exit 1; done
 
 clean:
