@@ -19,6 +19,15 @@ Workloads (names for --only):
   cnn1d-transpose   the same in 1-D, width 3, on 1x20 inputs, N=200
   attention   one transformer block (softmax self-attention with positional embeddings,
               LayerNorm, ReLU MLP, residuals) + GlobalAvgPool + Dense on 4x32 sequences, N=200
+  gnn-dense   a graph network: 2x [Dense + ReLU + Aggregate] + Dense + ReLU + GlobalAvgPool +
+              Dense on N=200 random undirected graphs of 30 nodes with 8 features (each pair of
+              nodes linked with probability 0.2, self-loops), dense adjacency patterns
+  gnn-sparse  the same graphs as sparse (tail, head) arcs
+  gnn-sparse-small  the same, N=50 (Neural Tangents' sparse kernel needs memory quadratic in
+              the arcs per pair of inputs: 67 GB at N=200)
+  graph-10k   the same network on one graph of 10,000 nodes and 50,000 arcs (a ring, 10,000
+              random links, both directions, self-loops), sparse arcs, float32 only; rates are
+              1 / seconds (one kernel entry)
 
 widenet runs once per variant and workload: "eager" (its default rules), "compiled"
 (``wn.set_compile(True)``; the row also prints the seconds its warm-up call took, compilation
@@ -70,6 +79,34 @@ def transpose_cnn():
                      wn.GlobalAvgPool(), wn.Dense(10, 1.4, 0.1))
 
 
+def gnn():
+    block = [wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Aggregate()]
+    return wn.Serial(*block, *block, wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(10, 1.4, 0.1))
+
+
+def random_graphs(n: int, v: int, sparse: bool, seed: int = 1):
+    """``n`` undirected graphs of ``v`` nodes, each pair linked with probability 0.2, with
+    self-loops: a dense ``(n, v, v)`` adjacency or ``(n, E, 2)`` arcs padded with -1."""
+    g = torch.Generator().manual_seed(seed)
+    upper = torch.triu(torch.rand(n, v, v, generator=g) < 0.2, 1)
+    adjacency = upper | upper.transpose(1, 2) | torch.eye(v, dtype=torch.bool)
+    if not sparse:
+        return adjacency.double()
+    arcs = [torch.nonzero(a) for a in adjacency]
+    e = max(len(a) for a in arcs)
+    return torch.stack([torch.cat([a, a.new_full((e - len(a), 2), -1)]) for a in arcs])
+
+
+def large_graph(v: int = 10_000, seed: int = 1):
+    """One graph of ``v`` nodes: a ring and ``v`` random links, both directions, and
+    self-loops (``5 v`` arcs), as ``(1, 5 v, 2)`` arcs."""
+    g = torch.Generator().manual_seed(seed)
+    ring = torch.stack([torch.arange(v), (torch.arange(v) + 1) % v], 1)
+    links = torch.randint(0, v, (v, 2), generator=g)
+    loops = torch.arange(v).repeat(2, 1).T
+    return torch.cat([ring, ring.flip(1), links, links.flip(1), loops])[None]
+
+
 def transformer_block():
     attention = wn.SelfAttention(64, pos_emb="sum", b_std=0.1)
     mlp = wn.Serial(wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Dense(64, 1.0, 0.1))
@@ -91,7 +128,20 @@ WORKLOADS = {
     "cnn-transpose": (transpose_cnn, (1, 6, 6), 60),
     "cnn1d-transpose": (transpose_cnn, (1, 20), 200),
     "attention": (transformer_block, (4, 32), 200),
+    "gnn-dense": (gnn, (8, 30), 200),
+    "gnn-sparse": (gnn, (8, 30), 200),
+    "gnn-sparse-small": (gnn, (8, 30), 50),
+    "graph-10k": (gnn, (8, 10_000), 1),
 }
+
+# Graph workloads: each input's pattern (built from N), and per-workload options.
+GRAPHS = {
+    "gnn-dense": lambda n: random_graphs(n, 30, sparse=False),
+    "gnn-sparse": lambda n: random_graphs(n, 30, sparse=True),
+    "gnn-sparse-small": lambda n: random_graphs(n, 30, sparse=True),
+    "graph-10k": lambda n: large_graph(),
+}
+OPTIONS = {"graph-10k": {"memory": "15GB", "dtypes": ("float32",), "variants": ("eager",)}}
 
 
 def _flops_per_entry(name: str) -> float:
@@ -116,6 +166,8 @@ def _matmul_peak(dtype: torch.dtype) -> float:
 
 def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) -> None:
     x = torch.from_numpy(np.load(out + ".x.npy"))
+    pattern = torch.from_numpy(np.load(out + ".pattern.npy")) if name in GRAPHS else None
+    memory = OPTIONS.get(name, {}).get("memory")
     net = WORKLOADS[name][0]()
     if variant not in ("eager", "compiled", "reproducible", "differentiable"):
         raise SystemExit(f"unknown variant {variant!r}: eager, compiled, reproducible or differentiable")
@@ -123,17 +175,19 @@ def _widenet_child(name: str, dtype: str, repeats: int, out: str, variant: str) 
     reproducible = variant == "reproducible"
 
     def kernel(inputs):
+        graphs = {} if pattern is None else {"pattern1": pattern[: inputs.shape[0]]}
         if variant != "differentiable":
-            return net.kernel(inputs, reproducible=reproducible)
+            return net.kernel(inputs, reproducible=reproducible, memory=memory, **graphs)
         # Autograd records the kernel of inputs that require a gradient; the backward pass
         # of a scalar of both kernels is part of the time.
         inputs = inputs.clone().requires_grad_()
-        k = net.kernel(inputs)
+        k = net.kernel(inputs, memory=memory, **graphs)
         (k.nngp.sum() + k.ntk.sum()).backward()
         return wn.Kernel(k.nngp.detach(), k.ntk.detach(), k.var1.detach())
 
     start = time.perf_counter()
-    kernel(x[:16])  # warm-up (and compilation)
+    if len(x) > 1:  # (a single input, one large graph, is its own warm-up: timed as is)
+        kernel(x[:16])  # warm-up (and compilation)
     warmup = time.perf_counter() - start
     before = peak_rss()
     times = []
@@ -177,22 +231,43 @@ def main() -> None:
     for name in args.only.split(","):
         builder, shape, n = WORKLOADS[name]
         for dtype in args.dtypes.split(","):
+            if dtype not in OPTIONS.get(name, {}).get("dtypes", (dtype,)):
+                continue
             torch_dtype = getattr(torch, dtype)
             x = torch.randn((n,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch_dtype)
             tmp = Path(f"/tmp/widenet-bench-{name}-{dtype}")
             np.save(str(tmp) + ".x.npy", x.numpy())
-            theirs = nt_kernel(builder(), x, None, repeats=args.repeats, warmup=True)
-            nt_rate = n * n / min(theirs["times"])
-            nt_peak = theirs.get("peak")
+            graphs = {}
+            if name in GRAPHS:
+                pattern = GRAPHS[name](n)
+                np.save(str(tmp) + ".pattern.npy", pattern.numpy())
+                graphs = {"pattern1": pattern}
+            try:
+                theirs = nt_kernel(builder(), x, None, repeats=args.repeats, warmup=True, **graphs)
+            except RuntimeError as err:  # Neural Tangents ran out of memory or failed
+                lines = [ln for ln in str(err).splitlines() if "Error: " in ln] or str(err).strip().splitlines()
+                reason = lines[-1].strip()[:140]
+                print(f"{name:17s} {dtype:8s} Neural Tangents failed: {reason}", flush=True)
+                theirs = None
+            nt_rate = math.nan if theirs is None else n * n / min(theirs["times"])
+            nt_peak = None if theirs is None else theirs.get("peak")
             nt_mb = "n/a" if nt_peak is None else f"{(float(nt_peak) - base) / 1e6:.0f}"
             off = ~np.eye(n, dtype=bool)  # NT's same-input diagonal carries a sqrt(eps) error
             for variant in args.variants.split(","):
+                if variant not in OPTIONS.get(name, {}).get("variants", (variant,)):
+                    continue
                 subprocess.run([sys.executable, __file__, "--child", name, dtype, str(args.repeats),
                                 str(tmp), variant], check=True)
                 ours = json.loads(Path(str(tmp) + ".json").read_text())
                 nngp, ntk = np.load(str(tmp) + ".nngp.npy"), np.load(str(tmp) + ".ntk.npy")
-                err = max(np.abs(a - b)[off].max() / np.abs(b).max()
-                          for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
+                if theirs is None:
+                    err = math.nan
+                elif n == 1:
+                    err = max(float(np.abs(a - b).max() / np.abs(b).max())
+                              for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
+                else:
+                    err = max(np.abs(a - b)[off].max() / np.abs(b).max()
+                              for a, b in ((nngp, theirs["nngp"]), (ntk, theirs["ntk"])))
                 ours_rate = n * n / min(ours["times"])
                 peak_mb = (ours["peak"] - base) / 1e6
                 flops = "-"
