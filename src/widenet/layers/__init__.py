@@ -35,6 +35,7 @@ from .image_resize import ImageResize
 from .index import Index, Slice
 from .dot_general import DotGeneral
 from .aggregate import Aggregate
+from .recurrent import Recurrent
 from .layer_norm import LayerNorm
 from .batch_norm import BatchNorm
 from .dropout import Dropout
