@@ -19,6 +19,7 @@ class TestRecurrentLast(KernelContract):
     input_shape = (2, 5)
     twin = "RecurrentModule"
     mc_width = 512
+    mc_samples = 40
     parameterizations = ("ntk", "standard")
     bad = (
         (lambda: wn.Recurrent(0), ParameterError, r"Recurrent: hidden_features must be an integer >= 1 \(got 0\)"),
