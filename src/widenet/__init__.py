@@ -10,6 +10,7 @@ from .empirical import monte_carlo
 from .kernel import Kernel
 from .layers import *  # noqa: F401,F403 - every layer, exported once in layers/__init__.py
 from .linearize import linearize, taylor_expand
+from .interop import from_torch, to_torch
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,4 @@ def __getattr__(name):
 
 
 __all__ = ["errors", "predict", "empirical", "monte_carlo", "linearize", "taylor_expand", "Kernel",
-           "set_compile", "compile_enabled", *_LAZY, *layers.__all__, "__version__"]
+           "set_compile", "compile_enabled", "from_torch", "to_torch", *_LAZY, *layers.__all__, "__version__"]

@@ -16,6 +16,7 @@ __all__ = [
     "NoClosedFormError",
     "NumericalError",
     "OutOfMemoryError",
+    "UnsupportedModuleError",
     "AccuracyWarning",
 ]
 
@@ -53,6 +54,12 @@ class NumericalError(WidenetError, ArithmeticError):
 class OutOfMemoryError(WidenetError, MemoryError):
     """A result that cannot fit in the memory available, found before any work; the message
     gives its size and the way to compute it in tiles on disk (``widenet.blocked.compute``)."""
+
+
+class UnsupportedModuleError(WidenetError, TypeError):
+    """A module or operation of a torch model has no infinite-width kernel here
+    (``widenet.from_torch``); the message names it, its place in the traced graph and its
+    source line, and what to do instead."""
 
 
 class AccuracyWarning(UserWarning):

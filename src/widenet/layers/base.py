@@ -333,6 +333,7 @@ class Layer:
         module, _ = self._twin(spec, build)
         if input_shape is not None:
             module.register_forward_pre_hook(InputCheck(owner, shape))
+        module.widenet_layer = self  # the architecture it was built from (``from_torch`` reads it back)
         return module
 
     def __rshift__(self, other: "Layer") -> "Layer":

@@ -1,0 +1,114 @@
+"""Networks whose layers form a directed acyclic graph, as ``torch.fx`` traces them.
+
+``Graph`` holds its layers in topological order, each with the indices of the values it
+takes (0 is the network's input, ``i`` the output of layer ``i``). A layer that takes
+several values receives them as a tuple of branches, so ``FanInSum`` and ``FanInConcat``
+merge them as after ``FanOut``; a value that later layers still need is handed on as a copy
+(``Tile.copy``), as ``FanOut`` does. ``Scale`` multiplies by a constant (``x * c`` in a
+model's ``forward``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._engine import Flow
+from .._validate import check_float
+from ..layers.base import Build, Layer, Spec
+
+__all__ = ["Graph", "GraphModule", "Scale", "ScaleModule"]
+
+
+@dataclass(frozen=True)
+class Graph(Layer):
+    """Layers on a directed acyclic graph: ``layers[i]`` takes the values ``inputs[i]``
+    (indices: 0 the network's input, ``j >= 1`` the output of ``layers[j - 1]``); the last
+    layer's output is the network's."""
+
+    layers: tuple
+    inputs: tuple
+
+    def _needs_full(self) -> bool:
+        return any(layer._needs_full() for layer in self.layers)
+
+    def _uses(self) -> list[int]:
+        uses = [0] * (len(self.layers) + 1)
+        for args in self.inputs:
+            for a in args:
+                uses[a] += 1
+        return uses
+
+    def _rule(self, flow: Flow) -> Flow:
+        uses = self._uses()
+        values: dict[int, Any] = {0: flow}
+        for i, (layer, args) in enumerate(zip(self.layers, self.inputs), start=1):
+            taken = []
+            for a in args:
+                uses[a] -= 1
+                taken.append(values.pop(a) if uses[a] == 0 else values[a].copy())
+            out = layer._rule(taken[0] if len(taken) == 1 else tuple(taken))
+            for w in out if isinstance(out, tuple) else (out,):
+                w.remask()
+            values[i] = out
+        return values[len(self.layers)]
+
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        specs = {0: spec}
+        modules = []
+        for i, (layer, args) in enumerate(zip(self.layers, self.inputs), start=1):
+            given = [specs[a] for a in args]
+            module, specs[i] = layer._twin(given[0] if len(given) == 1 else tuple(given), build)
+            modules.append(module)
+        return GraphModule(modules, self.inputs), specs[len(self.layers)]
+
+
+class GraphModule(nn.Module):
+    """``Graph``'s twin: its layers' twins evaluated on the same graph."""
+
+    def __init__(self, modules: list, inputs: tuple) -> None:
+        super().__init__()
+        self.nodes = nn.ModuleList(modules)
+        self.inputs = inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = [x]
+        for module, args in zip(self.nodes, self.inputs):
+            taken = [values[a] for a in args]
+            values.append(module(taken[0] if len(taken) == 1 else tuple(taken)))
+        return values[-1]
+
+
+@dataclass(frozen=True)
+class Scale(Layer):
+    """Multiplies by a constant ``c``: kernels, NTK and own covariances by ``c^2``."""
+
+    c: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "c", check_float("Scale", "c", self.c, tensor=True))
+
+    def _rule(self, flow: Flow) -> Flow:
+        w = self._single(flow)
+        c2 = self.c**2
+        w.map_tiles(lambda t: t * c2)
+        w.set_covs(lambda c: c * c2)
+        return w
+
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        return ScaleModule(self.c), self._single_spec(spec)
+
+
+class ScaleModule(nn.Module):
+    def __init__(self, c) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.c
+
+    def extra_repr(self) -> str:
+        return f"c={self.c}"

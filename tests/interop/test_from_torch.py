@@ -1,0 +1,157 @@
+"""``wn.from_torch`` (src/widenet/interop/from_torch.py): real torch models against Monte Carlo
+of themselves (their own default initialization), round trips of widenet twins, the layer
+mapping against hand-written widenet networks, and every refusal."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import widenet as wn
+from widenet.errors import ParameterError, ShapeError, UnsupportedModuleError
+
+D = torch.float64
+
+
+class ResidualMLP(nn.Module):
+    """Functional calls in forward and a residual whose branch ends in its own Linear."""
+
+    def __init__(self, width=64):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.out = nn.Linear(width, 16)  # the NNGP averages over 16 outputs
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = h + self.fc3(F.gelu(self.fc2(h)))
+        return self.out(h * 0.5)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(width, width, 3, padding=1), nn.Tanh())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, 16)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _monte_carlo(make, width, x, n):
+    return wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), make(width).double())[1], x, n_samples=n)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("make, shape, width, n", [(ResidualMLP, (5, 6), 256, 200), (SmallCNN, (3, 1, 4, 4), 96, 120)],
+                         ids=["residual-mlp", "cnn"])
+def test_torch_models_match_monte_carlo_of_their_own_initialization(make, shape, width, n):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    net = wn.from_torch(make(width).double(), x)
+    k = net.kernel(x)
+    mc = _monte_carlo(make, width, x, n)
+    for name in ("nngp", "ntk"):
+        ours, theirs, se = getattr(k, name), getattr(mc, name), getattr(mc, f"{name}_stderr")
+        z = ((theirs - ours) / se).abs().max()
+        assert z < 4.5, (name, float(z))  # within 4.5 standard errors at every entry
+        assert _rel(2 * ours, theirs) > 0.3  # and far from a kernel twice as large
+
+
+def test_the_finite_width_error_shrinks_with_width():
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=D)
+    errors = []
+    for width in (4, 256):
+        k = wn.from_torch(ResidualMLP(width).double()).kernel(x)
+        mc = _monte_carlo(ResidualMLP, width, x, 400)
+        errors.append(_rel(mc.ntk, k.ntk))
+    assert errors[1] < errors[0] / 2, errors
+
+
+def test_layers_map_onto_the_widenet_network_written_by_hand():
+    torch.manual_seed(0)
+    model = SmallCNN(16).double()
+    x = torch.randn(3, 1, 5, 5, dtype=D)
+    s3 = 1 / math.sqrt(3)
+    by_hand = wn.Serial(wn.Conv(16, 3, W_std=s3, b_std=1 / math.sqrt(27), parameterization="standard"), wn.Relu(),
+                        wn.Conv(16, 3, W_std=s3, b_std=1 / math.sqrt(3 * 16 * 9), parameterization="standard"), wn.Tanh(),
+                        wn.GlobalAvgPool(), wn.Dense(16, s3, 1 / math.sqrt(48), parameterization="standard"))
+    ours, want = wn.from_torch(model, x).kernel(x), by_hand.kernel(x)
+    assert torch.allclose(ours.ntk, want.ntk, rtol=1e-13) and torch.allclose(ours.nngp, want.nngp, rtol=1e-13)
+    scaled = wn.from_torch(model, x, parameterization="ntk", scales={"features.0": (1.5, 0.1)})
+    first = scaled.layers[0]
+    assert (first.W_std, first.b_std, first.parameterization) == (1.5, 0.1, "ntk")
+
+
+@pytest.mark.parametrize("net", [
+    wn.Serial(wn.Dense(8), wn.Relu(), wn.Dense(1)),
+    wn.Serial(wn.Conv(4, 3), wn.Erf(), wn.AvgPool(2), wn.Flatten(), wn.Dense(2)),
+    wn.Serial(wn.Dense(8), wn.FanOut(2), wn.Parallel(wn.Identity(), wn.Serial(wn.Relu(), wn.Dense(8))), wn.FanInSum()),
+], ids=["mlp", "cnn", "residual"])
+def test_round_trips_of_widenet_twins_are_exact(net):
+    shape = (5,) if isinstance(net.layers[0], wn.Dense) else (1, 6)
+    x = torch.randn((3,) + shape, dtype=D)
+    back = wn.from_torch(wn.to_torch(net, shape, seed=0))
+    assert back == net
+    assert torch.equal(back.kernel(x).ntk, net.kernel(x).ntk)
+
+
+def test_unsupported_modules_and_bad_input_are_refused_before_any_work():
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv1d(1, 4, 3), nn.MaxPool1d(2), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.conv(x)).flatten(1))
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(x))
+            return h + F.gelu(self.fc2(h))
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.fc(x), x
+
+    with pytest.raises(UnsupportedModuleError, match=r"MaxPool1d 'pool' at node 'pool'.*use nn.AvgPool, or strict=False"):
+        wn.from_torch(Pooled(), torch.randn(2, 1, 6))
+    with pytest.raises(UnsupportedModuleError, match=r"two branches that are correlated.*test_from_torch.py:\d+ in forward"):
+        wn.from_torch(Branchy())
+    with pytest.raises(UnsupportedModuleError, match=r"torch.fx cannot trace DataDependent.*Control flow that depends"):
+        wn.from_torch(DataDependent())
+    with pytest.raises(UnsupportedModuleError, match=r"the model must return one tensor"):
+        wn.from_torch(TwoOutputs())
+    with pytest.raises(ParameterError, match=r"model has no parameters"):
+        wn.from_torch(nn.ReLU())
+    with pytest.raises(ParameterError, match=r"model must be a torch.nn.Module"):
+        wn.from_torch(lambda x: x)
+    with pytest.raises(ShapeError, match=r"the model rejects example_input of shape \(2, 5\)"):
+        wn.from_torch(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 5))
+    with pytest.raises(ParameterError, match=r"give example_input"):
+        wn.from_torch(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(6, 1)))
+    with pytest.raises(ParameterError, match=r"example_input is on meta but the model's parameters are on cpu"):
+        wn.from_torch(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 4, device="meta"))
+    with pytest.raises(ParameterError, match=r"scales names 'fc9', which is not a module"):
+        wn.from_torch(nn.Sequential(nn.Linear(4, 2)), scales={"fc9": (1.0, 0.0)})
