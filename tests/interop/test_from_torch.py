@@ -135,6 +135,16 @@ def test_unsupported_modules_and_bad_input_are_refused_before_any_work():
         def forward(self, x):
             return self.fc(x), x
 
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.out(self.fc(x) + self.fc(torch.relu(self.fc(x))))
+
+    with pytest.raises(UnsupportedModuleError, match=r"the module 'fc' called on a second, different input"):
+        wn.from_torch(Shared())
     with pytest.raises(UnsupportedModuleError, match=r"MaxPool1d 'pool' at node 'pool'.*use nn.AvgPool, or strict=False"):
         wn.from_torch(Pooled(), torch.randn(2, 1, 6))
     with pytest.raises(UnsupportedModuleError, match=r"two branches that are correlated.*test_from_torch.py:\d+ in forward"):
@@ -155,3 +165,24 @@ def test_unsupported_modules_and_bad_input_are_refused_before_any_work():
         wn.from_torch(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 4, device="meta"))
     with pytest.raises(ParameterError, match=r"scales names 'fc9', which is not a module"):
         wn.from_torch(nn.Sequential(nn.Linear(4, 2)), scales={"fc9": (1.0, 0.0)})
+
+
+def test_a_module_called_twice_on_one_input_is_one_layer():
+    class Twice(nn.Module):
+        def __init__(self, width=128):
+            super().__init__()
+            self.inp, self.hidden, self.out = nn.Linear(4, width), nn.Linear(width, width), nn.Linear(width, 8)
+
+        def forward(self, x):
+            return self.out(F.relu(self.inp(x)) + self.hidden(torch.tanh(self.inp(x))))
+
+    class Once(Twice):
+        def forward(self, x):
+            z = self.inp(x)
+            return self.out(F.relu(z) + self.hidden(torch.tanh(z)))
+
+    x = torch.randn(4, 4, dtype=D)
+    twice, once = wn.from_torch(Twice().double()), wn.from_torch(Once().double())
+    assert torch.equal(twice.kernel(x).ntk, once.kernel(x).ntk)
+    mc = _monte_carlo(Twice, 128, x, 150)
+    assert ((mc.ntk - twice.kernel(x).ntk) / mc.ntk_stderr).abs().max() < 4.5

@@ -232,6 +232,7 @@ class _Converter:
         # uncorrelated with anything computed without them (None: not such a value), and the
         # layers the value depends on.
         self.fresh: dict = {0: None}
+        self.calls: dict = {}  # parametrized module name -> (input index, output index)
         self.ancestors: dict = {0: frozenset()}
 
     def add(self, layer: L.Layer, args: list, flat: Optional[bool] = None) -> int:
@@ -290,7 +291,20 @@ class _Converter:
     # -- one node --
     def node(self, node: fx.Node) -> int:
         if node.op == "call_module":
-            return self.module(node, self.graph.get_submodule(node.target))
+            m = self.graph.get_submodule(node.target)
+            if not any(True for _ in m.parameters()):
+                return self.module(node, m)
+            x = self.arg(node)
+            if node.target in self.calls:  # one module, called again: the same weights
+                seen, out = self.calls[node.target]
+                if seen == x:
+                    return out
+                raise self.unsupported(node, f"the module {node.target!r} called on a second, different input "
+                                             f"(its weights shared between branches)",
+                                       "call each parametrized module once (weight sharing correlates the branches)")
+            out = self.module(node, m)
+            self.calls[node.target] = (x, out)
+            return out
         target = node.target
         if node.op == "call_method" and target in _IDENTITY_METHODS:
             return self.arg(node)
