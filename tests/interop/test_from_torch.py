@@ -186,3 +186,64 @@ def test_a_module_called_twice_on_one_input_is_one_layer():
     assert torch.equal(twice.kernel(x).ntk, once.kernel(x).ntk)
     mc = _monte_carlo(Twice, 128, x, 150)
     assert ((mc.ntk - twice.kernel(x).ntk) / mc.ntk_stderr).abs().max() < 4.5
+
+
+def test_strict_false_falls_back_to_monte_carlo_of_the_model_itself():
+    model = nn.Sequential(nn.Conv1d(1, 32, 3), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(64, 4)).double()
+    x = torch.randn(3, 1, 6, dtype=D)
+    with pytest.warns(UserWarning, match=r"(?s)MaxPool1d.*strict=False: falling back to Monte Carlo kernels"):
+        mc = wn.from_torch(model, x, strict=False, n_samples=20)
+    k = mc.kernel(x)
+    # the same estimate as widenet.empirical.monte_carlo over the model's own re-initializations
+    again = wn.empirical.monte_carlo(mc.module, x, n_samples=20)
+    assert torch.equal(k.ntk, again.ntk) and k.ntk_stderr is not None
+    first, second = mc.module(0), mc.module(1)
+    assert not torch.equal(first[0].weight, second[0].weight)
+    assert torch.equal(first[0].weight, mc.module(0)[0].weight)
+
+
+@pytest.mark.parametrize("net, shape", [
+    (wn.Serial(wn.Dense(8, 1.2, 0.1), wn.Softplus(), wn.Dense(8), wn.Relu(), wn.Erf(), wn.Dense(1)), (5,)),
+    (wn.Serial(wn.Conv(4, 3, stride=2), wn.Gelu(), wn.AvgPool(2), wn.Flatten(), wn.Dense(2)), (2, 8, 8)),
+    (wn.Serial(wn.ConvTranspose(4, 3, stride=2), wn.Tanh(), wn.ConvLocal(4, 2), wn.Relu(), wn.GlobalAvgPool(),
+               wn.Dense(1)), (1, 5)),
+    (wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.ImageResize((3, 3)), wn.Index(wn.Slice[:, :, 1:]), wn.Flatten(),
+               wn.Dense(1)), (1, 6, 6)),
+    (wn.Serial(wn.Dense(8), wn.SelfAttention(8, pos_emb="sum"), wn.LayerNorm(), wn.Dropout(0.2), wn.GlobalAvgPool(),
+               wn.Dense(1)), (3, 5)),
+    (wn.Serial(wn.Recurrent(8, readout="all"), wn.GlobalAvgPool(), wn.Dense(1)), (2, 4)),
+], ids=["mlp", "cnn", "transpose-local", "resize-index", "attention", "recurrent"])
+def test_round_trips_for_the_layers_with_twins(net, shape):
+    x = torch.randn((3,) + shape, generator=torch.Generator().manual_seed(3), dtype=D)
+    back = wn.from_torch(wn.to_torch(net, shape, seed=1, dtype=D))
+    assert back == net
+    for name in ("nngp", "ntk"):
+        assert torch.equal(getattr(back.kernel(x), name), getattr(net.kernel(x), name))
+
+
+def test_a_widenet_twin_inside_a_users_model_keeps_its_architecture():
+    inner = wn.Serial(wn.Conv(8, 3, W_std=1.3, b_std=0.2), wn.Relu(), wn.GlobalAvgPool())
+    model = nn.Sequential(inner.module((1, 6), seed=0, dtype=D), nn.Linear(8, 3).double())
+    x = torch.randn(4, 1, 6, dtype=D)
+    want = wn.Serial(inner, wn.Dense(3, 1 / math.sqrt(3), 1 / math.sqrt(24), parameterization="standard"))
+    got = wn.from_torch(model, x)
+    assert torch.allclose(got.kernel(x).ntk, want.kernel(x).ntk, rtol=1e-13)
+
+
+def test_module_lists_iterated_in_forward_unroll():
+    class Stack(nn.Module):
+        def __init__(self, depth=3, width=16):
+            super().__init__()
+            self.inp = nn.Linear(5, width)
+            self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.out = nn.Linear(width, 1)
+
+        def forward(self, x):
+            h = self.inp(x)
+            for block in self.blocks:
+                h = h + block(torch.erf(h))
+            return self.out(h)
+
+    net = wn.from_torch(Stack())
+    assert sum(isinstance(layer, wn.FanInSum) for layer in net.layers) == 3
+    assert sum(isinstance(layer, wn.Dense) for layer in net.layers) == 5

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -28,8 +29,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import layers as L
-from .._validate import check_choice
+from .._validate import check_choice, check_int
 from ..errors import ParameterError, ShapeError, UnsupportedModuleError
+from ._fallback import MonteCarloModel
 from ._graph import Graph, Scale
 
 __all__ = ["from_torch", "to_torch"]
@@ -73,7 +75,7 @@ def to_torch(net: L.Layer, input_shape=None, **options) -> nn.Module:
 
 def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
                parameterization: str = "standard", init: str = "module",
-               scales: Optional[dict] = None) -> L.Layer:
+               scales: Optional[dict] = None, strict: bool = True, n_samples: int = 64) -> L.Layer:
     """The widenet network whose kernels are ``model``'s infinite-width limit.
 
     Args:
@@ -91,6 +93,11 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
             of each layer (see the module docstring).
         scales: ``{name: (W_std, b_std)}`` overriding layers by their names in the model
             (``dict(model.named_modules())``).
+        strict: with False, a model that has no exact kernel here (the
+            ``UnsupportedModuleError`` cases) falls back, with a warning that says why, to
+            Monte Carlo kernels of the model itself: a ``MonteCarloModel`` whose ``kernel``
+            averages ``n_samples`` re-initialized copies (``widenet.empirical.monte_carlo``;
+            standard errors included). Bad input still raises.
 
     Returns:
         a widenet network (``Serial``, or ``Graph`` with branches): ``kernel``, ``nngp``,
@@ -146,9 +153,21 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
     if example_input.device != device:
         raise ParameterError(f"{owner}: example_input is on {example_input.device} but the model's parameters are "
                              f"on {device}; move one of them")
-    graph = _trace(owner, model)
-    _propagate(owner, graph, example_input.to(params[0].dtype) if example_input.is_floating_point() else example_input)
-    return _Converter(owner, graph, named, parameterization, scales).run()
+    if not isinstance(strict, bool):
+        raise ParameterError(f"{owner}: strict must be a bool (got {strict!r})")
+    n_samples = check_int(owner, "n_samples", n_samples, minimum=2)
+    x = example_input.to(params[0].dtype) if example_input.is_floating_point() else example_input
+    try:
+        graph = _trace(owner, model)
+        _propagate(owner, graph, x)
+        return _Converter(owner, graph, named, parameterization, scales).run()
+    except UnsupportedModuleError as err:
+        if strict:
+            raise
+        warnings.warn(f"{err}\nstrict=False: falling back to Monte Carlo kernels of the model itself over "
+                      f"{n_samples} re-initialized copies (estimates with standard errors, not exact kernels)",
+                      stacklevel=2)
+        return MonteCarloModel(model, n_samples)
 
 
 # ---- tracing --------------------------------------------------------------------------------------
