@@ -247,3 +247,48 @@ def test_module_lists_iterated_in_forward_unroll():
     net = wn.from_torch(Stack())
     assert sum(isinstance(layer, wn.FanInSum) for layer in net.layers) == 3
     assert sum(isinstance(layer, wn.Dense) for layer in net.layers) == 5
+
+
+class Normed(nn.Module):
+    def __init__(self, width=256, inputs=64):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(inputs, width), nn.LayerNorm(width), nn.Linear(width, 16)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.norm(self.fc1(x))))
+
+
+def _z(mc, k, name):
+    return float(((getattr(mc, name) - getattr(k, name)) / getattr(mc, f"{name}_stderr")).abs().max())
+
+
+def test_layer_norm_with_its_trainable_scale_and_shift_matches_monte_carlo():
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(6), dtype=D)
+    k = wn.from_torch(Normed().double()).kernel(x)
+    mc = _monte_carlo(Normed, 256, x, 150)
+    for name in ("nngp", "ntk"):
+        assert _z(mc, k, name) < 4.5, name
+    plain = wn.from_torch(nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8, elementwise_affine=False), nn.Tanh(),
+                                        nn.Linear(8, 1)).double())
+    assert not any(type(layer).__name__ == "ElementwiseAffine" for layer in plain.layers)
+
+
+def test_the_first_layers_uniform_weights_count_when_the_input_is_small():
+    # PyTorch draws weights uniformly. Hidden layers sum many of them (Gaussian in the limit),
+    # but a first layer on 5 inputs sums 5: a tanh after it sees a non-Gaussian pre-activation,
+    # and the limit is not the Gaussian-weight kernel that from_torch computes (documented);
+    # the same model with Gaussian weights of the same variances agrees with it.
+    def gaussian(model):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                with torch.no_grad():
+                    m.weight.normal_(0, 1 / math.sqrt(3 * m.in_features))
+                    m.bias.normal_(0, 1 / math.sqrt(3 * m.in_features))
+        return model
+
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(6), dtype=D)
+    k = wn.from_torch(Normed(256, 5).double()).kernel(x)
+    uniform = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), Normed(256, 5).double())[1], x, n_samples=150)
+    normal = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), gaussian(Normed(256, 5).double()))[1], x,
+                                      n_samples=150)
+    assert _z(normal, k, "ntk") < 4.5 and _z(uniform, k, "ntk") > 8

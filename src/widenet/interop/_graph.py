@@ -20,7 +20,7 @@ from .._engine import Flow
 from .._validate import check_float
 from ..layers.base import Build, Layer, Spec
 
-__all__ = ["Graph", "GraphModule", "Scale", "ScaleModule"]
+__all__ = ["Graph", "GraphModule", "Scale", "ScaleModule", "ElementwiseAffine", "ElementwiseAffineModule"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,39 @@ class ScaleModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"c={self.c}"
+
+
+@dataclass(frozen=True)
+class ElementwiseAffine(Layer):
+    """``y = gamma * x + beta`` per feature with trainable ``gamma`` initialized to 1 and
+    ``beta`` to 0 (``nn.LayerNorm``'s ``elementwise_affine``): at initialization the identity,
+    so the NNGP is unchanged; the NTK gains the parameters' own terms, ``K + 1`` (``K`` for
+    ``gamma``, 1 for ``beta``). Features only: ``(N, C)``."""
+
+    bias: bool = True
+
+    def _rule(self, flow: Flow) -> Flow:
+        w = self._single(flow)
+        if w.spatial:
+            from ..errors import ShapeError
+
+            raise ShapeError("ElementwiseAffine: features (N, C) only (per-position parameters would "
+                             "add their terms to each position's own pairs)")
+        if w.nngp is not None and w.ntk is not None:
+            w.ntk = w.ntk + w.nngp + (1.0 if self.bias else 0.0)
+        return w
+
+    def _twin(self, spec: Spec, build: Build) -> tuple[nn.Module, Spec]:
+        spec = self._single_spec(spec)
+        return ElementwiseAffineModule(spec.features, self.bias, build.dtype), spec
+
+
+class ElementwiseAffineModule(nn.Module):
+    def __init__(self, features, bias: bool, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(features, dtype=dtype or torch.get_default_dtype()))
+        self.bias = nn.Parameter(torch.zeros_like(self.weight)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.weight
+        return y if self.bias is None else y + self.bias

@@ -13,7 +13,11 @@ are PyTorch's defaults: ``nn.Linear`` and ``nn.Conv*d`` draw ``W`` and ``b`` uni
 (Kaiming-uniform with ``a = sqrt(5)``), so ``Var(W) = Var(b) = 1 / (3 fan_in)``; only the
 variances matter in the limit (central limit theorem), so the layers are ``Dense`` /
 ``Conv`` with ``W_std = 1 / sqrt(3)`` and ``b_std = 1 / sqrt(3 fan_in)``. ``scales=``
-overrides them per layer by its name in the model (``{"fc1": (W_std, b_std)}``).
+overrides them per layer by its name in the model (``{"fc1": (W_std, b_std)}``). The
+variances alone decide the limit in every layer whose fan-in grows with the width; the first
+layer sums only the input's dimension of uniform terms, so with a handful of inputs and a
+nonlinearity right after it the model's own limit departs from this Gaussian-weight kernel
+(docs/guide/from-torch.md gives the measured size).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .. import layers as L
 from .._validate import check_choice, check_int
 from ..errors import ParameterError, ShapeError, UnsupportedModuleError
 from ._fallback import MonteCarloModel
-from ._graph import Graph, Scale
+from ._graph import ElementwiseAffine, Graph, Scale
 
 __all__ = ["from_torch", "to_torch"]
 
@@ -111,7 +115,8 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
     ``nn.GELU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.SiLU``, ``nn.ELU``, ``nn.Softplus``,
     ``nn.Hardtanh``, ``nn.Mish`` and their functional forms), additions of branches
     (residuals), ``torch.cat`` along channels, multiplication by a constant, and
-    ``nn.Sequential`` / ``nn.ModuleList`` loops. Anything else raises
+    ``nn.Sequential`` / ``nn.ModuleList`` loops, ``nn.LayerNorm`` over the features of
+    ``(N, features)`` (its trainable scale and shift add their NTK terms). Anything else raises
     ``UnsupportedModuleError`` naming the node, its source line and what to do instead.
 
     Example:
@@ -372,6 +377,15 @@ class _Converter:
             return self.adaptive(node, name, m, x)
         if isinstance(m, nn.Flatten):
             return self.flatten(node)
+        if isinstance(m, nn.LayerNorm):
+            shape = _shape(node.args[0])
+            if len(shape) != 2 or tuple(m.normalized_shape) != shape[1:]:
+                raise self.unsupported(node, f"nn.LayerNorm {name!r} over {tuple(m.normalized_shape)} of a tensor "
+                                             f"of shape {shape}", "normalize (N, features) over the features")
+            out = self.add(L.LayerNorm(axis=1, eps=float(m.eps)), [x])
+            if m.elementwise_affine:
+                out = self.add(ElementwiseAffine(bias=m.bias is not None), [out])
+            return out
         if isinstance(m, nn.Identity):
             return x
         if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
