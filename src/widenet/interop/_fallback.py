@@ -19,6 +19,7 @@ class MonteCarloModel:
 
     Example:
 
+        >>> from widenet.interop._fallback import MonteCarloModel     # what from_torch(strict=False) returns
         >>> mc = MonteCarloModel(torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(),
         ...                                          torch.nn.Linear(64, 1)), n_samples=8)
         >>> mc.kernel(torch.randn(4, 3)).ntk.shape
