@@ -292,3 +292,51 @@ def test_the_first_layers_uniform_weights_count_when_the_input_is_small():
     normal = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), gaussian(Normed(256, 5).double()))[1], x,
                                       n_samples=150)
     assert _z(normal, k, "ntk") < 4.5 and _z(uniform, k, "ntk") > 8
+
+
+def test_nonlinearities_in_a_row_inside_a_branched_model_compose():
+    class Composed(nn.Module):
+        def __init__(self, width=256):
+            super().__init__()
+            self.fc, self.skip, self.out = nn.Linear(16, width), nn.Linear(16, width), nn.Linear(width, 16)
+
+        def forward(self, x):
+            return self.out(torch.tanh(F.relu(self.fc(x))) + self.skip(x))
+
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(8), dtype=D)
+    net = wn.from_torch(Composed().double())
+    assert any(isinstance(layer, wn.Chain) for layer in net.layers)
+    k = net.kernel(x)
+    mc = _monte_carlo(Composed, 256, x, 150)
+    for name in ("nngp", "ntk"):
+        assert _z(mc, k, name) < 4.5, name
+
+
+def test_transposed_convolutions_with_pytorchs_own_fan_in_match_monte_carlo():
+    class Up(nn.Module):
+        def __init__(self, width=96):
+            super().__init__()
+            self.up = nn.ConvTranspose1d(2, width, 3, stride=2)
+            self.conv = nn.Conv1d(width, width, 3, padding=1)
+            self.fc = nn.Linear(width, 8)
+
+        def forward(self, x):
+            return self.fc(F.adaptive_avg_pool1d(torch.tanh(self.conv(F.relu(self.up(x)))), 1).flatten(1))
+
+    x = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(9), dtype=D)
+    with pytest.raises(UnsupportedModuleError, match=r"operation adaptive_avg_pool1d"):
+        wn.from_torch(Up().double(), x)
+
+    class UpPooled(Up):
+        def __init__(self, width=96):
+            super().__init__(width)
+            self.pool = nn.AdaptiveAvgPool1d(1)
+
+        def forward(self, x):
+            return self.fc(self.pool(torch.tanh(self.conv(F.relu(self.up(x))))).flatten(1))
+
+    net = wn.from_torch(UpPooled().double(), x)
+    k = net.kernel(x)
+    mc = _monte_carlo(UpPooled, 96, x, 100)
+    for name in ("nngp", "ntk"):
+        assert _z(mc, k, name) < 4.5, name

@@ -108,7 +108,8 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
         ``ntk``, ``module()`` and everything else work on it.
 
     Supported: ``nn.Linear`` (on ``(N, features)``), ``nn.Conv1d/2d/3d`` (groups 1; zero
-    padding "same" for odd kernels, 0, or circular), ``nn.AvgPool*`` without padding,
+    padding "same" for odd kernels, 0, or circular), ``nn.ConvTranspose1d/2d/3d`` (without
+    padding, output padding or dilation), ``nn.AvgPool*`` without padding,
     ``nn.AdaptiveAvgPool*`` to 1 or to sizes that divide the input, ``nn.Flatten`` and
     ``flatten``/``view``/``reshape`` to ``(N, -1)``, ``nn.Identity``, ``nn.Dropout`` (identity
     in eval mode, ``wn.Dropout`` in train mode), activations (``nn.ReLU``, ``nn.LeakyReLU``,
@@ -299,7 +300,23 @@ class _Converter:
             return L.Serial(*self.layers)
         if result != len(self.layers):  # values computed after the output are dropped
             self.layers, self.inputs = self.layers[:result], self.inputs[:result]
+        self.merge_runs()
         return Graph(tuple(self.layers), tuple(self.inputs))
+
+    def merge_runs(self) -> None:
+        """Nonlinearities in a row (the first one's value used by the second only) become one
+        ``Chain``, the second an ``Identity`` of it: their kernel is that of the composed
+        function (``Serial`` does the same for its runs)."""
+        uses = [0] * (len(self.layers) + 1)
+        for args in self.inputs:
+            for a in args:
+                uses[a] += 1
+        for i, (layer, args) in enumerate(zip(self.layers, self.inputs)):
+            a = args[0]
+            if (isinstance(layer, L.Nonlinearity) and len(args) == 1 and a >= 1 and uses[a] == 1
+                    and isinstance(self.layers[a - 1], L.Nonlinearity)):
+                self.layers[a - 1] = L.Chain(self.layers[a - 1], layer)
+                self.layers[i] = L.Identity()
 
     def unsupported(self, node: fx.Node, what: str, instead: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(f"{self.owner}: {what} at {_where(node)}, which has no infinite-width kernel "
@@ -368,6 +385,8 @@ class _Converter:
             return self.add(L.Dense(m.out_features, w, b, self.parameterization), [x], flat=True)
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return self.add(self.conv(node, name, m), [x])
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return self.add(self.conv_transpose(node, name, m), [x])
         if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
             if any(_tuple(m.padding)) or m.ceil_mode:
                 raise self.unsupported(node, f"{type(m).__name__} {name!r} with padding or ceil_mode",
@@ -434,6 +453,20 @@ class _Converter:
         w, b = self.std(name, m, m.in_channels * math.prod(k))
         return L.Conv(m.out_channels, k, stride=stride, padding=padding, dilation=dilation, W_std=w, b_std=b,
                       parameterization=self.parameterization)
+
+    def conv_transpose(self, node: fx.Node, name: str, m: nn.Module) -> L.Layer:
+        if (m.groups != 1 or any(_tuple(m.padding)) or any(_tuple(m.output_padding)) or any(d != 1 for d in _tuple(m.dilation))
+                or m.padding_mode != "zeros"):
+            raise self.unsupported(node, f"{type(m).__name__} {name!r} with padding, output_padding, dilation, "
+                                         f"groups or a padding mode", "use the full transposed convolution (their defaults)")
+        k = _tuple(m.kernel_size)
+        # PyTorch's default draws the (in, out, *k) weight with fan_in = out * prod(k) (its
+        # second axis): Var(W) = 1 / (3 out prod(k)); widenet's scale counts in * prod(k).
+        w, b = self.std(name, m, m.out_channels * math.prod(k))
+        if name not in self.scales:
+            w = math.sqrt(m.in_channels / (3 * m.out_channels))
+        return L.ConvTranspose(m.out_channels, k, stride=_tuple(m.stride), padding="valid", W_std=w, b_std=b,
+                               parameterization=self.parameterization)
 
     def adaptive(self, node: fx.Node, name: str, m: nn.Module, x: int) -> int:
         shape = _shape(node.args[0])[2:]
