@@ -340,3 +340,11 @@ def test_transposed_convolutions_with_pytorchs_own_fan_in_match_monte_carlo():
     mc = _monte_carlo(UpPooled, 96, x, 100)
     for name in ("nngp", "ntk"):
         assert _z(mc, k, name) < 4.5, name
+
+
+def test_init_ntk_is_the_theory_convention():
+    model = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 1))
+    net = wn.from_torch(model, init="ntk", parameterization="ntk")
+    assert net == wn.Serial(wn.Dense(32, 1.0, 0.0), wn.Relu(), wn.Dense(1, 1.0, 0.0))
+    with pytest.raises(ParameterError, match=r"from_torch: init must be one of"):
+        wn.from_torch(model, init="xavier")

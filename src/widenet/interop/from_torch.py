@@ -94,7 +94,9 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
             (the same NNGP; the NTK of the rescaled parameters ``W = W_std / sqrt(fan_in) w``,
             independent of the widths).
         init: ``"module"``: the weight and bias variances of PyTorch's default initialization
-            of each layer (see the module docstring).
+            of each layer (see the module docstring); ``"ntk"``: the theory's convention (and
+            Neural Tangents' ``stax`` defaults), ``W_std = 1`` and ``b_std = 0`` in every affine
+            layer, whatever the model's own initialization.
         scales: ``{name: (W_std, b_std)}`` overriding layers by their names in the model
             (``dict(model.named_modules())``).
         strict: with False, a model that has no exact kernel here (the
@@ -138,7 +140,7 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
     if not isinstance(model, nn.Module):
         raise ParameterError(f"{owner}: model must be a torch.nn.Module (got {type(model).__name__})")
     check_choice(owner, "parameterization", parameterization, ("standard", "ntk"))
-    check_choice(owner, "init", init, ("module",))
+    check_choice(owner, "init", init, ("module", "ntk"))
     if isinstance(getattr(model, "widenet_layer", None), L.Layer):
         return model.widenet_layer  # a widenet twin: its own architecture
     params = list(model.parameters())
@@ -166,7 +168,7 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
     try:
         graph = _trace(owner, model)
         _propagate(owner, graph, x)
-        return _Converter(owner, graph, named, parameterization, scales).run()
+        return _Converter(owner, graph, named, parameterization, scales, init).run()
     except UnsupportedModuleError as err:
         if strict:
             raise
@@ -246,8 +248,9 @@ def _shape(node: Any) -> Optional[tuple]:
 class _Converter:
     """Walks the traced graph in order; each node becomes a layer (or passes its value on)."""
 
-    def __init__(self, owner: str, graph: fx.GraphModule, named: dict, parameterization: str, scales: dict):
-        self.owner, self.graph, self.named = owner, graph, named
+    def __init__(self, owner: str, graph: fx.GraphModule, named: dict, parameterization: str, scales: dict,
+                 init: str = "module"):
+        self.owner, self.graph, self.named, self.init = owner, graph, named, init
         self.parameterization, self.scales = parameterization, scales
         self.layers: list = []
         self.inputs: list = []
@@ -428,6 +431,8 @@ class _Converter:
         if name in self.scales:
             w, b = self.scales[name]
             return w, (None if m.bias is None else b)
+        if self.init == "ntk":
+            return 1.0, (None if m.bias is None else 0.0)
         # PyTorch's default: kaiming_uniform_(a=sqrt(5)) and U(+-1/sqrt(fan_in)): variances 1/(3 fan_in)
         return 1 / math.sqrt(3), (None if m.bias is None else 1 / math.sqrt(3 * fan_in))
 
@@ -463,7 +468,7 @@ class _Converter:
         # PyTorch's default draws the (in, out, *k) weight with fan_in = out * prod(k) (its
         # second axis): Var(W) = 1 / (3 out prod(k)); widenet's scale counts in * prod(k).
         w, b = self.std(name, m, m.out_channels * math.prod(k))
-        if name not in self.scales:
+        if name not in self.scales and self.init == "module":
             w = math.sqrt(m.in_channels / (3 * m.out_channels))
         return L.ConvTranspose(m.out_channels, k, stride=_tuple(m.stride), padding="valid", W_std=w, b_std=b,
                                parameterization=self.parameterization)
