@@ -101,6 +101,18 @@ def test_round_trips_of_widenet_twins_are_exact(net):
     assert torch.equal(back.kernel(x).ntk, net.kernel(x).ntk)
 
 
+@pytest.mark.parametrize("model, x, match", [
+    (nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)), torch.randn(3, 4),
+     r"BatchNorm1d '1' at node '_1'.*batch normalization couples the examples"),
+    (nn.Sequential(nn.Conv1d(1, 4, 3), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 1)), torch.randn(3, 1, 4),
+     r"MaxPool1d '1'.*max pooling has no closed-form kernel"),
+    (nn.Sequential(nn.LSTM(4, 8)), torch.randn(3, 2, 4), r"LSTM '0'.*gated recurrences have no kernel here; wn.Recurrent"),
+], ids=["batchnorm", "maxpool", "lstm"])
+def test_modules_without_a_kernel_name_what_to_do_instead(model, x, match):
+    with pytest.raises(UnsupportedModuleError, match=match):
+        wn.from_torch(model, x)
+
+
 def test_unsupported_modules_and_bad_input_are_refused_before_any_work():
     class Pooled(nn.Module):
         def __init__(self):

@@ -18,6 +18,7 @@ from torch import nn
 
 from .._engine import Flow
 from .._validate import check_float
+from ..errors import ShapeError
 from ..layers.base import Build, Layer, Spec
 
 __all__ = ["Graph", "GraphModule", "Scale", "ScaleModule", "ElementwiseAffine", "ElementwiseAffineModule"]
@@ -126,8 +127,6 @@ class ElementwiseAffine(Layer):
     def _rule(self, flow: Flow) -> Flow:
         w = self._single(flow)
         if w.spatial:
-            from ..errors import ShapeError
-
             raise ShapeError("ElementwiseAffine: features (N, C) only (per-position parameters would "
                              "add their terms to each position's own pairs)")
         if w.nngp is not None and w.ntk is not None:

@@ -52,7 +52,7 @@ _FUNCTIONS = {
 _METHODS = {"relu": L.Relu(), "tanh": L.Tanh(), "sigmoid": _SIGMOID, "erf": L.Erf(), "sin": L.Sin(),
             "cos": L.Cos(), "abs": L.Abs()}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach"}
-_TODO = {
+_NO_KERNEL = {  # modules without an infinite-width kernel here, and what to do instead
     nn.MaxPool1d: "max pooling has no closed-form kernel; use nn.AvgPool, or strict=False for a Monte Carlo kernel",
     nn.MaxPool2d: "max pooling has no closed-form kernel; use nn.AvgPool, or strict=False for a Monte Carlo kernel",
     nn.MaxPool3d: "max pooling has no closed-form kernel; use nn.AvgPool, or strict=False for a Monte Carlo kernel",
@@ -421,7 +421,7 @@ class _Converter:
         layer = _activation(m)
         if layer is not None:
             return self.add(layer, [x])
-        for kind, instead in _TODO.items():
+        for kind, instead in _NO_KERNEL.items():
             if isinstance(m, kind):
                 raise self.unsupported(node, f"{type(m).__name__} {name!r}", instead)
         raise self.unsupported(node, f"the module {type(m).__name__} {name!r}",

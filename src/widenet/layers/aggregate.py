@@ -298,7 +298,7 @@ class _BlockEdges:
         w = self.weights.to(t.dtype).unsqueeze(1)
         for start in range(0, self.tails.shape[0], chunk):
             s = slice(start, start + chunk)
-            out = out.index_add(0, self.heads[s], t[self.tails[s]] * w[s])
+            out.index_add_(0, self.heads[s], t[self.tails[s]] * w[s])
         return out
 
 
