@@ -2,6 +2,7 @@
 of themselves (their own default initialization), round trips of widenet twins, the layer
 mapping against hand-written widenet networks, and every refusal."""
 
+import dataclasses
 import math
 
 import pytest
@@ -324,7 +325,7 @@ def test_nonlinearities_in_a_row_inside_a_branched_model_compose():
         assert _z(mc, k, name) < 4.5, name
 
 
-def test_transposed_convolutions_with_pytorchs_own_fan_in_match_monte_carlo():
+def test_transposed_convolutions_and_functional_pooling_match_monte_carlo():
     class Up(nn.Module):
         def __init__(self, width=96):
             super().__init__()
@@ -335,10 +336,6 @@ def test_transposed_convolutions_with_pytorchs_own_fan_in_match_monte_carlo():
         def forward(self, x):
             return self.fc(F.adaptive_avg_pool1d(torch.tanh(self.conv(F.relu(self.up(x)))), 1).flatten(1))
 
-    x = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(9), dtype=D)
-    with pytest.raises(UnsupportedModuleError, match=r"operation adaptive_avg_pool1d"):
-        wn.from_torch(Up().double(), x)
-
     class UpPooled(Up):
         def __init__(self, width=96):
             super().__init__(width)
@@ -347,11 +344,223 @@ def test_transposed_convolutions_with_pytorchs_own_fan_in_match_monte_carlo():
         def forward(self, x):
             return self.fc(self.pool(torch.tanh(self.conv(F.relu(self.up(x))))).flatten(1))
 
-    net = wn.from_torch(UpPooled().double(), x)
+    x = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(9), dtype=D)
+    net = wn.from_torch(Up().double(), x)
+    assert net == wn.from_torch(UpPooled().double(), x)  # functional pooling maps as the module
     k = net.kernel(x)
-    mc = _monte_carlo(UpPooled, 96, x, 100)
+    mc = _monte_carlo(Up, 96, x, 100)
     for name in ("nngp", "ntk"):
         assert _z(mc, k, name) < 4.5, name
+
+
+@pytest.mark.parametrize("padding, output_padding", [(1, 1), (2, 0)])
+def test_transposed_convolutions_with_padding_crop_as_pytorch_does(padding, output_padding):
+    # one linear layer, its kernel per output position: the edges of a transposed convolution
+    # get fewer taps, so a crop off by one position shows at once
+    def make(width):
+        return nn.Sequential(nn.ConvTranspose1d(3, width, 4, stride=2, padding=padding,
+                                                output_padding=output_padding)).double()
+
+    x = torch.randn(3, 3, 5, generator=torch.Generator().manual_seed(10), dtype=D)
+    net = wn.from_torch(make(64), x)  # PyTorch's variance counts the output channels
+    length = make(64)(x).shape[-1]
+    assert net.module((3, 5), seed=0, dtype=D)(x).shape == (3, 64, length)
+    k = net.kernel(x)
+    mc = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), make(64))[1], x, n_samples=40, outputs="diagonal")
+    for name in ("nngp", "ntk"):  # per output (channel, position): the mean over channels per position
+        per_output = getattr(mc, name).reshape(3, 3, 64, length)
+        ours = getattr(k, name)
+        assert ours.shape == (3, 3, length)
+        assert _rel(per_output.mean(2), ours) < 0.05, name
+        assert _rel(per_output.mean(2), ours.roll(1, dims=-1)) > 0.2, name  # a crop one off is far
+
+
+class TokenMLP(nn.Module):
+    """Tokens (N, L, features): nn.Linear on the last dim, LayerNorm over channels, a residual,
+    then a mean over positions (or the first token)."""
+
+    def __init__(self, width=64, first_token=False):
+        super().__init__()
+        self.first_token = first_token
+        self.embed, self.norm, self.fc = nn.Linear(32, width), nn.LayerNorm(width), nn.Linear(width, width)
+        self.head = nn.Linear(width, 8)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.fc(F.gelu(self.norm(h)))
+        return self.head(h[:, 0] if self.first_token else h.mean(dim=1))
+
+
+class ChannelsLast(nn.Module):
+    """Images (N, H, W, C): a Linear on the channels, a permute to PyTorch's (N, C, H, W), a Conv."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.fc, self.conv, self.out = nn.Linear(24, width), nn.Conv2d(width, width, 3, padding=1), nn.Linear(width, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x)).permute(0, 3, 1, 2)
+        return self.out(F.adaptive_avg_pool2d(torch.tanh(self.conv(h)), 1).flatten(1))
+
+
+@pytest.mark.parametrize("make, shape, width, n", [
+    (TokenMLP, (3, 5, 32), 256, 100), (lambda w: TokenMLP(w, first_token=True), (3, 5, 32), 256, 100),
+    (ChannelsLast, (3, 4, 4, 24), 128, 60)], ids=["tokens-mean", "tokens-first", "channels-last"])
+def test_layouts_with_channels_last_match_monte_carlo(make, shape, width, n):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(11), dtype=D)
+    net = wn.from_torch(make(width).double(), x)
+    assert net.input_order == (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
+    k = net.kernel(x)  # in the model's own layout
+    mc = _monte_carlo(make, width, x, n)
+    for name in ("nngp", "ntk"):
+        assert _z(mc, k, name) < 4.5, name
+    twin = net.module(shape[1:], seed=0, dtype=D)
+    assert twin(x).shape == make(8).double()(x).shape
+    back = wn.from_torch(twin, x)  # the permuting twin reads back as the same network
+    assert back == net
+
+
+class NormThen(nn.Module):
+    def __init__(self, width=256, shape=None, then="tanh"):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(32, width), nn.LayerNorm(shape or (width,))
+        self.fc2, self.out, self.then = nn.Linear(width, width), nn.Linear(width, 4), then
+
+    def forward(self, x):
+        h = self.norm(self.fc(x))
+        h = torch.tanh(h) if self.then == "tanh" else self.fc2(h)
+        return self.out(torch.tanh(self.fc2(h) if self.then == "tanh" else h).mean(1))
+
+
+@pytest.mark.parametrize("shape, then", [(None, "tanh"), ((5, 256), "tanh"), ((5, 256), "linear")],
+                         ids=["channels-tanh", "positions-tanh", "positions-linear"])
+def test_layer_norms_scale_and_shift_have_their_own_ntk_terms(shape, then):
+    # The NTK of the LayerNorm's own parameters alone (params=), Monte Carlo over the model,
+    # against the kernel's share of them (with minus without the affine parameters): a sharp
+    # oracle for their terms, per channel or per (position, channel), and through a nonlinearity
+    # right after them (the scale's gradient there is the pre-activation itself).
+    x = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(12), dtype=D)
+    share = (wn.from_torch(NormThen(256, shape, then).double(), x).kernel(x).ntk
+             - wn.from_torch(_without_affine(NormThen(256, shape, then)).double(), x).kernel(x).ntk)
+    mc = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), NormThen(256, shape, then).double())[1], x,
+                                  n_samples=20, params=["norm.weight", "norm.bias"])
+    assert ((mc.ntk - share) / mc.ntk_stderr).abs().max() < 4.5
+    assert _rel(mc.ntk, share) < 0.03
+
+
+def _without_affine(model):
+    model.norm = nn.LayerNorm(model.norm.normalized_shape, elementwise_affine=False)
+    return model
+
+
+class Encoder(nn.Module):
+    def __init__(self, width=128, norm_first=False, layers=1):
+        super().__init__()
+        self.embed = nn.Linear(32, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers > 1 else layer
+        self.head = nn.Linear(width, 8)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def _uniform_attention(model):
+    # zero query and key projections: PyTorch's attention is then a uniform average over the
+    # positions, exactly the limit of wn.SelfAttention with W_query_std = 0
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            with torch.no_grad():
+                m.in_proj_weight[: 2 * m.embed_dim] = 0
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch.func over PyTorch's attention
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_transformer_encoder_layers_match_monte_carlo_of_pytorchs_own(norm_first):
+    x = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(13), dtype=D)
+    with pytest.raises(UnsupportedModuleError, match=r"1/sqrt\(head_dim\).*attention='linear'.*strict=False"):
+        wn.from_torch(Encoder(norm_first=norm_first).double(), x)
+    net = wn.from_torch(Encoder(norm_first=norm_first).double(), x, attention="linear")
+    attention = [layer.attention for layer in net.net.layers if type(layer).__name__ == "StandardAttention"]
+    assert len(attention) == 1 and attention[0].heads == 4 and attention[0].key_features == 32
+    # the same network with the logits' scale at zero is PyTorch's own at zero query/key weights
+    layers = tuple(dataclasses.replace(layer, attention=dataclasses.replace(layer.attention, W_query_std=0.0))
+                   if type(layer).__name__ == "StandardAttention" else layer for layer in net.net.layers)
+    uniform = dataclasses.replace(net, net=dataclasses.replace(net.net, layers=layers))
+    mc = _monte_carlo(lambda w: _uniform_attention(Encoder(w, norm_first)), 128, x, 60)
+    k = uniform.kernel(x)
+    for name in ("nngp", "ntk"):
+        assert _z(mc, k, name) < 4.5, name
+
+
+def test_a_transformer_encoder_stack_unrolls_its_layers():
+    x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(14), dtype=D)
+    net = wn.from_torch(Encoder(32, norm_first=True, layers=2).double(), x, attention="linear")
+    assert sum(type(layer).__name__ == "StandardAttention" for layer in net.net.layers) == 2
+    assert net.kernel(x).ntk.shape == (2, 2)
+
+
+def test_layout_and_attention_refusals_say_what_to_do():
+    class Moves(nn.Module):
+        def __init__(self, perm):
+            super().__init__()
+            self.fc, self.perm = nn.Linear(4, 8), perm
+
+        def forward(self, x):
+            return self.fc(x.permute(*self.perm)).mean(dim=1)
+
+    class LinearOnPositions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv1d(2, 8, 3), nn.Linear(4, 8)
+
+        def forward(self, x):
+            return self.fc(self.conv(x)).flatten(1)
+
+    class Attends(nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.how = how
+            self.att = nn.MultiheadAttention(8, 2, batch_first=how != "batch-second")
+
+        def forward(self, x):
+            if self.how == "cross":
+                return self.att(x, x.relu(), x)[0]
+            if self.how == "weights":
+                return self.att(x, x, x)[1]
+            if self.how == "causal":
+                return self.att(x, x, x, is_causal=True)[0]
+            return self.att(x, x, x)[0]
+
+    x4 = torch.randn(2, 3, 5, 4)
+    with pytest.raises(UnsupportedModuleError, match=r"permutation \(1, 0, 2\) that moves the batch axis"):
+        wn.from_torch(Moves((1, 0, 2)), torch.randn(3, 2, 4))
+    with pytest.raises(UnsupportedModuleError, match=r"reorders its position axes"):
+        wn.from_torch(Moves((0, 2, 1, 3)), x4)
+    with pytest.raises(UnsupportedModuleError, match=r"nn.Linear 'fc' reading channels at dim 2 .* channels are at dim 1"):
+        wn.from_torch(LinearOnPositions(), torch.randn(2, 2, 6))
+    with pytest.raises(UnsupportedModuleError, match=r"nn.LayerNorm '1' over \(4,\) .* without its channels"):
+        wn.from_torch(nn.Sequential(nn.Conv1d(2, 8, 3), nn.LayerNorm(4)), torch.randn(2, 2, 6))
+    with pytest.raises(UnsupportedModuleError, match=r"a mean over dims \[2\] .*global pooling"):
+        wn.from_torch(_MeanOver(2), torch.randn(2, 4, 3, 3))
+    for how, match in (("cross", r"cross-attention"), ("weights", r"attention weights"),
+                       ("causal", r"is_causal=True.*causal attention has no kernel"), ("batch-second", r"batch_first=True")):
+        with pytest.raises(UnsupportedModuleError, match=match):
+            wn.from_torch(Attends(how).eval(), torch.randn(2, 3, 8), attention="linear")
+    with pytest.raises(UnsupportedModuleError, match=r"in train mode with dropout.*model.eval\(\)"):
+        wn.from_torch(nn.TransformerEncoderLayer(8, 2, batch_first=True), torch.randn(2, 3, 8), attention="linear")
+    with pytest.raises(ParameterError, match=r"attention must be one of"):
+        wn.from_torch(nn.Linear(2, 2), attention="sqrt")
+
+
+class _MeanOver(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim, self.conv = dim, nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=self.dim)
 
 
 def test_init_ntk_is_the_theory_convention():
