@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .._validate import (as_inputs, as_tensor, available_memory, by_get, check_float, check_gets, check_int,
-                         check_memory)
+from .._validate import (as_inputs, as_tensor, available_memory, by_get, check_choice, check_float, check_gets,
+                         check_int, check_memory)
 from ..errors import NumericalError, ParameterError, ShapeError
 from ..kernel import Kernel
 from ._store import Store
@@ -162,14 +162,80 @@ class _Rows:
             out[start:stop] = self.rows(start, stop) @ v
         return out
 
+    def _column_blocks(self, index: torch.Tensor):
+        for start in range(0, self.n, self.block):
+            stop = min(self.n, start + self.block)
+            yield start, stop, self.rows(start, stop)[:, index]
+
+    def columns_matmul(self, index: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.cat([c @ u for _, _, c in self._column_blocks(index)])
+
+    def columns_transpose_matmul(self, index: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((len(index),) + r.shape[1:], dtype=self.dtype)
+        for start, stop, c in self._column_blocks(index):
+            out += c.T @ r[start:stop]
+        return out
+
+    def columns_gram(self, index: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((len(index), len(index)), dtype=self.dtype)
+        for _, _, c in self._column_blocks(index):
+            out += c.T @ c
+        return out
+
+    def release(self) -> None:
+        pass
+
+
+def _nystrom_preconditioner(owner: str, op, reg: float, m: int, seed: int, dtype: torch.dtype) -> Callable:
+    """``r -> P^-1 r`` for ``P = C W^-1 C^T + reg I``, the Nystrom approximation of ``K + reg I``
+    on ``m`` columns drawn uniformly (``C = K[:, idx]``, ``W = K[idx, idx]``), by the Woodbury
+    identity: ``P^-1 r = (r - C S^-1 C^T r) / reg`` with ``S = reg W + C^T C`` (``m x m``)."""
+    if reg <= 0:
+        raise ParameterError(f"{owner}: precondition='nystrom' needs a ridge (diag_reg > 0)")
+    index = torch.randperm(op.n, generator=torch.Generator().manual_seed(int(seed)))[:m].sort().values
+    gram = op.columns_gram(index)
+    w = op.columns_transpose_matmul(index, _selector(op.n, index, dtype))  # C^T E = C[idx]^T = W
+    s_matrix = reg * (w + w.T) / 2 + gram
+    jitter = m * torch.finfo(dtype).eps * float(s_matrix.diagonal().mean())
+    chol = _cholesky_upper(owner, s_matrix + jitter * torch.eye(m, dtype=dtype), "the Nystrom preconditioner")
+
+    def apply(r: torch.Tensor) -> torch.Tensor:
+        t = op.columns_transpose_matmul(index, r)
+        t = torch.cholesky_solve(t, chol, upper=True)
+        return (r - op.columns_matmul(index, t)) / reg
+
+    return apply
+
+
+def _selector(n: int, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``E`` (n x m) with ``E[idx_j, j] = 1``: ``K[:, idx]^T E = K[idx, idx]``."""
+    e = torch.zeros((n, len(index)), dtype=dtype)
+    e[index, torch.arange(len(index))] = 1
+    return e
+
 
 def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: Any = "ntk", diag_reg_absolute_scale: bool = False,
        tol: float = 1e-10, maxiter: Optional[int] = None, memory: Any = None,
        dtype: torch.dtype = torch.float64, callback: Optional[Callable[[int, float], None]] = None,
-       progress: bool = False) -> CGResult:
+       progress: bool = False, x: Any = None, client: Any = None, precondition: Optional[str] = None,
+       n_centers: int = 500, seed: int = 0, reproducible: bool = False) -> CGResult:
     """Solves ``(K + reg I) x = y`` by conjugate gradients, reading ``K`` row block by row block
     (a ``Store`` on disk, a zarr or numpy array, a tensor or a Kernel), so that only
     ``memory`` bytes of it are in memory at once.
+
+    With ``x``, ``kernel`` is a widenet architecture or kernel function (as in ``compute``) and
+    ``K = kernel(x, x)``. With ``client`` (a ``distributed.Client`` or a scheduler address) the
+    solve runs on a Dask cluster where the kernel is: the workers compute ``K``'s row blocks
+    (given ``x``) or read them from a ``Store`` on a disk they share, keep them, and do every
+    product ``K v`` there; only vectors travel, the kernel is never gathered on one machine,
+    and a worker that dies has its blocks computed again elsewhere (``reproducible=True`` makes
+    them the same bits). ``memory`` then bounds one block on a worker.
+
+    ``precondition="nystrom"`` preconditions CG with the Nystrom approximation of ``K + reg I``
+    on ``n_centers`` columns drawn uniformly (``seed``), as FALKON does, applied by the
+    Woodbury identity (``P^-1 r = (r - C S^-1 C^T r) / reg``, ``C = K[:, idx]``,
+    ``S = reg K[idx, idx] + C^T C``): when the spectrum decays fast, a few tens of iterations
+    instead of hundreds or thousands (``diag_reg > 0`` needed).
 
     ``reg = diag_reg * Tr K / N`` (relative to the mean diagonal, as the predict functions)
     unless ``diag_reg_absolute_scale``. ``y`` is ``(N,)`` or ``(N, k)``; each column is solved
@@ -198,19 +264,87 @@ def cg(kernel: Any, y: Any, diag_reg: float = 0.0, *, get: Any = "ntk", diag_reg
             memory=memory, dtype=dtype, callback=callback, progress=progress))
     get = names[0]
     budget = None if memory is None else check_memory(owner, "memory", memory)
-    op = _Rows(owner, kernel, get, budget, dtype)
+    diag_reg = check_float(owner, "diag_reg", diag_reg, minimum=0.0)
+    tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
+    if precondition is not None:
+        check_choice(owner, "precondition", precondition, ("nystrom",))
+    n_centers = check_int(owner, "n_centers", n_centers, minimum=1)
+    if not isinstance(reproducible, bool):
+        raise ParameterError(f"{owner}: reproducible must be a bool (got {reproducible!r})")
+    if x is not None:
+        x = as_inputs(owner, "x", x)
+    elif client is not None and not isinstance(kernel, Store):
+        raise ParameterError(f"{owner}: with client, give the kernel as a Store on a disk the workers share, or "
+                             f"as an architecture or kernel function with x= (the workers compute it); a "
+                             f"{type(kernel).__name__} is already on this machine")
     y = as_tensor(owner, "y", y).to(dtype)
     flat = y.ndim == 1
     y = y[:, None] if flat else y
+    n = x.shape[0] if x is not None else None
+    if n is not None and y.shape[0] != n:
+        raise ShapeError(f"{owner}: y must have one row per input: x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if client is None:
+        return _cg(owner, _local_rows(owner, kernel, x, get, budget, dtype, reproducible), y, flat, diag_reg,
+                   diag_reg_absolute_scale, tol, maxiter, precondition, n_centers, seed, dtype, callback, progress)
+    from ._dask import connected
+
+    with connected(client) as opened:
+        op = _cluster_rows(owner, opened, kernel, x, get, budget, dtype, reproducible)
+        try:
+            return _cg(owner, op, y, flat, diag_reg, diag_reg_absolute_scale, tol, maxiter, precondition, n_centers,
+                       seed, dtype, callback, progress)
+        finally:
+            op.release()
+
+
+def _local_rows(owner, kernel, x, get, budget, dtype, reproducible):
+    if x is None:
+        return _Rows(owner, kernel, get, budget, dtype)
+    from ._compute import compute
+
+    return _Rows(owner, compute(kernel, x, memory=budget, get=get, progress=False, reproducible=reproducible),
+                 get, budget, dtype)
+
+
+def _cluster_rows(owner, client, kernel, x, get, budget, dtype, reproducible):
+    from ._cluster import ClusterRows, check_workers
+    from ._compute import _function
+    from ._dask import workers
+
+    check_workers(client, owner)
+    per_worker = budget if budget is not None else available_memory(torch.device("cpu")) // 8
+    if x is not None:
+        n = x.shape[0]
+        fn, _ = _function(kernel, None, per_worker, get, reproducible)
+        return ClusterRows.of_function(client, fn, x, None, _cluster_block(n, n, per_worker, workers(client)), dtype)
+    names = kernel.names
+    name = get if get in names else ("kernel" if "kernel" in names else None)
+    if name is None:
+        raise ParameterError(f"{owner}: the store holds {list(names)}, not {get!r}")
+    n, m = kernel[name].shape[:2]
+    if n != m:
+        raise ShapeError(f"{owner}: the kernel must be a square (N, N) matrix (got shape {(n, m)})")
+    return ClusterRows.of_store(client, str(kernel.path), name, n, n, _cluster_block(n, n, per_worker,
+                                                                                    workers(client)), dtype)
+
+
+def _cluster_block(n: int, m: int, budget: int, workers: int) -> int:
+    """Rows per block: within a worker's budget, and at least two blocks per worker thread."""
+    return max(1, min(budget // (8 * m), -(-n // (2 * workers))))
+
+
+def _cg(owner, op, y, flat, diag_reg, absolute, tol, maxiter, precondition, n_centers, seed, dtype, callback,
+        progress) -> CGResult:
     if y.shape[0] != op.n:
         raise ShapeError(f"{owner}: y must have one row per kernel row: kernel {op.n}x{op.n}, y {tuple(y.shape)}")
-    diag_reg = check_float(owner, "diag_reg", diag_reg, minimum=0.0)
-    tol = check_float(owner, "tol", tol, minimum=0.0, exclusive_minimum=True)
     maxiter = 10 * op.n if maxiter is None else check_int(owner, "maxiter", maxiter, minimum=1)
-    reg = diag_reg if diag_reg_absolute_scale else diag_reg * float(op.diagonal().mean())
+    reg = diag_reg if absolute else diag_reg * float(op.diagonal().mean())
+    pre = None
+    if precondition == "nystrom":
+        pre = _nystrom_preconditioner(owner, op, reg, min(n_centers, op.n), seed, dtype)
     with _Report(owner, tol, callback, progress) as report:
         x, it, rel = conjugate_gradients(lambda v: op.matmul(v) + reg * v, y, tol=tol, maxiter=maxiter, owner=owner,
-                                         report=report)
+                                         precondition=pre, report=report)
     return CGResult(x[:, 0] if flat else x, it, rel)
 
 
@@ -304,6 +438,12 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
     if not isinstance(relative, bool):
         raise ParameterError(f"{owner}: relative must be a bool (got {relative!r})")
 
+    if client is not None:  # before any kernel work
+        from ._cluster import check_workers
+        from ._dask import connected
+
+        with connected(client) as opened:
+            check_workers(opened, owner)
     g = torch.Generator().manual_seed(int(seed))
     centers = x[torch.randperm(n, generator=g)[:m].to(x.device)]
     report = _Report(owner, tol, callback, progress)  # checks both before any work
@@ -312,14 +452,42 @@ def falkon(fn: Any, x: Any, y: Any, n_centers: int = 1000, diag_reg: float = 1e-
         lam = lam * float(kmm.diagonal().mean()) / n
     if not isinstance(cache, bool):
         raise ParameterError(f"{owner}: cache must be a bool (got {cache!r})")
+    if client is not None:
+        from ._dask import connected
+
+        with connected(client) as opened:
+            rows = _falkon_cluster_rows(owner, opened, fn, x, centers, get, budget, store, cache, dtype, progress)
+            try:
+                with report:
+                    alpha, it, rel = _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype, report)
+            finally:
+                rows.release()
+        return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
     if cache:
-        rows = _RectRows(compute(fn, x, centers, memory=budget, client=client, store=store, get=get,
-                                 progress=progress), get, budget, dtype)
+        rows = _RectRows(compute(fn, x, centers, memory=budget, store=store, get=get, progress=progress), get,
+                         budget, dtype)
     else:
         rows = _RectRows(_OnTheFly(fn, x, centers, get, budget), get, budget, dtype)
     with report:
         alpha, it, rel = _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype, report)
     return FalkonPredictor(fn, get, centers, alpha, flat, it, rel, budget, x.dtype)
+
+
+def _falkon_cluster_rows(owner, client, fn, x, centers, get, budget, store, cache, dtype, progress):
+    """``K_nM`` as row blocks on the workers: computed there (kept, or again in every product
+    with ``cache=False``), or written by them into ``store`` and read back there."""
+    from ._cluster import ClusterRows
+    from ._compute import _function, compute
+    from ._dask import workers
+
+    per_worker = budget if budget is not None else available_memory(torch.device("cpu")) // 8
+    n, m = x.shape[0], centers.shape[0]
+    block = _cluster_block(n, m, per_worker, workers(client))
+    if store is not None:
+        stored = compute(fn, x, centers, memory=budget, client=client, store=store, get=get, progress=progress)
+        return ClusterRows.of_store(client, str(stored.path), "kernel", n, m, block, dtype)
+    tile_fn, _ = _function(fn, None, per_worker, get)
+    return ClusterRows.of_function(client, tile_fn, x, centers, block, dtype, cache=cache)
 
 
 def _nystrom_cg(owner, rows, kmm, y, lam, n, m, tol, maxiter, dtype, report=None):
