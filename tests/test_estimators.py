@@ -92,6 +92,35 @@ def test_estimator_errors():
         NNGPRegressor().fit(np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2))
 
 
+def test_features_solver_approaches_the_direct_means_as_features_grow():
+    from sklearn.datasets import load_digits
+
+    from widenet.errors import ParameterError
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / (X.std(0) + 1)
+    Xtr, ytr, Xte, yte = X[:600], y[:600], X[600:900], y[600:900]
+    errors = []
+    for cls in (NTKRegressor, NNGPRegressor):
+        direct = cls(diag_reg=1e-2, solver="direct").fit(Xtr, ytr.astype(float)).predict(Xte)
+        for n_features in (256, 4096):
+            model = cls(diag_reg=1e-2, solver="features", n_features=n_features).fit(Xtr, ytr.astype(float))
+            assert model.solver_ == "features"
+            pred = model.predict(Xte)
+            errors.append(float(np.abs(pred - direct).max() / np.abs(direct).max()))
+    # the sketch's kernel error shrinks as 1/sqrt(n_features); the predictions follow it
+    assert errors[1] < errors[0] / 2 and errors[3] < errors[2] / 2, errors
+    clf = NTKClassifier(diag_reg=1e-2, solver="features", n_features=4096).fit(Xtr, ytr)
+    exact = NTKClassifier(diag_reg=1e-2).fit(Xtr, ytr)
+    assert abs(clf.score(Xte, yte) - exact.score(Xte, yte)) <= 0.03
+    with pytest.raises(ParameterError, match="need solver='direct'; this model was fitted with random features"):
+        clf.predict_proba(Xte)
+    with pytest.raises(ParameterError, match="solver='features' gives the converged network"):
+        NTKRegressor(t=10.0, solver="features").fit(Xtr, ytr.astype(float))
+    with pytest.raises(ParameterError, match="n_features must be an int >= 1"):
+        NTKRegressor(solver="features", n_features=0).fit(Xtr, ytr.astype(float))
+
+
 def test_falkon_solver_matches_direct_means_and_is_chosen_when_kernels_exceed_memory():
     from sklearn.datasets import load_digits
 

@@ -61,8 +61,12 @@ class _KernelModel(BaseEstimator):
         reg = self.diag_reg
         if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not np.isfinite(reg) or reg < 0:
             raise ParameterError(f"{name}: diag_reg must be a finite float >= 0 (got {reg!r})")
-        if self.solver not in ("auto", "direct", "falkon"):
-            raise ParameterError(f"{name}: solver must be 'auto', 'direct' or 'falkon' (got {self.solver!r})")
+        if self.solver not in ("auto", "direct", "falkon", "features"):
+            raise ParameterError(f"{name}: solver must be 'auto', 'direct', 'falkon' or 'features' "
+                                 f"(got {self.solver!r})")
+        f = self.n_features
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
+            raise ParameterError(f"{name}: n_features must be an int >= 1 (got {f!r})")
         m = self.n_centers
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
             raise ParameterError(f"{name}: n_centers must be None or an int >= 1 (got {m!r})")
@@ -93,8 +97,11 @@ class _KernelModel(BaseEstimator):
         self._check_params()
         x = torch.tensor(np.asarray(X, dtype=np.float64))
         self.solver_ = self._solver(len(x))
+        self.features_weights_ = None
         if self.solver_ == "falkon":
             return self._fit_falkon(x, Y)
+        if self.solver_ == "features":
+            return self._fit_features(x, Y)
         self.falkon_ = None
         kernel_fn = _KernelFn(self._architecture(), self.memory)
         lr = getattr(self, "learning_rate", 1.0)
@@ -126,8 +133,33 @@ class _KernelModel(BaseEstimator):
         self.output_scale_ = None
         return self
 
+    def _fit_features(self, x, Y) -> "_KernelModel":
+        from .features import features, ridge_weights
+
+        name = type(self).__name__
+        if self._time() is not None:
+            raise ParameterError(
+                f"{name}: solver='features' gives the converged network (t=None) only (got t={self._time()!r}); "
+                f"use solver='direct' for finite training times"
+            )
+        phi = features(self._architecture(), x, int(self.n_features), get=self._get, seed=0)
+        self.features_weights_ = ridge_weights(name, phi, torch.from_numpy(Y), float(self.diag_reg))
+        self.falkon_ = self.predictor_ = self.output_scale_ = None
+        return self
+
     def _gaussian(self, X, compute_cov):
         x = torch.tensor(np.asarray(X, dtype=np.float64))
+        if self.features_weights_ is not None:
+            from .features import features
+
+            if compute_cov is not False:
+                raise ParameterError(
+                    f"{type(self).__name__}: predictive variances (return_std, return_cov, predict_proba, and "
+                    f"decision_function with two classes) need solver='direct'; this model was fitted with "
+                    f"random features"
+                )
+            phi = features(self._architecture(), x, int(self.n_features), get=self._get, seed=0)
+            return (phi @ self.features_weights_).numpy(), None
         if self.falkon_ is not None:
             if compute_cov is not False:
                 raise ParameterError(
@@ -201,22 +233,27 @@ class NNGPRegressor(_Regressor):
         solver: "direct" (the N x N training kernels in memory: exact, any training time, with
             predictive variances), "falkon" (Nystrom-preconditioned conjugate gradients over
             ``n_centers`` centers, ``widenet.blocked.falkon``: for N whose kernels do not
-            fit in memory; converged means only) or "auto": FALKON when the two N x N training
-            kernels exceed ``memory`` (default a quarter of the available RAM).
+            fit in memory; converged means only), "features" (ridge regression on
+            ``widenet.features`` random features of the kernel: ``O(N D^2)``, fully connected
+            networks of Dense layers and nonlinearities; converged means only, approximate
+            with an error that shrinks as ``1 / sqrt(n_features)``) or "auto": FALKON when the
+            two N x N training kernels exceed ``memory`` (default a quarter of the available RAM).
         n_centers: FALKON's number of centers (default: as many as half of ``memory`` holds
             of the N x M kernel).
+        n_features: the random features' ``n_features`` for ``solver="features"``.
     """
 
     _get = "nngp"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, normalize_y: bool = False,
-                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None):
+                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None, n_features: int = 4096):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.normalize_y = normalize_y
         self.memory = memory
         self.solver = solver
         self.n_centers = n_centers
+        self.n_features = n_features
 
 
 class NTKRegressor(_Regressor):
@@ -225,7 +262,7 @@ class NTKRegressor(_Regressor):
     to convergence, i.e. NTK kernel regression).
 
     Args:
-        architecture, diag_reg, normalize_y, memory, solver, n_centers: as ``NNGPRegressor``
+        architecture, diag_reg, normalize_y, memory, solver, n_centers, n_features: as ``NNGPRegressor``
             (FALKON needs ``t=None``).
         t: training time in steps, or None for infinity.
         learning_rate: step size (time is ``learning_rate * t``).
@@ -235,7 +272,7 @@ class NTKRegressor(_Regressor):
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, t: Optional[float] = None,
                  learning_rate: float = 1.0, normalize_y: bool = False, memory: Any = None, solver: str = "auto",
-                 n_centers: Optional[int] = None):
+                 n_centers: Optional[int] = None, n_features: int = 4096):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
@@ -244,6 +281,7 @@ class NTKRegressor(_Regressor):
         self.memory = memory
         self.solver = solver
         self.n_centers = n_centers
+        self.n_features = n_features
 
 
 def _argmax_probabilities(mean: np.ndarray, var: np.ndarray, degree: int = 64) -> np.ndarray:
@@ -324,7 +362,7 @@ class NNGPClassifier(_Classifier):
     """Classification by NNGP regression on centered one-hot targets (Lee et al. 2018).
 
     Args:
-        architecture, diag_reg, memory, solver, n_centers: as ``NNGPRegressor`` (FALKON
+        architecture, diag_reg, memory, solver, n_centers, n_features: as ``NNGPRegressor`` (FALKON
             gives ``predict`` and the decision function of several classes, not probabilities).
         calibrate: scale the predictive variances by the maximum-likelihood output scale of
             the NNGP prior, ``sum_c y_c^T K^-1 y_c / (N C)`` (closed form; means and ``predict``
@@ -335,13 +373,14 @@ class NNGPClassifier(_Classifier):
     _get = "nngp"
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, calibrate: bool = True,
-                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None):
+                 memory: Any = None, solver: str = "auto", n_centers: Optional[int] = None, n_features: int = 4096):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.calibrate = calibrate
         self.memory = memory
         self.solver = solver
         self.n_centers = n_centers
+        self.n_features = n_features
 
 
 class NTKClassifier(_Classifier):
@@ -349,7 +388,7 @@ class NTKClassifier(_Classifier):
     the MSE for time ``t`` (None: convergence); probabilities from the ensemble's Gaussian.
 
     Args:
-        architecture, diag_reg, t, learning_rate, memory, solver, n_centers: as
+        architecture, diag_reg, t, learning_rate, memory, solver, n_centers, n_features: as
             ``NTKRegressor`` and ``NNGPClassifier``.
         calibrate: as ``NNGPClassifier``.
     """
@@ -358,7 +397,7 @@ class NTKClassifier(_Classifier):
 
     def __init__(self, architecture: Optional[Layer] = None, diag_reg: float = 1e-4, t: Optional[float] = None,
                  learning_rate: float = 1.0, calibrate: bool = True, memory: Any = None, solver: str = "auto",
-                 n_centers: Optional[int] = None):
+                 n_centers: Optional[int] = None, n_features: int = 4096):
         self.architecture = architecture
         self.diag_reg = diag_reg
         self.t = t
@@ -367,3 +406,4 @@ class NTKClassifier(_Classifier):
         self.memory = memory
         self.solver = solver
         self.n_centers = n_centers
+        self.n_features = n_features

@@ -397,6 +397,13 @@ def feature_ridge(phi_train: Any, y_train: Any, phi_test: Any, diag_reg: Any = 1
                          f"rows of phi_train (got shape {tuple(y.shape)})")
     vector = y.ndim == 1
     y = y[:, None] if vector else y
+    pred = b @ ridge_weights(owner, a, y, reg)
+    return pred[:, 0] if vector else pred
+
+
+def ridge_weights(owner: str, a: torch.Tensor, y: torch.Tensor, reg: float) -> torch.Tensor:
+    """``w`` (D, C) of ``feature_ridge`` for validated features ``a`` (N, D) and targets
+    ``y`` (N, C): predictions are ``phi_test @ w``."""
     n, dim = a.shape
     lam = reg * float((a * a).sum()) / max(n, 1)
     if dim <= n:  # feature space: (Phi^T Phi + lam I) w = Phi^T y
@@ -414,5 +421,4 @@ def feature_ridge(phi_train: Any, y_train: Any, phi_test: Any, diag_reg: Any = 1
             f"{int(info)}); raise diag_reg (now {reg:g}, relative to the mean squared feature norm)"
         )
     sol = torch.cholesky_solve(rhs, chol)
-    pred = b @ sol if dim <= n else (b @ a.T) @ sol
-    return pred[:, 0] if vector else pred
+    return sol if dim <= n else a.T @ sol

@@ -5,9 +5,12 @@ backend, and solvers for kernels that do not fit in memory.
   architecture, an empirical NTK, a user function) over ``x1 x x2``, tile by tile, in memory or
   into a zarr store (resumable, fingerprinted), locally or on a Dask cluster.
 * ``open_store``: read a store back (``store.load()``, ``store["ntk"]``).
-* ``cg``: conjugate gradients over a kernel streamed row block by row block from a store.
-* ``falkon``: Nystrom-preconditioned CG (FALKON) with M centers, for hundreds of thousands
-  of points.
+* ``cg``: conjugate gradients over a kernel streamed row block by row block from a store,
+  optionally Nystrom-preconditioned.
+* ``falkon``: Nystrom-preconditioned CG (FALKON) with M centers, for a million points.
+
+Both take ``client=``: the kernel's row blocks then live on the Dask workers, which do every
+product of the solver (``_cluster.py``).
 
 This package knows nothing about layers: it only calls the kernel function it is given.
 """

@@ -135,6 +135,20 @@ class ClusterRows:
         return cls(client, ("store", path, name), n, m, block, dtype)
 
     def _map(self, kind: str, v: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None) -> list:
+        """Every block's share of a product, in block order. A round that a dying worker
+        cancels (its results gone while they were fetched) runs again: the shares are the
+        same numbers whichever worker computes them."""
+        from distributed.client import CancelledError
+
+        for attempt in range(3):
+            try:
+                return self._round(kind, v, index)
+            except CancelledError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _round(self, kind: str, v: Optional[torch.Tensor], index: Optional[torch.Tensor]) -> list:
         client = self.client
         # the operands as a task (not scattered data): a worker that dies holding them has
         # them made again from the task, as its blocks

@@ -22,8 +22,8 @@ from ..errors import LayerOrderError, ShapeError
 from .. import layers as L
 from ..layers.base import Build, Layer, Spec
 
-__all__ = ["AffineNonlinearity", "StandardAttention", "Graph", "GraphModule", "Scale", "ScaleModule", "ElementwiseAffine", "ElementwiseAffineModule", "Layout",
-           "LayoutModule"]
+__all__ = ["AffineNonlinearity", "StandardAttention", "Graph", "GraphModule", "Scale", "ScaleModule",
+           "ElementwiseAffine", "ElementwiseAffineModule", "Layout", "LayoutModule"]
 
 
 @dataclass(frozen=True)

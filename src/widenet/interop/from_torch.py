@@ -113,23 +113,37 @@ def from_torch(model: nn.Module, example_input: Optional[torch.Tensor] = None, *
             Monte Carlo kernels of the model itself: a ``MonteCarloModel`` whose ``kernel``
             averages ``n_samples`` re-initialized copies (``widenet.empirical.monte_carlo``;
             standard errors included). Bad input still raises.
+        attention: how ``nn.MultiheadAttention`` (alone or in ``nn.TransformerEncoderLayer``
+            / ``nn.TransformerEncoder``) is read. ``"exact"`` (default) refuses it: PyTorch's
+            logits, scaled by ``1/sqrt(head_dim)`` with independent query and key weights, stay
+            random at infinite width and their softmax has no closed-form kernel.
+            ``"linear"``: as ``wn.SelfAttention(scaling="linear")`` with the module's heads,
+            widths and variances (the kernel of a related network, see docs/guide/from-torch.md);
+            ``scales={name: {"W_query_std": ..., "W_key_std": ..., "W_value_std": ...,
+            "W_out_std": ..., "b_std": ...}}`` overrides them.
 
     Returns:
-        a widenet network (``Serial``, or ``Graph`` with branches): ``kernel``, ``nngp``,
-        ``ntk``, ``module()`` and everything else work on it.
+        a widenet network (``Serial``, or ``Graph`` with branches; in a ``Layout`` when the
+        model keeps its channels on another dim than 1): ``kernel``, ``nngp``, ``ntk``,
+        ``module()`` and everything else work on it.
 
-    Supported: ``nn.Linear`` (on ``(N, features)``), ``nn.Conv1d/2d/3d`` (groups 1; zero
-    padding "same" for odd kernels, 0, or circular), ``nn.ConvTranspose1d/2d/3d`` (without
-    padding, output padding or dilation), ``nn.AvgPool*`` without padding,
-    ``nn.AdaptiveAvgPool*`` to 1 or to sizes that divide the input, ``nn.Flatten`` and
-    ``flatten``/``view``/``reshape`` to ``(N, -1)``, ``nn.Identity``, ``nn.Dropout`` (identity
-    in eval mode, ``wn.Dropout`` in train mode), activations (``nn.ReLU``, ``nn.LeakyReLU``,
+    Supported: ``nn.Linear`` (on the last dim), ``nn.Conv1d/2d/3d`` (groups 1; zero padding
+    "same" for odd kernels, 0, or circular), ``nn.ConvTranspose1d/2d/3d`` (padding and output
+    padding crop as PyTorch's; no dilation), ``nn.AvgPool*`` without padding and
+    ``nn.AdaptiveAvgPool*`` to 1 or to sizes that divide the input (modules and functions),
+    ``nn.Flatten`` and ``flatten``/``view``/``reshape`` to ``(N, -1)``, means over every
+    position axis, indexing positions (``h[:, 0]``), ``permute``/``transpose`` that keep the
+    batch on dim 0 and the positions in order, ``nn.Identity``, ``nn.Dropout`` (identity in eval
+    mode, ``wn.Dropout`` in train mode), activations (``nn.ReLU``, ``nn.LeakyReLU``,
     ``nn.GELU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.SiLU``, ``nn.ELU``, ``nn.Softplus``,
     ``nn.Hardtanh``, ``nn.Mish`` and their functional forms), additions of branches
-    (residuals), ``torch.cat`` along channels, multiplication by a constant, and
-    ``nn.Sequential`` / ``nn.ModuleList`` loops, ``nn.LayerNorm`` over the features of
-    ``(N, features)`` (its trainable scale and shift add their NTK terms). Anything else raises
-    ``UnsupportedModuleError`` naming the node, its source line and what to do instead.
+    (residuals), ``torch.cat`` along channels, multiplication by a constant, ``nn.Sequential``
+    / ``nn.ModuleList`` loops, ``nn.LayerNorm`` over the last dims holding the channels (its
+    trainable scale and shift add their NTK terms), attention and encoder layers with
+    ``attention="linear"``. Channels may sit on any dim (tokens ``(N, L, C)``, images
+    ``(N, H, W, C)``): the result then wraps the network in a ``Layout`` that takes inputs in
+    the model's own layout. Anything else raises ``UnsupportedModuleError`` naming the node,
+    its source line and what to do instead.
 
     Example:
 
@@ -801,19 +815,27 @@ class _Converter:
             raise self.unsupported(node, what + f" in train mode with dropout={m.dropout} on its weights",
                                    "call model.eval() (attention-weight dropout has no kernel here)")
         e, h = m.embed_dim, m.num_heads
-        if name in self.scales:
-            w, b = self.scales[name]
-            stds = (w, w, w, w)
-        elif self.init == "ntk":
-            stds, b = (1.0, 1.0, 1.0, 1.0), 0.0
+        if self.init == "ntk":
+            stds = dict(W_query_std=1.0, W_key_std=1.0, W_value_std=1.0, W_out_std=1.0, b_std=0.0)
         else:
             # in_proj: xavier_uniform over (3E, E): Var = 2 / (E + 3E) = 1 / (2E); out_proj:
             # nn.Linear's default, Var = 1 / (3E); both projections' biases start at 0
-            stds, b = (math.sqrt(0.5),) * 3 + (1 / math.sqrt(3),), 0.0
-        b = None if m.out_proj.bias is None else b
-        layer = L.SelfAttention(e, heads=h, key_features=e // h, value_features=e // h, W_query_std=stds[0],
-                                W_key_std=stds[1], W_value_std=stds[2], W_out_std=stds[3], b_std=b,
-                                scaling="linear", mechanism="softmax")
+            q = math.sqrt(0.5)
+            stds = dict(W_query_std=q, W_key_std=q, W_value_std=q, W_out_std=1 / math.sqrt(3), b_std=0.0)
+        given = self.scales.get(name)
+        if isinstance(given, dict):
+            unknown = sorted(set(given) - set(stds))
+            if unknown:
+                raise ParameterError(f"{self.owner}: scales[{name!r}] names {unknown}; an attention's scales are "
+                                     f"{', '.join(stds)}")
+            stds.update(given)
+        elif given is not None:
+            w, b = given
+            stds = dict(W_query_std=w, W_key_std=w, W_value_std=w, W_out_std=w, b_std=b)
+        if m.out_proj.bias is None:
+            stds["b_std"] = None
+        layer = L.SelfAttention(e, heads=h, key_features=e // h, value_features=e // h, scaling="linear",
+                                mechanism="softmax", **stds)
         if self.parameterization == "standard":
             return StandardAttention(layer, value_bias=m.in_proj_bias is not None)
         return layer
@@ -847,7 +869,10 @@ class _Converter:
             raise self.unsupported(node, f"nn.TransformerEncoderLayer {name!r} in train mode with dropout",
                                    "call model.eval() (or build it with dropout=0)")
         act = m.activation
-        act = _activation(act) if isinstance(act, nn.Module) else (_gelu("none") if act is F.gelu else _FUNCTIONS.get(act))
+        if isinstance(act, nn.Module):
+            act = _activation(act)
+        else:
+            act = _gelu("none") if act is F.gelu else _FUNCTIONS.get(act)
         if act is None:
             raise self.unsupported(node, f"nn.TransformerEncoderLayer {name!r} with activation {m.activation}",
                                    "use an activation widenet has a rule for")
