@@ -2,13 +2,21 @@
 
 A small pre-activation ResNet (He et al. 2016's v2 ordering, without batch normalization: a
 stem convolution, two residual blocks ``x + conv(relu(conv(relu(x))))``, global average
-pooling and a linear head) and a residual MLP with functional calls in ``forward``, as a
+pooling and a linear head), a residual MLP with functional calls in ``forward``, and a
+transformer encoder (``nn.TransformerEncoderLayer`` over the digit's 8 rows as tokens), as a
 PyTorch user writes them, on scikit-learn's 8x8 digits. For each: the widenet network that
 ``from_torch`` reads from the model, its NNGP and NTK against Monte Carlo over the model's
-own default initialization at two widths (the gap shrinks with the width, down to the
-Monte Carlo error: 24 networks for the ResNet, 200 for the MLP), and the test
+own initialization at two widths (the gap shrinks with the width, down to the Monte Carlo
+error: 24 networks for the ResNet, 64 for the transformer, 200 for the MLP), and the test
 accuracy of kernel regression with the NTK (the infinitely wide model trained to convergence
 on the MSE) and the NNGP (the Bayesian posterior mean).
+
+PyTorch's attention scales its logits by 1/sqrt(head_dim), whose infinite-width limit has no
+closed-form kernel: ``from_torch`` says so, and ``attention="linear"`` takes widenet's
+closed-form attention instead. At zero query and key weights both are the same uniform
+attention, so there the kernel is the limit of the model itself, which Monte Carlo checks; at
+PyTorch's default initialization the example measures how far the model's own kernel is from
+the linear-attention one.
 
 Prints a table; about a minute on two cores.
 
@@ -17,6 +25,7 @@ Usage: python examples/from_torch.py [--train 200] [--test 300]
 
 import argparse
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +68,31 @@ class ResidualMLP(nn.Module):
         return self.out(F.gelu(z + self.hidden(torch.tanh(z))))
 
 
+class Encoder(nn.Module):
+    """Each digit a sequence of 8 tokens: a row's 8 pixels and a one-hot of the row's index."""
+
+    def __init__(self, width=64, classes=10):
+        super().__init__()
+        self.embed = nn.Linear(16, width)
+        self.encoder = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def uniform_attention(model):
+    """Zero query and key weights: PyTorch's attention is then a uniform average over tokens."""
+    with torch.no_grad():
+        model.encoder.self_attn.in_proj_weight[: 2 * model.encoder.self_attn.embed_dim] = 0
+    return model
+
+
+def tokens(x):
+    rows = torch.eye(8, dtype=x.dtype).expand(len(x), 8, 8)
+    return torch.cat([x, rows], dim=2)
+
+
 def digits(train: int, test: int):
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float64) / 16.0
@@ -92,25 +126,51 @@ def main():
         print(wn.from_torch(make(8).double(), xs_train[:2]))
         probe = xs_test[:8]
         for width in widths:
-            net = wn.from_torch(make(width).double(), probe)
-            exact = net.kernel(probe)
-            start = time.perf_counter()
-            mc = wn.empirical.monte_carlo(lambda s, w=width: (torch.manual_seed(s), make(w).double())[1], probe,
-                                          n_samples=samples)
-            gap = {k: float((getattr(mc, k) - getattr(exact, k)).norm() / getattr(exact, k).norm()) for k in ("nngp", "ntk")}
-            noise = {k: float(getattr(mc, f"{k}_stderr").norm() / getattr(exact, k).norm()) for k in ("nngp", "ntk")}
-            print(f"  width {width:5d}: Monte Carlo over {samples} of the model's own initializations "
-                  f"({time.perf_counter() - start:.1f} s) is {100 * gap['nngp']:.1f}% (NNGP; its standard error "
-                  f"{100 * noise['nngp']:.1f}%) and {100 * gap['ntk']:.1f}% (NTK; {100 * noise['ntk']:.1f}%) from the "
-                  f"kernel (relative Frobenius)")
+            compare(wn.from_torch(make(width).double(), probe), lambda w=width: make(w).double(), probe, samples,
+                    f"width {width:5d}")
         net = wn.from_torch(make(widths[-1]).double(), probe)
-        start = time.perf_counter()
-        k_train = net.kernel(xs_train)
-        k_test = net.kernel(xs_test, xs_train)
-        seconds = time.perf_counter() - start
-        print(f"  kernels of {len(xs_train)} training and {len(xs_test)} test digits: {seconds:.1f} s; test accuracy: "
-              f"NTK {accuracy(k_train.ntk, k_test.ntk, y_train, y_test):.3f}, "
-              f"NNGP {accuracy(k_train.nngp, k_test.nngp, y_train, y_test):.3f}")
+        fit(net, xs_train, xs_test, y_train, y_test)
+
+    print("\ntransformer encoder (pre-norm, 4 heads, 8 tokens)")
+    xs_train, xs_test = tokens(x_train), tokens(x_test)
+    probe = xs_test[:8]
+    try:
+        wn.from_torch(Encoder().double(), probe)
+    except wn.errors.UnsupportedModuleError as err:
+        print("  from_torch(model):", str(err).split("; ", 1)[1][:150], "...")
+    print(wn.from_torch(Encoder(8).double(), probe, attention="linear"))
+    for width in (64, 256):
+        uniform = wn.from_torch(Encoder(width).double(), probe, attention="linear",
+                                scales={"encoder.self_attn": {"W_query_std": 0.0}})
+        compare(uniform, lambda w=width: uniform_attention(Encoder(w).double()), probe, 64,
+                f"width {width:5d}, zero query/key weights")
+    net = wn.from_torch(Encoder(256).double(), probe, attention="linear")
+    compare(net, lambda: Encoder(256).double(), probe, 64, "width   256, PyTorch's default init (approximation)")
+    fit(net, xs_train, xs_test, y_train, y_test)
+
+
+def compare(net, make, probe, samples, label):
+    exact = net.kernel(probe)
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # torch.func has no batching rule for PyTorch's fused attention
+        warnings.filterwarnings("ignore", "There is a performance drop")
+        mc = wn.empirical.monte_carlo(lambda s: (torch.manual_seed(s), make())[1], probe, n_samples=samples)
+    gap = {k: float((getattr(mc, k) - getattr(exact, k)).norm() / getattr(exact, k).norm()) for k in ("nngp", "ntk")}
+    noise = {k: float(getattr(mc, f"{k}_stderr").norm() / getattr(exact, k).norm()) for k in ("nngp", "ntk")}
+    print(f"  {label}: Monte Carlo over {samples} of the model's own initializations "
+          f"({time.perf_counter() - start:.1f} s) is {100 * gap['nngp']:.1f}% (NNGP; its standard error "
+          f"{100 * noise['nngp']:.1f}%) and {100 * gap['ntk']:.1f}% (NTK; {100 * noise['ntk']:.1f}%) from the "
+          f"kernel (relative Frobenius)")
+
+
+def fit(net, xs_train, xs_test, y_train, y_test):
+    start = time.perf_counter()
+    k_train = net.kernel(xs_train)
+    k_test = net.kernel(xs_test, xs_train)
+    seconds = time.perf_counter() - start
+    print(f"  kernels of {len(xs_train)} training and {len(xs_test)} test digits: {seconds:.1f} s; test accuracy: "
+          f"NTK {accuracy(k_train.ntk, k_test.ntk, y_train, y_test):.3f}, "
+          f"NNGP {accuracy(k_train.nngp, k_test.nngp, y_train, y_test):.3f}")
 
 
 if __name__ == "__main__":

@@ -289,8 +289,7 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
             ``widenet.blocked.compute`` instead), or ``x`` not floating point.
         LayerOrderError: a nonlinearity that does not follow a ``Dense`` layer.
         ShapeError: ``x`` not 2-D or with no features.
-        NonFiniteInputError: ``x`` holds NaN or Inf.
-        All before any work.
+        NonFiniteInputError: ``x`` holds NaN or Inf (each of these before any work).
 
     Example:
 

@@ -2,7 +2,6 @@
 of themselves (their own default initialization), round trips of widenet twins, the layer
 mapping against hand-written widenet networks, and every refusal."""
 
-import dataclasses
 import math
 
 import pytest
@@ -485,9 +484,8 @@ def test_transformer_encoder_layers_match_monte_carlo_of_pytorchs_own(norm_first
     attention = [layer.attention for layer in net.net.layers if type(layer).__name__ == "StandardAttention"]
     assert len(attention) == 1 and attention[0].heads == 4 and attention[0].key_features == 32
     # the same network with the logits' scale at zero is PyTorch's own at zero query/key weights
-    layers = tuple(dataclasses.replace(layer, attention=dataclasses.replace(layer.attention, W_query_std=0.0))
-                   if type(layer).__name__ == "StandardAttention" else layer for layer in net.net.layers)
-    uniform = dataclasses.replace(net, net=dataclasses.replace(net.net, layers=layers))
+    uniform = wn.from_torch(Encoder(norm_first=norm_first).double(), x, attention="linear",
+                            scales={"encoder.self_attn": {"W_query_std": 0.0}})
     mc = _monte_carlo(lambda w: _uniform_attention(Encoder(w, norm_first)), 128, x, 60)
     k = uniform.kernel(x)
     for name in ("nngp", "ntk"):
@@ -550,6 +548,9 @@ def test_layout_and_attention_refusals_say_what_to_do():
             wn.from_torch(Attends(how).eval(), torch.randn(2, 3, 8), attention="linear")
     with pytest.raises(UnsupportedModuleError, match=r"in train mode with dropout.*model.eval\(\)"):
         wn.from_torch(nn.TransformerEncoderLayer(8, 2, batch_first=True), torch.randn(2, 3, 8), attention="linear")
+    with pytest.raises(ParameterError, match=r"scales\['encoder.self_attn'\] names \['W_std'\]; an attention's"):
+        wn.from_torch(Encoder(8).eval(), torch.randn(2, 3, 32), attention="linear",
+                      scales={"encoder.self_attn": {"W_std": 1.0}})
     with pytest.raises(ParameterError, match=r"attention must be one of"):
         wn.from_torch(nn.Linear(2, 2), attention="sqrt")
 
