@@ -36,6 +36,7 @@ docs: $(STAMP)
 figures: $(STAMP)
 	for example in phase_diagrams learning_curves learning_rate_phases hessian_subspace finite_vs_infinite finite_width_corrections graph_kernels; do \
 		MPLBACKEND=Agg $(PY) examples/$$example.py --out docs/figures || exit 1; done
+	MPLBACKEND=Agg $(PY) examples/kip.py --figure docs/figures/kip.png
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info
