@@ -79,15 +79,16 @@ def main():
     parser.add_argument("--centers", type=int, default=2000)
     parser.add_argument("--exact", type=int, default=20_000)
     parser.add_argument("--test", type=int, default=10_000)
-    parser.add_argument("--ridge", type=float, default=1e-6)
+    parser.add_argument("--ridge", type=float, default=1e-5)
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument("--memory", default="2GB")
     parser.add_argument("--cluster", action="store_true")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "widenet" / "mnist1d-million"))
     args = parser.parse_args()
 
-    net = wn.Serial(wn.Dense(1, 2**0.5, 0.1), wn.Relu(), wn.Dense(1, 2**0.5, 0.1), wn.Relu(),
-                    wn.Dense(1, 2**0.5, 0.1), wn.Relu(), wn.Dense(1, 2**0.5, 0.1))
+    # the network of benchmarks/blocked_scale.py's FALKON part (3 hidden ReLU layers)
+    net = wn.Serial(wn.Dense(512, 1.4, 0.1), wn.Relu(), wn.Dense(512, 1.4, 0.1), wn.Relu(),
+                    wn.Dense(512, 1.4, 0.1), wn.Relu(), wn.Dense(10, 1.4, 0.1))
     start = time.perf_counter()
     x, y, x_test, y_test = mnist1d(args.n, args.test, Path(args.cache))
     print(f"data: {len(x)} training and {len(x_test)} test points of MNIST-1D (dimension {x.shape[1]}), "

@@ -134,7 +134,8 @@ class _KernelModel(BaseEstimator):
         return self
 
     def _fit_features(self, x, Y) -> "_KernelModel":
-        from .features import features, ridge_weights
+        from .features import features
+        from .predict.ridge import ridge_weights
 
         name = type(self).__name__
         if self._time() is not None:
