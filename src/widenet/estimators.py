@@ -114,15 +114,18 @@ class _KernelModel(BaseEstimator):
         self.output_scale_ = float((alpha * torch.from_numpy(Y)).sum()) / Y.size
         return self
 
+    def _converged_only(self, solver: str) -> None:
+        """The iterative solvers give the converged network only (t=None)."""
+        if self._time() is not None:
+            raise ParameterError(
+                f"{type(self).__name__}: solver={solver!r} gives the converged network (t=None) only "
+                f"(got t={self._time()!r}); use solver='direct' for finite training times"
+            )
+
     def _fit_falkon(self, x, Y) -> "_KernelModel":
         from .blocked import falkon
 
-        name = type(self).__name__
-        if self._time() is not None:
-            raise ParameterError(
-                f"{name}: solver='falkon' gives the converged network (t=None) only (got t={self._time()!r}); "
-                f"use solver='direct' for finite training times"
-            )
+        self._converged_only("falkon")
         n = len(x)
         # As many centers as half the budget holds of K_nM (float64), unless given.
         m = self.n_centers or max(1, min(n, self._budget() // (2 * 8 * n)))
@@ -138,11 +141,7 @@ class _KernelModel(BaseEstimator):
         from .predict.ridge import ridge_weights
 
         name = type(self).__name__
-        if self._time() is not None:
-            raise ParameterError(
-                f"{name}: solver='features' gives the converged network (t=None) only (got t={self._time()!r}); "
-                f"use solver='direct' for finite training times"
-            )
+        self._converged_only("features")
         phi = features(self._architecture(), x, int(self.n_features), get=self._get, seed=0)
         self.features_weights_ = ridge_weights(name, phi, torch.from_numpy(Y), float(self.diag_reg))
         self.falkon_ = self.predictor_ = self.output_scale_ = None
