@@ -83,6 +83,7 @@ def main():
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument("--memory", default="2GB")
     parser.add_argument("--cluster", action="store_true")
+    parser.add_argument("--worker-memory", default="10GB", help="memory limit of each of the 2 Dask workers")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "widenet" / "mnist1d-million"))
     args = parser.parse_args()
 
@@ -124,8 +125,15 @@ def main():
     if args.cluster:
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          memory_limit="8GB") as cluster, Client(cluster) as client:
+        import dask
+
+        # Each worker keeps its half of the float32 n x M kernel (4 GB at 10^6 points and 2000
+        # centers) for the whole fit: Dask must not spill those blocks to disk (they are read in
+        # every iteration), and the limit leaves room for a block's float64 copy in a product
+        # and the tiles of a block being computed (args.memory each).
+        with dask.config.set({"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}), \
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                             memory_limit=args.worker_memory) as cluster, Client(cluster) as client:
             remote, remote_acc, remote_time = fit(len(x), client)
             worker_peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
         gap = float((remote.alpha - model.alpha).norm() / model.alpha.norm())

@@ -69,19 +69,24 @@ def _block(source, start: int, stop: int, dtype) -> torch.Tensor:
         _, path, name = source
         out = Store.open(path)[name][start:stop]
     out = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
-    return out.to(dtype)
+    # kept in the narrower of the kernel's dtype and the solver's: a float32 kernel under a
+    # float64 solver stays float32 on the worker (half the memory) and is converted block by
+    # block inside each product, as the single-process solvers stream it; the products are
+    # the same numbers either way (the conversion is exact and deterministic)
+    return out if out.element_size() <= torch.empty((), dtype=dtype).element_size() else out.to(dtype)
 
 
-def _operands(v: Optional[torch.Tensor], index: Optional[torch.Tensor]) -> tuple:
-    return v, index
+def _operands(v: Optional[torch.Tensor], index: Optional[torch.Tensor], dtype: torch.dtype) -> tuple:
+    return v, index, dtype
 
 
 def _op(kind: str, block, start: int, stop: int, operands: tuple):
     """One block's share of a product. ``block`` is the block itself (kept on the worker) or
     the recipe to compute it (``cache=False``)."""
-    v, index = operands
+    v, index, dtype = operands
     if isinstance(block, tuple):
         block = _block(block[0], start, stop, block[1])
+    block = block.to(dtype)
     if kind == "matmul":  # (K v)[start:stop]
         return block @ v
     if kind == "gram":  # K_b^T (K_b v)
@@ -152,7 +157,7 @@ class ClusterRows:
         client = self.client
         # the operands as a task (not scattered data): a worker that dies holding them has
         # them made again from the task, as its blocks
-        operands = client.submit(_operands, v, index, pure=False)
+        operands = client.submit(_operands, v, index, self.dtype, pure=False)
         futures = [client.submit(_op, kind, block, s, e, operands, pure=False, retries=2)
                    for block, (s, e) in zip(self.blocks, self.bounds)]
         try:
