@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-nt venv bench docs figures clean
+.PHONY: run test test-slow test-nt venv bench docs figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ run: $(STAMP)
 	$(VENV)/bin/widenet run
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m "not nt"
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m "not nt and not slow"
+
+# the long statistical studies (second nonlinearities and datasets of the Monte Carlo oracles)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m slow
 
 # Side by side with Neural Tangents (needs ../shared/tools/nt-env.sh's environment); never in CI.
 test-nt: $(STAMP)

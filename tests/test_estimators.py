@@ -121,6 +121,31 @@ def test_features_solver_approaches_the_direct_means_as_features_grow():
         NTKRegressor(solver="features", n_features=0).fit(Xtr, ytr.astype(float))
 
 
+def test_features_solver_streams_chunks_to_the_same_ridge_solution(monkeypatch):
+    # with D < N the fit accumulates Phi^T Phi over row chunks; against feature_ridge on all the
+    # features at once (the same system, summed in one product)
+    from sklearn.datasets import load_digits
+
+    import widenet as wn
+    from widenet import estimators
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / (X.std(0) + 1)
+    Xtr, ytr, Xte = X[:500], y[:500].astype(float), X[500:600]
+    monkeypatch.setattr(estimators, "_FEATURE_ROWS", 64)  # 8 chunks, the last one short
+    model = NTKRegressor(diag_reg=1e-3, solver="features", n_features=64).fit(Xtr, ytr)
+    net = model._architecture()
+    phi, phi_test = (wn.features(net, torch.tensor(a), 64, seed=0) for a in (Xtr, Xte))
+    assert phi.shape[1] == 2 * 64 + 1 < len(Xtr)
+    full = wn.feature_ridge(phi, torch.tensor(ytr), phi_test, diag_reg=1e-3).numpy()
+    np.testing.assert_allclose(model.predict(Xte), full, rtol=1e-9, atol=1e-9 * np.abs(full).max())
+    from widenet.errors import ShapeError
+    from widenet.predict.ridge import streamed_ridge_weights
+
+    with pytest.raises(ShapeError, match="no training features"):
+        streamed_ridge_weights("test", iter(()), 1e-3)
+
+
 def test_falkon_solver_matches_direct_means_and_is_chosen_when_kernels_exceed_memory():
     from sklearn.datasets import load_digits
 

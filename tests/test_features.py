@@ -186,6 +186,7 @@ def test_feature_ridge_approaches_the_exact_kernel_regression():
 
 NET = wn.Serial(wn.Dense(32), wn.Relu(), wn.Dense(1))
 X = torch.randn(4, 3, dtype=D)
+XC = torch.randn(4, 2, 6, dtype=D)
 
 
 @pytest.mark.parametrize("call, error, match", [
@@ -195,14 +196,16 @@ X = torch.randn(4, 3, dtype=D)
     (lambda: wn.features(NET, X, 64, seed=-1), ParameterError, r"features: seed must be an integer >= 0 \(got -1\)"),
     (lambda: wn.features(NET, X, 64, dtype=torch.float16), ParameterError,
      r"features: dtype must be torch.float32, torch.float64 or None \(got torch.float16\)"),
-    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)), X, 64),
-     ParameterError, r"features: net must be a Serial network of Dense layers and elementwise nonlinearities "
-                     r"\(got Conv\(.*\)\); .* net\.kernel\(x1, x2\), or in tiles with widenet\.blocked\.compute"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.MaxPool(2), wn.Flatten(), wn.Dense(1)), XC, 64),
+     ParameterError, r"features: net must be a Serial network of Dense, Conv, AvgPool, SumPool, GlobalAvgPool, "
+                     r"GlobalSumPool and Flatten layers and elementwise nonlinearities \(got MaxPool\(.*\)\); .* "
+                     r"net\.kernel\(x1, x2\), or in tiles with widenet\.blocked\.compute"),
     (lambda: wn.features(wn.Serial(wn.Dense(8), wn.LayerNorm()), X, 64), ParameterError, r"\(got LayerNorm\(.*\)\)"),
     (lambda: wn.features(wn.Serial(wn.Relu(), wn.Dense(1)), X, 64), LayerOrderError,
-     r"features: Relu\(\) needs a Gaussian input, the output of a Dense layer"),
+     r"features: Relu\(\) needs a Gaussian input, the output of a Dense or Conv layer"),
     (lambda: wn.features(NET, torch.randn(4, 3, 5, dtype=D), 64), ShapeError,
-     r"features: x must be a 2-D tensor \(N, d\) of inputs with d >= 1 features \(got shape \(4, 3, 5\)\)"),
+     r"features: x must be a 2-D tensor \(N, d\) of inputs with d >= 1 features \(got shape \(4, 3, 5\)\): "
+     r"with \(N, C, \*S\) inputs this network's output would keep their positions"),
     (lambda: wn.features(NET, torch.tensor([[0.0, float("nan"), 1.0]]), 64), NonFiniteInputError,
      r"features: x must be finite, but 1 of its 3 entries are NaN or Inf"),
     (lambda: wn.features(NET, torch.ones(4, 3, dtype=torch.int64), 64), ParameterError,
@@ -219,5 +222,202 @@ X = torch.randn(4, 3, dtype=D)
 ], ids=["n_features-0", "n_features-float", "get", "seed", "dtype", "conv", "layer-norm", "nonlinearity-first",
         "x-3d", "x-nan", "x-int", "torch-module", "ridge-y", "ridge-d", "ridge-reg", "ridge-singular"])
 def test_bad_inputs_raise_before_any_work(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---- convolutional networks: the CNTK sketch ------------------------------------------------
+
+def _images(shape, seed=0):
+    """Inputs (N, C, *S) on the sphere of radius sqrt(C prod(S)), as _inputs."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+    return x / x.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (x.ndim - 1)) * math.sqrt(x[0].numel())
+
+
+CNNS = {
+    # 1-D, ReLU, "same", stride 2 in the second Conv, two Convs each read by a nonlinearity, GlobalAvgPool.
+    "1d-relu-same-stride2-gap": (
+        wn.Serial(wn.Conv(8, 3, 1, "same", 1, 1.4, 0.1), wn.Relu(), wn.Conv(8, 3, 2, "same", 1, 1.4, 0.1),
+                  wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1, 1.0, 0.1)), (16, 2, 8)),
+    # 1-D, Erf, "valid", standard parameterization without bias, AvgPool, Flatten (its sketch: 4 m columns).
+    "1d-erf-valid-standard-avgpool-flatten": (
+        wn.Serial(wn.Conv(8, 3, 1, "valid", 1, 1.3, None, "standard"), wn.Erf(), wn.AvgPool(2),
+                  wn.Conv(8, 2, 1, "valid", 1, 1.2, None, "standard"), wn.Erf(), wn.Flatten(),
+                  wn.Dense(1, 1.0, None, "standard")), (16, 2, 12)),
+    # 2-D, ReLU, "circular", "same"-padded AvgPool, a (2, 3) window with stride 2, both parameterizations.
+    "2d-relu-circular-avgpool-gap": (
+        wn.Serial(wn.Conv(8, 3, 1, "circular", 1, 1.4, 0.2), wn.Relu(), wn.AvgPool(2, padding="same"),
+                  wn.Conv(8, (2, 3), 2, "circular", 1, 1.3, 0.2, "standard"), wn.Relu(), wn.GlobalAvgPool(),
+                  wn.Dense(1)), (16, 1, 6, 6)),
+    # 2-D, Erf, "same" with stride 2, Flatten (its sketch: 9 m columns), then a Dense-Erf head.
+    "2d-erf-same-stride2-flatten-mlp": (
+        wn.Serial(wn.Conv(8, 3, 2, "same", 1, 1.5, 0.1), wn.Erf(), wn.Flatten(), wn.Dense(8, 1.2, 0.1), wn.Erf(),
+                  wn.Dense(1)), (16, 3, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_conv_error_is_small_and_shrinks_as_one_over_sqrt_n_features(name):
+    net, shape = CNNS[name]
+    x = _images(shape)
+    k = net.kernel(x)
+    # Each entry's error is a sum of terms with standard deviation of order 1/sqrt(m) (the bias
+    # of nested layers is of order 1/m), so 4x the features halves the largest entry error:
+    # an expected factor of 2 (more where the 1/m bias still shows, less where m = 512 is not
+    # yet asymptotic). Averaged over 8 seeds the factor measured 1.67 to 2.54 for these
+    # networks (over 12 seeds: 1.74 to 2.43); an error that does not shrink with m (a sketch
+    # whose terms do not cancel over its columns) gives a factor near 1.
+    small = np.mean([_errors(net, x, k, 512, s) for s in range(8)], axis=0)
+    large = np.mean([_errors(net, x, k, 2048, s) for s in range(8)], axis=0)
+    assert (small / large >= 1.4).all(), (small, large)
+    # Measured at 2048 features: mean errors 0.052 to 0.089, single seeds at most 0.16; 0.15
+    # leaves a margin of 1.7x over the worst mean, and is far below any wrong scaling rule
+    # (the linear networks below pin those exactly).
+    assert (large < 0.15).all(), large
+
+
+def _linear_cnns(padding, stride, parameterization, b_std):
+    def conv(c, k, dilation=1, w=1.3):
+        return wn.Conv(c, k, stride, padding, dilation, w, b_std, parameterization)
+
+    def dense(w):
+        return wn.Dense(1, w, b_std, parameterization)
+
+    pool = "valid" if padding == "valid" else "same"
+    return [
+        (wn.Serial(conv(5, 3), wn.GlobalAvgPool(), dense(0.9)), (7, 2, 9)),
+        (wn.Serial(conv(5, 3, 2), wn.Conv(4, 2, 1, padding, 1, 0.8, b_std, parameterization),
+                   wn.AvgPool(2, padding=pool), wn.Flatten(), dense(0.9)), (7, 2, 11)),
+        (wn.Serial(wn.Dense(3, 1.1, b_std, parameterization), conv(4, (3, 2)), wn.SumPool(2, 1, padding),
+                   wn.GlobalSumPool(), dense(0.7)), (7, 3, 6, 5)),
+        (wn.Serial(conv(3, (2, 2, 3)), wn.Flatten(), dense(1.1)), (5, 2, 3, 4, 4)),
+    ]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", "circular"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("parameterization, b_std",
+                         [("ntk", 0.3), ("standard", None), ("ntk", None), ("standard", 0.2)])
+def test_linear_conv_networks_are_exact(padding, stride, parameterization, b_std):
+    # No nonlinearity, no randomness (every concatenation within m columns): the Conv, pooling
+    # and Flatten rules themselves, every padding (zeros, none, wrap-around) and stride, 1-D to
+    # 3-D, dilation, a Dense at each position, both parameterizations with and without bias.
+    for net, shape in _linear_cnns(padding, stride, parameterization, b_std):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=D)
+        k = net.kernel(x)
+        phi = wn.features(net, x, 4096, get=("nngp", "ntk"))
+        for name in ("nngp", "ntk"):
+            want = getattr(k, name)
+            got = getattr(phi, name) @ getattr(phi, name).T
+            assert float((got - want).abs().max()) <= 1e-10 * float(want.abs().max()), (net, name)
+
+
+def test_reduced_conv_and_flatten_features_are_unbiased():
+    # A Conv that no nonlinearity reads (3 m columns) and a Flatten (4 m) are sketched to m
+    # columns: the mean over 20 maps is much closer than one map.
+    net = wn.Serial(wn.Conv(8, 3, 1, "same", 1, 1.4, 0.1), wn.Relu(), wn.Conv(8, 3, 2, "same", 1, 1.2, 0.1),
+                    wn.Flatten(), wn.Dense(1))
+    x = _images((16, 2, 8), seed=4)
+    k = net.kernel(x)
+    maps = [wn.features(net, x, 128, get=("nngp", "ntk"), seed=s) for s in range(20)]
+    for name in ("nngp", "ntk"):
+        grams = [getattr(p, name) @ getattr(p, name).T for p in maps]
+        singles = [_rel(g, getattr(k, name)) for g in grams]
+        mean = _rel(torch.stack(grams).mean(0), getattr(k, name))
+        assert mean < 0.45 * float(np.median(singles)), (name, mean, singles)
+
+
+def test_conv_output_dimension_is_as_documented():
+    x = torch.randn(3, 1, 6, dtype=D)
+    m = 40
+
+    def dims(net, n_features=m):
+        phi = wn.features(net, x, n_features, get=("nngp", "ntk"))
+        return phi.nngp.shape[1], phi.ntk.shape[1]
+
+    # Conv, nonlinearity (m, m), ..., global pooling or Flatten (sketched to m), Dense with a bias.
+    assert dims(wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.Conv(4, 3, 2), wn.Erf(), wn.GlobalAvgPool(), wn.Dense(1))) \
+        == (m + 1, 2 * m + 1)
+    assert dims(wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.Flatten(), wn.Dense(1, b_std=None))) == (m, 2 * m)
+    # Ends with a nonlinearity then global pooling: m and m.
+    assert dims(wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalSumPool())) == (m, m)
+    # Exact concatenations: Conv(q=3, bias) on C=1: Z 3 + 1, Psi 3 (1 + 0) + 1; Dense(bias): 5 and 5 + 4.
+    assert dims(wn.Serial(wn.Conv(4, 3), wn.GlobalAvgPool(), wn.Dense(1))) == (5, 9)
+    # Two Convs: Z 1 -> 4 -> 3 * 4 + 1 = 13, Psi 0 -> 4 -> 3 (4 + 4) + 1 = 25; Flatten over 6 positions, Dense.
+    two = wn.Serial(wn.Conv(4, 3), wn.Conv(4, 3), wn.Flatten(), wn.Dense(1))
+    assert dims(two, 1000) == (6 * 13 + 1, 6 * 13 + 1 + 6 * 25)
+    # ... past m columns each is sketched to m: the second Conv's Psi (25 > 24), then Flatten's Z and Psi.
+    assert dims(two, 24) == (24 + 1, 24 + 1 + 24)
+    assert dims(wn.Serial(wn.Conv(4, 3), wn.Conv(4, 3), wn.GlobalAvgPool(), wn.Dense(1)), 24) == (14, 14 + 24)
+    # A Conv followed by a nonlinearity is never formed, so its width does not count: m, m.
+    assert dims(wn.Serial(wn.Conv(4, 5), wn.Conv(4, 5), wn.Relu(), wn.GlobalAvgPool()), 8) == (8, 8)
+    assert wn.features(wn.Serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)), x[:0], m).shape \
+        == (0, 2 * m + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv_features_are_one_feature_map_per_seed_whatever_the_batch(dtype):
+    # Chunks of 64 inputs here: the parts below start inside chunks of the whole, and the
+    # whole spans three.
+    net = wn.Serial(wn.Conv(8, 3, 1, "same", 1, 1.4, 0.1), wn.Relu(), wn.AvgPool(2, padding="same"),
+                    wn.Conv(8, 2, 1, "circular", 1, 1.2, None, "standard"), wn.Erf(), wn.Flatten(), wn.Dense(1))
+    gen = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(50, 2, 4, 4, generator=gen, dtype=dtype), torch.randn(83, 2, 4, 4, generator=gen, dtype=dtype)
+    both = wn.features(net, torch.cat([x1, x2]), 64, get=("nngp", "ntk"), seed=5)
+    one = wn.features(net, x1, 64, get=("nngp", "ntk"), seed=5)
+    two = wn.features(net, x2, 64, get=("nngp", "ntk"), seed=5)
+    single = wn.features(net, x2[17:18], 64, get=("nngp", "ntk"), seed=5)
+    for name in ("nngp", "ntk"):
+        assert torch.equal(getattr(one, name), getattr(both, name)[:50])  # bit for bit
+        assert torch.equal(getattr(two, name), getattr(both, name)[50:])
+        assert torch.equal(getattr(single, name), getattr(both, name)[67:68])
+    assert torch.equal(wn.features(net, x1, 64, seed=5), one.ntk)
+    assert torch.equal(wn.features(net, x1, 64, get="nngp", seed=5), one.nngp)
+    other = wn.features(net, x1, 64, seed=6)
+    assert other.shape == one.ntk.shape and (other - one.ntk).abs().max() > 0.01
+    if dtype == torch.float32:  # the same map as float64, to rounding
+        phi64 = wn.features(net, x1.double(), 64, seed=5)
+        torch.testing.assert_close(one.ntk.double() @ one.ntk.double().T, phi64 @ phi64.T, rtol=1e-4, atol=1e-4)
+
+
+CONV = wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: wn.features(CONV, X, 64), ShapeError,
+     r"features: x must be a tensor \(N, C, \*S\) with 1 to 3 spatial axes for a network with Conv\(.*\) "
+     r"\(got shape \(4, 3\)\)"),
+    (lambda: wn.features(CONV, torch.randn(2, 1, 1, 1, 1, 3), 64), ShapeError,
+     r"features: x must be \(N, d\) with d >= 1 features or \(N, C, \*S\) with 1 to 3 spatial axes, none of "
+     r"size 0 \(got shape \(2, 1, 1, 1, 1, 3\)\)"),
+    (lambda: wn.features(CONV, torch.randn(2, 1, 0), 64), ShapeError, r"none of size 0 \(got shape \(2, 1, 0\)\)"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.Conv(1, 3)), XC, 64), ShapeError,
+     r"features: the network's output would keep the positions of its \(N, C, \*S\) inputs \(got shape \(4, 2, 6\)\), "
+     r"but random features are one vector per input: remove the positions with Flatten, GlobalAvgPool or "
+     r"GlobalSumPool before the output layers \(a Dense layer acts on the channels at each position"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.Dense(4), wn.Relu(), wn.Dense(1)), XC, 64),
+     ShapeError, r"features: the network's output would keep the positions"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Conv(8, 3), wn.Dense(1)), XC, 64),
+     ShapeError, r"features: Conv\(.*\) needs positions, but its input has none \(after Flatten or global pooling\)"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Flatten(), wn.AvgPool(2), wn.Dense(1)), XC, 64),
+     ShapeError, r"features: AvgPool\(.*\) needs positions"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 9, padding="valid"), wn.Relu(), wn.Flatten(), wn.Dense(1)), XC, 64),
+     ShapeError, r"Conv: with padding='valid' each spatial size must be at least the \(dilated\) window 9 \(got 6\)"),
+    (lambda: wn.features(wn.Serial(wn.Relu(), wn.Conv(8, 3), wn.GlobalAvgPool()), XC, 64), LayerOrderError,
+     r"features: Relu\(\) needs a Gaussian input, the output of a Dense or Conv layer"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.AvgPool(2), wn.Relu(), wn.Flatten(), wn.Dense(1)),
+                         XC, 64), LayerOrderError, r"features: Relu\(\) needs a Gaussian input"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.Flatten(), wn.Erf(), wn.Dense(1)), XC, 64), LayerOrderError,
+     r"features: Erf\(.*\) needs a Gaussian input"),
+    (lambda: wn.features(wn.Serial(wn.ConvLocal(8, 3), wn.Relu(), wn.Flatten(), wn.Dense(1)), XC, 64),
+     ParameterError, r"\(got ConvLocal\(.*\)\); random-feature sketches support only those"),
+    (lambda: wn.features(wn.Serial(wn.Conv(8, 3), wn.LayerNorm(), wn.GlobalAvgPool(), wn.Dense(1)), XC, 64),
+     ParameterError, r"\(got LayerNorm\(.*\)\)"),
+    (lambda: wn.features(CONV, torch.full((2, 1, 5), float("inf")), 64), NonFiniteInputError,
+     r"features: x must be finite"),
+], ids=["x-2d", "x-6d", "x-empty", "keeps-positions", "dense-on-positions", "conv-after-pool", "pool-after-flatten",
+        "valid-window", "nonlinearity-first", "nonlinearity-after-pool", "nonlinearity-after-flatten", "conv-local",
+        "layer-norm", "x-inf"])
+def test_conv_bad_inputs_raise_before_any_work(call, error, match):
     with pytest.raises(error, match=match):
         call()

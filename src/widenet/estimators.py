@@ -32,6 +32,9 @@ from .predict import gp_inference, gradient_descent_mse_ensemble
 
 __all__ = ["NNGPRegressor", "NTKRegressor", "NNGPClassifier", "NTKClassifier", "default_architecture"]
 
+# solver="features" computes features in chunks of this many rows (fit: Phi^T Phi accumulated)
+_FEATURE_ROWS = 4096
+
 
 def default_architecture() -> Layer:
     """Two hidden ReLU layers, ``W_std = sqrt(2)``, ``b_std = 0.1`` (near the ReLU critical point)."""
@@ -138,12 +141,21 @@ class _KernelModel(BaseEstimator):
 
     def _fit_features(self, x, Y) -> "_KernelModel":
         from .features import features
-        from .predict.ridge import ridge_weights
+        from .predict.ridge import ridge_weights, streamed_ridge_weights
 
         name = type(self).__name__
         self._converged_only("features")
-        phi = features(self._architecture(), x, int(self.n_features), get=self._get, seed=0)
-        self.features_weights_ = ridge_weights(name, phi, torch.from_numpy(Y), float(self.diag_reg))
+        net, m, y = self._architecture(), int(self.n_features), torch.from_numpy(Y)
+        dim = features(net, x[:1], m, get=self._get, seed=0).shape[1]
+        if dim < len(x):
+            # feature space: Phi^T Phi accumulated over row chunks, Phi never held whole (the
+            # same seed is the same feature map for every chunk)
+            chunks = ((features(net, x[s:s + _FEATURE_ROWS], m, get=self._get, seed=0), y[s:s + _FEATURE_ROWS])
+                      for s in range(0, len(x), _FEATURE_ROWS))
+            self.features_weights_ = streamed_ridge_weights(name, chunks, float(self.diag_reg))
+        else:
+            phi = features(net, x, m, get=self._get, seed=0)
+            self.features_weights_ = ridge_weights(name, phi, y, float(self.diag_reg))
         self.falkon_ = self.predictor_ = self.output_scale_ = None
         return self
 
@@ -158,8 +170,10 @@ class _KernelModel(BaseEstimator):
                     f"decision_function with two classes) need solver='direct'; this model was fitted with "
                     f"random features"
                 )
-            phi = features(self._architecture(), x, int(self.n_features), get=self._get, seed=0)
-            return (phi @ self.features_weights_).numpy(), None
+            net, m = self._architecture(), int(self.n_features)
+            out = [features(net, x[s:s + _FEATURE_ROWS], m, get=self._get, seed=0) @ self.features_weights_
+                   for s in range(0, len(x), _FEATURE_ROWS)]
+            return torch.cat(out).numpy(), None
         if self.falkon_ is not None:
             if compute_cov is not False:
                 raise ParameterError(

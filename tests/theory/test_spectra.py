@@ -104,7 +104,8 @@ def _relu_ntk(x):
     return net.ntk(x)
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+# MNIST-1D's pools are the same check on a larger kernel: a long study, in `make test-slow`
+@pytest.mark.parametrize("name", ["digits", pytest.param("mnist1d", marks=pytest.mark.slow)])
 def test_learning_curve_predictions_match_kernel_regression_on_real_pools(name):
     x, y = _pool(name)
     if name == "mnist1d":

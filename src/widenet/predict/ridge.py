@@ -10,7 +10,7 @@ import torch
 from .._validate import as_tensor, check_float
 from ..errors import NumericalError, ShapeError
 
-__all__ = ["feature_ridge", "ridge_weights"]
+__all__ = ["feature_ridge", "ridge_weights", "streamed_ridge_weights"]
 
 
 def feature_ridge(phi_train: Any, y_train: Any, phi_test: Any, diag_reg: Any = 1e-6) -> torch.Tensor:
@@ -93,3 +93,35 @@ def ridge_weights(owner: str, a: torch.Tensor, y: torch.Tensor, reg: float) -> t
         )
     sol = torch.cholesky_solve(rhs, chol)
     return sol if dim <= n else a.T @ sol
+
+
+def streamed_ridge_weights(owner: str, chunks: Any, reg: float) -> torch.Tensor:
+    """``w`` (D, C) of ``feature_ridge`` in feature space from the training features in row
+    chunks, ``chunks`` an iterable of ``(phi_i (n_i, D), y_i (n_i, C))``: ``Phi^T Phi``,
+    ``Phi^T y`` and ``sum |Phi_i|^2`` are accumulated chunk by chunk (in float64 for float32
+    features), so ``Phi`` is never held whole: ``O(D^2 + n_i D)`` memory for any N. The
+    same system as ``ridge_weights`` on the stacked chunks (whose feature-space branch it
+    is, for ``D <= N``), summed in another order."""
+    gram = rhs = None
+    n, sumsq = 0, 0.0
+    for phi, y in chunks:
+        work = phi.to(torch.float64) if phi.dtype != torch.float64 else phi
+        y = y.to(work.dtype)
+        if gram is None:
+            gram, rhs = work.T @ work, work.T @ y
+        else:
+            gram.addmm_(work.T, work)
+            rhs.addmm_(work.T, y)
+        n += phi.shape[0]
+        sumsq += float((work * work).sum())
+    if gram is None:
+        raise ShapeError(f"{owner}: no training features (an empty set of chunks)")
+    gram.diagonal().add_(reg * sumsq / n)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        raise NumericalError(
+            f"{owner}: the regularized Phi^T Phi ({gram.shape[0]} x {gram.shape[0]}) is not positive definite "
+            f"(Cholesky failed at column {int(info)}); raise diag_reg (now {reg:g}, relative to the mean "
+            f"squared feature norm)"
+        )
+    return torch.cholesky_solve(rhs, chol)
