@@ -4,6 +4,7 @@ and wide networks stay close to their linearization (Lee et al. 2019)."""
 import copy
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -66,6 +67,7 @@ def test_taylor_orders():
         assert 0.6 * 2 ** (degree + 1) < ratio < 1.6 * 2 ** (degree + 1), (degree, ratio)
 
 
+@pytest.mark.slow  # a study: 36 networks and their linearizations trained at widths up to 2048
 def test_trained_network_approaches_its_trained_linearization_as_width_grows():
     """Same data, same SGD: the gap between the network and its linearization after training
     falls with width (Lee et al. 2019 bound it by O(1/sqrt(width)); smooth activations give

@@ -316,6 +316,9 @@ XT = torch.tensor([[0.5, 0.5, 0.5], [-0.2, 0.9, -0.8]], dtype=D)
 Y = torch.tensor([0.8, -0.5, 0.3], dtype=D)
 
 
+# a long study (30,000 trained networks): two hidden layers below carry every term of the
+# one-hidden-layer case and more, and the exact special cases are checked apart
+@pytest.mark.slow
 def test_trained_mean_matches_trained_networks_one_hidden_layer():
     _trained_mean_check(wn.Serial(wn.Dense(1, 1.2, 0.3), wn.Tanh(), wn.Dense(1, 1.5, 0.2)), 128, 30000, [10, 40])
 
