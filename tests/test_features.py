@@ -105,19 +105,26 @@ def test_output_dimension_is_as_documented():
     assert wn.features(net, x[:0], 100).shape == (0, 201)
 
 
+def _assert_one_map(net, x1, x2, m):
+    """Features of x1 (50 rows), x2 (83) and one row of x2 equal those of the concatenated
+    batch bit for bit (seed 5); returns x1's pair (nngp, ntk)."""
+    both = wn.features(net, torch.cat([x1, x2]), m, get=("nngp", "ntk"), seed=5)
+    one = wn.features(net, x1, m, get=("nngp", "ntk"), seed=5)
+    two = wn.features(net, x2, m, get=("nngp", "ntk"), seed=5)
+    single = wn.features(net, x2[17:18], m, get=("nngp", "ntk"), seed=5)
+    for name in ("nngp", "ntk"):
+        assert torch.equal(getattr(one, name), getattr(both, name)[:50])  # bit for bit
+        assert torch.equal(getattr(two, name), getattr(both, name)[50:])
+        assert torch.equal(getattr(single, name), getattr(both, name)[67:68])
+    return one
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_one_feature_map_per_seed_whatever_the_batch(dtype):
     net = wn.Serial(wn.Dense(64, 1.4, 0.1), wn.Erf(), wn.Dense(64, 1.2, None, "standard"), wn.Relu(), wn.Dense(1))
     gen = torch.Generator().manual_seed(3)
     x1, x2 = torch.randn(50, 7, generator=gen, dtype=dtype), torch.randn(83, 7, generator=gen, dtype=dtype)
-    both = wn.features(net, torch.cat([x1, x2]), 300, get=("nngp", "ntk"), seed=5)
-    one = wn.features(net, x1, 300, get=("nngp", "ntk"), seed=5)
-    two = wn.features(net, x2, 300, get=("nngp", "ntk"), seed=5)
-    single = wn.features(net, x2[17:18], 300, get=("nngp", "ntk"), seed=5)
-    for name in ("nngp", "ntk"):
-        assert torch.equal(getattr(one, name), getattr(both, name)[:50])  # bit for bit
-        assert torch.equal(getattr(two, name), getattr(both, name)[50:])
-        assert torch.equal(getattr(single, name), getattr(both, name)[67:68])
+    one = _assert_one_map(net, x1, x2, 300)
     # get="ntk" alone is the same map as the pair; another seed is another map.
     assert torch.equal(wn.features(net, x1, 300, seed=5), one.ntk)
     other = wn.features(net, x1, 300, seed=6)
@@ -363,14 +370,7 @@ def test_conv_features_are_one_feature_map_per_seed_whatever_the_batch(dtype):
                     wn.Conv(8, 2, 1, "circular", 1, 1.2, None, "standard"), wn.Erf(), wn.Flatten(), wn.Dense(1))
     gen = torch.Generator().manual_seed(3)
     x1, x2 = torch.randn(50, 2, 4, 4, generator=gen, dtype=dtype), torch.randn(83, 2, 4, 4, generator=gen, dtype=dtype)
-    both = wn.features(net, torch.cat([x1, x2]), 64, get=("nngp", "ntk"), seed=5)
-    one = wn.features(net, x1, 64, get=("nngp", "ntk"), seed=5)
-    two = wn.features(net, x2, 64, get=("nngp", "ntk"), seed=5)
-    single = wn.features(net, x2[17:18], 64, get=("nngp", "ntk"), seed=5)
-    for name in ("nngp", "ntk"):
-        assert torch.equal(getattr(one, name), getattr(both, name)[:50])  # bit for bit
-        assert torch.equal(getattr(two, name), getattr(both, name)[50:])
-        assert torch.equal(getattr(single, name), getattr(both, name)[67:68])
+    one = _assert_one_map(net, x1, x2, 64)
     assert torch.equal(wn.features(net, x1, 64, seed=5), one.ntk)
     assert torch.equal(wn.features(net, x1, 64, get="nngp", seed=5), one.nngp)
     other = wn.features(net, x1, 64, seed=6)

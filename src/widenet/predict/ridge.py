@@ -10,7 +10,7 @@ import torch
 from .._validate import as_tensor, check_float
 from ..errors import NumericalError, ShapeError
 
-__all__ = ["feature_ridge", "ridge_weights", "streamed_ridge_weights"]
+__all__ = ["feature_ridge"]  # ridge_weights, streamed_ridge_weights: the estimators' internals
 
 
 def feature_ridge(phi_train: Any, y_train: Any, phi_test: Any, diag_reg: Any = 1e-6) -> torch.Tensor:
@@ -84,15 +84,20 @@ def ridge_weights(owner: str, a: torch.Tensor, y: torch.Tensor, reg: float) -> t
         gram = a @ a.T
         rhs = y
     gram.diagonal().add_(lam)
+    sol = _solve(owner, gram, rhs, "Phi^T Phi" if dim <= n else "Phi Phi^T", reg)
+    return sol if dim <= n else a.T @ sol
+
+
+def _solve(owner: str, gram: torch.Tensor, rhs: torch.Tensor, what: str, reg: float) -> torch.Tensor:
+    """``gram^-1 rhs`` by Cholesky, or a NumericalError that says to raise ``diag_reg``."""
     chol, info = torch.linalg.cholesky_ex(gram)
     if int(info) != 0:
         raise NumericalError(
-            f"{owner}: the regularized {'Phi^T Phi' if dim <= n else 'Phi Phi^T'} ({gram.shape[0]} x "
-            f"{gram.shape[0]}, {a.dtype}) is not positive definite (Cholesky failed at column "
-            f"{int(info)}); raise diag_reg (now {reg:g}, relative to the mean squared feature norm)"
+            f"{owner}: the regularized {what} ({gram.shape[0]} x {gram.shape[0]}, {gram.dtype}) is not "
+            f"positive definite (Cholesky failed at column {int(info)}); raise diag_reg (now {reg:g}, "
+            f"relative to the mean squared feature norm)"
         )
-    sol = torch.cholesky_solve(rhs, chol)
-    return sol if dim <= n else a.T @ sol
+    return torch.cholesky_solve(rhs, chol)
 
 
 def streamed_ridge_weights(owner: str, chunks: Any, reg: float) -> torch.Tensor:
@@ -117,11 +122,4 @@ def streamed_ridge_weights(owner: str, chunks: Any, reg: float) -> torch.Tensor:
     if gram is None:
         raise ShapeError(f"{owner}: no training features (an empty set of chunks)")
     gram.diagonal().add_(reg * sumsq / n)
-    chol, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
-        raise NumericalError(
-            f"{owner}: the regularized Phi^T Phi ({gram.shape[0]} x {gram.shape[0]}) is not positive definite "
-            f"(Cholesky failed at column {int(info)}); raise diag_reg (now {reg:g}, relative to the mean "
-            f"squared feature norm)"
-        )
-    return torch.cholesky_solve(rhs, chol)
+    return _solve(owner, gram, rhs, "Phi^T Phi", reg)
