@@ -86,6 +86,15 @@ def _op(kind: str, block, start: int, stop: int, operands: tuple):
     v, index, dtype = operands
     if isinstance(block, tuple):
         block = _block(block[0], start, stop, block[1])
+    if kind in ("diagonal", "cols", "cols_t", "cols_gram"):  # a few columns: converted after selecting
+        c = (torch.diagonal(block[:, start:stop]) if kind == "diagonal" else block[:, index]).to(dtype)
+        if kind == "diagonal":
+            return c.clone()
+        if kind == "cols":  # K_b[:, index] u
+            return c @ v
+        if kind == "cols_t":  # K_b[:, index]^T r_b
+            return c.T @ v[start:stop]
+        return c.T @ c  # cols_gram: K_b[:, index]^T K_b[:, index]
     block = block.to(dtype)
     if kind == "matmul":  # (K v)[start:stop]
         return block @ v
@@ -93,15 +102,6 @@ def _op(kind: str, block, start: int, stop: int, operands: tuple):
         return block.T @ (block @ v)
     if kind == "tmatmul":  # K_b^T y_b
         return block.T @ v[start:stop]
-    if kind == "diagonal":
-        return torch.diagonal(block[:, start:stop]).clone()
-    if kind == "cols":  # K_b[:, index] u
-        return block[:, index] @ v
-    if kind == "cols_t":  # K_b[:, index]^T r_b
-        return block[:, index].T @ v[start:stop]
-    if kind == "cols_gram":  # K_b[:, index]^T K_b[:, index]
-        c = block[:, index]
-        return c.T @ c
     raise ValueError(kind)  # pragma: no cover - internal
 
 
