@@ -108,8 +108,8 @@ def test_fused_window_sums_equal_the_eager_ones_bit_for_bit(monkeypatch, shape, 
 
 
 def test_the_build_folder_holds_its_own_copy_of_the_source(monkeypatch, tmp_path):
-    # Every checkout of the same source builds in, and reuses, one folder named by the source,
-    # flags and versions; the copy there is what ninja sees, whatever the checkout's path.
+    # Every process with the same source, flags and torch installation builds in, and reuses,
+    # one folder named by them; the copy there is what ninja sees, whatever the checkout's path.
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     folder = fused._build_directory("widenet_fused_test")
     assert folder == tmp_path / "widenet_fused_test"
@@ -118,3 +118,31 @@ def test_the_build_folder_holds_its_own_copy_of_the_source(monkeypatch, tmp_path
     assert fused._build_directory("widenet_fused_test") == folder
     assert (folder / "fused.cpp").read_bytes() == fused._SOURCE.read_bytes()
     assert [p.name for p in folder.iterdir()] == ["fused.cpp"]
+
+
+def test_a_stale_build_lock_is_removed_and_a_live_one_waited_for(tmp_path, caplog):
+    # torch waits forever on a lock left by a killed build; the loader removes one older than
+    # the limit (with a logged reason) and waits while a younger one exists.
+    import os
+    import threading
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    old = time.time() - 2 * fused._STALE_LOCK_S
+    os.utime(lock, (old, old))
+    with caplog.at_level("WARNING", logger="widenet"):
+        fused._wait_for_build_lock(tmp_path)
+    assert not lock.exists() and "stale build lock" in caplog.text
+
+    lock.write_text("")  # a build in progress that finishes after 0.3 s
+    timer = threading.Timer(0.3, lock.unlink)
+    start = time.perf_counter()
+    timer.start()
+    fused._wait_for_build_lock(tmp_path, poll=0.02)
+    assert time.perf_counter() - start >= 0.25 and not lock.exists()
+
+    lock.write_text("")  # a young lock whose holder died: removed once it is stale_after old
+    fused._wait_for_build_lock(tmp_path, stale_after=0.2, poll=0.02)
+    assert not lock.exists()
+    fused._wait_for_build_lock(tmp_path)  # no lock: returns at once

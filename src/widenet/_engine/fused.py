@@ -8,8 +8,10 @@ entries agree with the eager rule to a few units in the last place (the tests bo
 an input against itself still has an angle of exactly 0.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and
-ninja; tens of seconds, announced by a logged warning) and cached on disk for later processes
-and every checkout, keyed by the source, the CPU features and torch's and Python's versions.
+ninja; tens of seconds, announced by a logged warning) and cached on disk for later processes,
+keyed by the source, the CPU features, and the torch installation (its version and place: an
+environment with another torch builds its own) and Python's version. A build lock left behind by
+a killed build is removed after ``_STALE_LOCK_S`` seconds (logged) instead of waited on forever.
 Where it cannot be built, or with ``WIDENET_FUSED=0`` in the environment, rules run eagerly.
 Fused rules serve only plain calls: no autograd or forward-mode state, not reproducible mode,
 CPU tensors.
@@ -38,6 +40,7 @@ _LOCK = threading.Lock()
 _MODULE = None
 _FAILED: Optional[str] = None
 _LOG = logging.getLogger("widenet")
+_STALE_LOCK_S = 600.0  # a build takes tens of seconds; a lock this old belongs to a killed one
 
 
 def _from_environment() -> bool:
@@ -77,6 +80,30 @@ def _build_directory(name: str) -> Path:
     return folder
 
 
+def _wait_for_build_lock(folder: Path, stale_after: Optional[float] = None, poll: float = 0.5) -> None:
+    """Wait while another process builds in ``folder`` (torch's ``lock`` file exists), and
+    remove the lock once it is ``stale_after`` seconds old: torch's own wait has no end, and a
+    build killed mid-way leaves its lock behind for good."""
+    import time
+
+    stale_after = _STALE_LOCK_S if stale_after is None else stale_after
+    lock = folder / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age >= stale_after:
+            _LOG.warning("widenet: removing a stale build lock %s (%.0f s old; the build that "
+                         "held it was killed)", lock, age)
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+            return
+        time.sleep(poll)
+
+
 def _load():
     """The compiled extension, or None (and the reason in ``_FAILED``) if it cannot be built."""
     global _MODULE, _FAILED
@@ -87,12 +114,14 @@ def _load():
             return _MODULE
         flags = _flags()
         # The build links against this torch and Python: both are part of its name.
-        identity = f"{' '.join(flags)} torch {torch.__version__} python {sys.version_info[:2]}"
+        identity = (f"{' '.join(flags)} torch {torch.__version__} at {Path(torch.__file__).parent} "
+                    f"python {sys.version_info[:2]}")
         name = "widenet_fused_" + hashlib.sha256(_SOURCE.read_bytes() + identity.encode()).hexdigest()[:12]
         try:
             from torch.utils import cpp_extension
 
             folder = _build_directory(name)
+            _wait_for_build_lock(folder)
             if not (folder / f"{name}.so").exists():
                 _LOG.warning("widenet: building the fused kernel rules in %s (once for this source "
                              "and CPU; about 20 s; WIDENET_FUSED=0 skips it)", folder)
