@@ -47,6 +47,24 @@ def test_fit_hyperparameters_recovers_the_generating_prior(prior_sample):
     assert grid.params == {"W_std": 1.5, "b_std": 0.5} and grid.method == "grid"
 
 
+def test_a_trial_step_whose_kernel_overflows_is_stepped_back_from(prior_sample):
+    # A line search may try a point far out on the log scale where the kernel leaves the
+    # dtype's range (NumericalError); the fit treats it as an infinite objective. Here every
+    # W_std above 1.3 is such a point and the likelihood's maximum (1.5) lies beyond it.
+    from widenet.errors import NumericalError
+
+    def walled(W_std, b_std):
+        if float(W_std) > 1.3:
+            raise NumericalError("the kernel left the dtype's range")
+        return _relu_net(W_std, b_std)
+
+    x, y = prior_sample
+    fit = P.fit_hyperparameters(walled, x, y, {"W_std": 1.0, "b_std": 0.2}, diag_reg=1e-2)
+    start = P.marginal_log_likelihood(_relu_net(1.0, 0.2).nngp(x), y, 1e-2)
+    assert 1.0 < fit.params["W_std"] <= 1.3 and math.isfinite(fit.log_likelihood)
+    assert fit.log_likelihood > float(start)
+
+
 def test_fit_falls_back_to_the_grid_for_non_differentiable_parameters(prior_sample):
     x, y = prior_sample
 

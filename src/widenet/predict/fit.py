@@ -65,6 +65,7 @@ class _Problem:
         self.bounds = bounds
         self.history = []
         self.evaluations = 0
+        self.worst = math.nan  # the largest objective value_and_grad returned so far
 
     def decode(self, u):
         params = {}
@@ -103,6 +104,19 @@ class _Problem:
         return value
 
     def value_and_grad(self, u):
+        """The objective and its gradient at ``u``; a point where the kernel leaves the dtype's
+        range or is not positive definite (a line search's trial step far out on the log scale)
+        gets an objective far above every value seen and no slope, so the line search steps back
+        instead of the fit failing (an infinite value would end L-BFGS-B's line search)."""
+        try:
+            value, grad = self._value_and_grad(u)
+        except C.NumericalError:
+            worst = self.worst if math.isfinite(self.worst) else 0.0
+            return worst + 1e3 * (1.0 + abs(worst)), np.zeros(len(u))
+        self.worst = value if not math.isfinite(self.worst) else max(self.worst, value)
+        return value, grad
+
+    def _value_and_grad(self, u):
         params, reg = self.decode(u)
         base = {n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
         tangents = []
