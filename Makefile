@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[all]"
+	# the fused kernel rules' C++ extension, compiled once here rather than by the first kernel
+	$(PY) -c "from widenet._engine import fused; fused._load()"
 	touch $(STAMP)
 
 venv: $(STAMP)
