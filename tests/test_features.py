@@ -226,8 +226,20 @@ XC = torch.randn(4, 2, 6, dtype=D)
      r"feature_ridge: diag_reg must be a finite float >= 0 \(got -1.0\)"),
     (lambda: wn.feature_ridge(torch.ones(5, 3, dtype=D), torch.ones(5, dtype=D), torch.ones(2, 3, dtype=D), diag_reg=0.0),
      NumericalError, r"feature_ridge: the regularized Phi\^T Phi .* is not positive definite"),
+    (lambda: wn.features(NET, X, 2, method="exact"), ParameterError,
+     r"features: method must be one of 'random', 'nystrom' \(got 'exact'\)"),
+    (lambda: wn.features(NET, X, 2, method="nystrom"), ParameterError, r"features: method='nystrom' needs landmarks"),
+    (lambda: wn.features(NET, X, 2, landmarks=X), ParameterError,
+     r"features: landmarks are read by method='nystrom' only \(got method='random'\)"),
+    (lambda: wn.features(NET, X, 2, method="nystrom", landmarks=torch.randn(5, 4, dtype=D)), ShapeError,
+     r"features: landmarks must be shaped like x, \(L, \*x.shape\[1:\]\) \(got landmarks \(5, 4\) and x \(4, 3\)\)"),
+    (lambda: wn.features(NET, X, 6, method="nystrom", landmarks=X), ParameterError,
+     r"features: n_features must be <= the number of landmarks for method='nystrom' \(got n_features=6 with 4 landmarks\)"),
+    (lambda: wn.features(NET, X, 2, method="nystrom", landmarks=torch.tensor([[0.0, float("inf"), 1.0]])),
+     NonFiniteInputError, r"features: landmarks must be finite"),
 ], ids=["n_features-0", "n_features-float", "get", "seed", "dtype", "conv", "layer-norm", "nonlinearity-first",
-        "x-3d", "x-nan", "x-int", "torch-module", "ridge-y", "ridge-d", "ridge-reg", "ridge-singular"])
+        "x-3d", "x-nan", "x-int", "torch-module", "ridge-y", "ridge-d", "ridge-reg", "ridge-singular",
+        "method", "nystrom-no-landmarks", "landmarks-random", "landmarks-shape", "landmarks-few", "landmarks-inf"])
 def test_bad_inputs_raise_before_any_work(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -421,3 +433,66 @@ CONV = wn.Serial(wn.Conv(8, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))
 def test_conv_bad_inputs_raise_before_any_work(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---- method="nystrom" --------------------------------------------------------------------------
+
+NORMED = wn.Serial(wn.Dense(64, 1.3, 0.2), wn.LayerNorm(), wn.Relu(), wn.Dense(1, 1.3, 0.2))  # no random features
+CONV_NORMED = wn.Serial(wn.Conv(8, 3, padding="same"), wn.LayerNorm(axis=(1, 2)), wn.Relu(), wn.AvgPool(2),
+                        wn.Flatten(), wn.Dense(1))
+# A landmark's features come from the kernel between x and the landmarks, a cross call: for an
+# input paired with itself there the ReLU family's angle arccos(rho) at rho = 1 - O(eps) is off
+# by O(sqrt(eps)) (the same-inputs call sets it to 0), so comparisons at landmarks hold to 1e-7.
+AT_LANDMARKS = 1e-7
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("net, shape", [(NORMED, (6,)), (NET, (3,)), (CONV_NORMED, (2, 6))],
+                         ids=["layernorm", "mlp", "conv-layernorm"])
+def test_nystrom_features_give_the_nystrom_kernel_and_the_exact_one_at_landmarks(net, shape):
+    g = torch.Generator().manual_seed(0)
+    pool, x1, x2 = (torch.randn((n,) + shape, generator=g, dtype=D) for n in (40, 7, 5))
+    phi1, phi2 = (wn.features(net, x, 12, seed=3, method="nystrom", landmarks=pool) for x in (x1, x2))
+    chosen = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:12].sort().values
+    c = pool[chosen]
+    k = net.kernel(torch.cat([x1, x2, c])).ntk  # the Nystrom formula, by a solve (no eigendecomposition)
+    k1c, k2c, kcc = k[:7, 12:], k[7:12, 12:], k[12:, 12:]
+    formula = k1c @ torch.linalg.solve(kcc, k2c.T)
+    assert rel_error(phi1 @ phi2.T, formula) < 1e-8
+    at = wn.features(net, c, 12, seed=3, method="nystrom", landmarks=pool)
+    assert rel_error(at @ at.T, kcc) < AT_LANDMARKS  # exact for the landmarks themselves
+    assert rel_error(phi1 @ at.T, k1c) < AT_LANDMARKS
+
+
+def test_nystrom_ridge_on_all_training_points_is_exact_kernel_ridge_regression():
+    g = torch.Generator().manual_seed(1)
+    x, xt = torch.randn(30, 6, generator=g, dtype=D), torch.randn(9, 6, generator=g, dtype=D)
+    y = torch.randn(30, 2, generator=g, dtype=D)
+    phi, phit = (wn.features(NORMED, a, 30, method="nystrom", landmarks=x) for a in (x, xt))
+    ours = wn.feature_ridge(phi, y, phit, diag_reg=1e-3)
+    k, kt = NORMED.ntk(x), NORMED.ntk(xt, x)
+    reg = 1e-3 * float(k.diagonal().mean())  # feature_ridge's diag_reg: relative to the mean diagonal
+    exact = kt @ torch.linalg.solve(k + reg * torch.eye(30, dtype=D), y)
+    assert rel_error(ours, exact) < AT_LANDMARKS  # every training point is a landmark
+
+
+def test_nystrom_is_one_map_per_seed_whatever_the_batch():
+    g = torch.Generator().manual_seed(2)
+    pool, x = torch.randn(50, 6, generator=g, dtype=D), torch.randn(11, 6, generator=g, dtype=D)
+    whole = wn.features(NORMED, x, 20, get=("nngp", "ntk"), method="nystrom", landmarks=pool)
+    parts = [wn.features(NORMED, x[a:b], 20, get=("nngp", "ntk"), method="nystrom", landmarks=pool)
+             for a, b in ((0, 4), (4, 11))]
+    for name in ("nngp", "ntk"):
+        joined = torch.cat([getattr(p, name) for p in parts])
+        assert rel_error(joined, getattr(whole, name)) < 1e-12
+        single = wn.features(NORMED, x, 20, get=name, method="nystrom", landmarks=pool)
+        assert rel_error(single, getattr(whole, name)) < 1e-12
+    other = wn.features(NORMED, x, 20, seed=1, method="nystrom", landmarks=pool)
+    assert rel_error(other @ other.T, whole.ntk @ whole.ntk.T) > 1e-6  # other landmarks
+    low = wn.features(NORMED, x.float(), 20, method="nystrom", landmarks=pool)
+    assert low.dtype == torch.float32 and rel_error(low.double(), whole.ntk) < 1e-4
+    repeated = wn.features(NORMED, x, 20, method="nystrom", landmarks=torch.cat([pool[:5]] * 10))
+    assert repeated.shape == (11, 5)  # 5 distinct landmarks: rank 5, the repeats dropped

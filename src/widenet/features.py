@@ -58,6 +58,11 @@ as for any SRHT the products of two different coordinates cancel over the column
 independent transforms per part they would not, and an error would remain that no number of
 features removes).
 
+``method="nystrom"`` is the data-dependent alternative for any architecture (Williams &
+Seeger 2001): ``n_features`` landmarks ``C`` drawn by ``seed`` from given ``landmarks``, and
+``Phi(x) = K(x, C) U diag(s)^(-1/2)`` with ``K(C, C) = U diag(s) U^T``, so that
+``Phi(x) . Phi(x') = K(x, C) K(C, C)^+ K(C, x')`` (exact when ``x`` or ``x'`` is a landmark).
+
 Every random draw comes from ``torch.Generator().manual_seed(seed)`` with sizes that depend
 only on the input shape (``d``, or ``(C, *S)``), the architecture and ``n_features``, never on
 the number of inputs; inputs go through in chunks of a fixed number of rows (zero-padded;
@@ -75,7 +80,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ._engine import exact
-from ._validate import as_inputs, by_get, check_gets, check_int
+from ._validate import as_inputs, by_get, check_choice, check_gets, check_int
 from .errors import LayerOrderError, ParameterError, ShapeError
 from .layers import (AvgPool, Conv, Dense, Flatten, GlobalAvgPool, GlobalSumPool, Identity, Layer, Nonlinearity,
                      Repeat, Serial, SumPool)
@@ -186,7 +191,8 @@ def _flatten(net: Layer) -> list:
                 f"{_OWNER}: net must be a Serial network of Dense, Conv, AvgPool, SumPool, "
                 f"GlobalAvgPool, GlobalSumPool and Flatten layers and elementwise nonlinearities "
                 f"(got {_shown(layer)}); random-feature sketches support only those. For this "
-                f"network compute the exact kernel, net.kernel(x1, x2), or in tiles with "
+                f"network use method='nystrom' (features from the exact kernel at landmarks), "
+                f"or compute the exact kernel, net.kernel(x1, x2), or in tiles with "
                 f"widenet.blocked.compute"
             )
 
@@ -595,7 +601,7 @@ def _chunk(x: torch.Tensor, plan: _Map, want_ntk: bool) -> tuple:
 
 
 def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 0, *,
-             dtype: Optional[torch.dtype] = None) -> Any:
+             method: str = "random", landmarks: Any = None, dtype: Optional[torch.dtype] = None) -> Any:
     """Random features ``Phi`` of shape ``(N, D)`` whose inner products approximate the
     infinite-width kernel: ``Phi(x1) @ Phi(x2).T ~ net.kernel(x1, x2).ntk`` (``get="ntk"``)
     or ``.nngp`` (``get="nngp"``).
@@ -646,6 +652,19 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
     ``Conv, nonlinearity, ..., GlobalAvgPool (or Flatten), Dense`` has ``D = m + 1`` and
     ``2 m + 1`` as above, whatever the spatial shape.
 
+    ``method="nystrom"`` (any architecture with a kernel, ``landmarks`` required): the
+    Nystrom features of Williams & Seeger 2001. ``m = n_features`` landmarks ``C`` are drawn
+    without replacement from ``landmarks`` by ``seed``, and with the eigendecomposition
+    ``K(C, C) = U diag(s) U^T`` (eigenvalues below ``m * eps * max(s)`` dropped),
+    ``Phi(x) = K(x, C) U diag(s)^(-1/2)``, so ``Phi(x) . Phi(x') = K(x, C) K(C, C)^+ K(C, x')``:
+    exact for pairs with a landmark, the best approximation in the span of the landmarks'
+    kernel functions otherwise; no random error, but an error that depends on how well the
+    landmarks cover the data (draw them from the training inputs). ``D = m`` (fewer where
+    ``K(C, C)`` is numerically singular, e.g. repeated landmarks). Cost: the exact kernel
+    between ``x`` and the ``m`` landmarks plus ``O(N m^2)``. Ridge regression on these
+    features is the Nystrom model that ``widenet.blocked.falkon`` solves iteratively with
+    the same centers; the features themselves serve any linear method.
+
     Args:
         net: the architecture.
         x: inputs ``(N, d)`` or ``(N, C, *S)`` (a tensor or numpy array of floats; float16 and
@@ -659,8 +678,14 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
             with the same seed give consistent features (on CPU, the features of a
             concatenated batch equal the concatenation of the features of its parts, bit for
             bit).
+        method: "random" (the random-feature sketches above) or "nystrom".
+        landmarks: for ``method="nystrom"``, inputs shaped like ``x`` (at least
+            ``n_features`` of them) from which the landmarks are drawn: the map depends on
+            them, ``n_features`` and ``seed`` only, so every batch of ``x`` gets the same
+            map (rows agree to rounding).
         dtype: float32 or float64 (default: ``x``'s). The random matrices are the same for
-            both, so the two agree to rounding.
+            both, so the two agree to rounding. Nystrom features are computed from a float64
+            eigendecomposition and returned in this dtype.
 
     Returns:
         ``Phi`` ``(N, D)`` on ``x``'s device (not recorded by autograd), or a named tuple
@@ -668,13 +693,16 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
 
     Raises:
         ParameterError: ``n_features`` not an integer >= 1, ``get`` not "nngp" or "ntk",
-            ``seed`` not an integer >= 0, ``dtype`` not float32 or float64, a network with a
-            layer other than those above (the message names it: ``MaxPool``, ``LayerNorm``,
-            attention, ...; use ``net.kernel`` or ``widenet.blocked.compute`` instead), or
-            ``x`` not floating point.
+            ``seed`` not an integer >= 0, ``method`` not "random" or "nystrom", ``landmarks``
+            missing for "nystrom" (or given for "random"), fewer landmarks than
+            ``n_features``, ``dtype`` not float32 or float64, a network with a layer other
+            than those above for "random" (the message names it: ``MaxPool``,
+            ``LayerNorm``, attention, ...; use ``method="nystrom"``, ``net.kernel`` or
+            ``widenet.blocked.compute`` instead), or ``x`` not floating point.
         LayerOrderError: a nonlinearity that does not follow a ``Dense`` or ``Conv`` layer
             (pooling between them allowed).
-        ShapeError: ``x`` with no features; ``x`` not ``(N, C, *S)`` for a network with
+        ShapeError: ``landmarks`` not shaped like ``x`` (both shapes named); ``x`` with no
+            features; ``x`` not ``(N, C, *S)`` for a network with
             ``Conv`` or pooling layers; ``x`` not ``(N, d)`` for a network with no ``Flatten``
             or global pooling (its output would keep positions); a ``Conv`` or pooling layer
             after ``Flatten`` or global pooling; a "valid" window larger than its input.
@@ -692,12 +720,21 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
         ...                 wn.GlobalAvgPool(), wn.Dense(1))
         >>> wn.features(cnn, torch.randn(20, 1, 8, 8), 1024).shape
         torch.Size([20, 2049])
+        >>> normed = wn.Serial(wn.Dense(64), wn.LayerNorm(), wn.Relu(), wn.Dense(1))  # any layers
+        >>> x_train = torch.randn(500, 10, dtype=torch.float64)
+        >>> wn.features(normed, x_train[:20], 200, method="nystrom", landmarks=x_train).shape
+        torch.Size([20, 200])
     """
     m = check_int(_OWNER, "n_features", n_features, minimum=1)
     names, many = check_gets(_OWNER, get, ("nngp", "ntk"))
     seed = check_int(_OWNER, "seed", seed, minimum=0)
+    method = check_choice(_OWNER, "method", method, ("random", "nystrom"))
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ParameterError(f"{_OWNER}: dtype must be torch.float32, torch.float64 or None (got {dtype!r})")
+    if method == "nystrom":
+        return _nystrom(net, x, m, names, many, seed, landmarks, dtype)
+    if landmarks is not None:
+        raise ParameterError(f"{_OWNER}: landmarks are read by method='nystrom' only (got method={method!r})")
     layers = _flatten(net)  # the architecture, before looking at the inputs
     x = as_inputs(_OWNER, "x", x)
     if x.ndim < 2 or x.shape[1] == 0:
@@ -730,3 +767,42 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
             if out_psi is not None:
                 out_psi[start:start + rows] = psi[:rows]
     return by_get(names, many, lambda name: out_z if name == "nngp" else out_psi)
+
+
+def _nystrom(net: Layer, x: Any, m: int, names: tuple, many: bool, seed: int, landmarks: Any,
+             dtype: Optional[torch.dtype]) -> Any:
+    """``method="nystrom"``: ``Phi(x) = K(x, C) U diag(s)^(-1/2)`` (see ``features``)."""
+    if not isinstance(net, Layer):
+        raise ParameterError(f"{_OWNER}: net must be a widenet layer (got {type(net).__name__})")
+    if landmarks is None:
+        raise ParameterError(f"{_OWNER}: method='nystrom' needs landmarks, inputs shaped like x from which "
+                             f"the {m} landmarks are drawn (e.g. the training inputs)")
+    x = as_inputs(_OWNER, "x", x)
+    landmarks = as_inputs(_OWNER, "landmarks", landmarks)
+    if x.ndim < 2 or landmarks.shape[1:] != x.shape[1:]:
+        raise ShapeError(f"{_OWNER}: landmarks must be shaped like x, (L, *x.shape[1:]) (got landmarks "
+                         f"{tuple(landmarks.shape)} and x {tuple(x.shape)})")
+    if landmarks.shape[0] < m:
+        raise ParameterError(f"{_OWNER}: n_features must be <= the number of landmarks for method='nystrom' "
+                             f"(got n_features={m} with {landmarks.shape[0]} landmarks)")
+    dtype = dtype or x.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ParameterError(f"{_OWNER}: x must be float32 or float64 (got dtype {dtype})")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(landmarks.shape[0], generator=gen)[:m].sort().values
+    centers = landmarks[chosen.to(landmarks.device)].to(device=x.device, dtype=torch.float64)
+    x = x.to(dtype)
+
+    def kernels(a: torch.Tensor, b: Optional[torch.Tensor]) -> dict:
+        if names == ("nngp",):
+            return {"nngp": net.nngp(a, b)}
+        k = net.kernel(a, b)
+        return {name: getattr(k, name) for name in names}
+
+    maps = {}
+    for name, kc in kernels(centers, None).items():
+        s, u = torch.linalg.eigh(kc.double())
+        keep = s > m * torch.finfo(torch.float64).eps * s.max().clamp_min(0)
+        maps[name] = u[:, keep] / s[keep].sqrt()
+    cross = kernels(x, centers.to(dtype))
+    return by_get(names, many, lambda name: (cross[name].double() @ maps[name]).to(dtype))
