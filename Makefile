@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/widenet run
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist worksteal -p no:cacheprovider -m "not nt and not slow"
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m "not nt and not slow"
 
 # the long statistical studies (second nonlinearities and datasets of the Monte Carlo oracles)
 test-slow: $(STAMP)
