@@ -196,10 +196,14 @@ def _flatten(net: Layer) -> list:
                 f"widenet.blocked.compute"
             )
 
-    if not isinstance(net, Layer):
-        raise ParameterError(f"{_OWNER}: net must be a widenet layer (got {type(net).__name__})")
+    _check_layer(net)
     walk(net)
     return out
+
+
+def _check_layer(net: Any) -> None:
+    if not isinstance(net, Layer):
+        raise ParameterError(f"{_OWNER}: net must be a widenet layer (got {type(net).__name__})")
 
 
 def _table(spatial: tuple, window: tuple, stride: tuple, dilation: tuple, pads: list, out: tuple,
@@ -772,8 +776,7 @@ def features(net: Layer, x: Any, n_features: int, get: Any = "ntk", seed: int = 
 def _nystrom(net: Layer, x: Any, m: int, names: tuple, many: bool, seed: int, landmarks: Any,
              dtype: Optional[torch.dtype]) -> Any:
     """``method="nystrom"``: ``Phi(x) = K(x, C) U diag(s)^(-1/2)`` (see ``features``)."""
-    if not isinstance(net, Layer):
-        raise ParameterError(f"{_OWNER}: net must be a widenet layer (got {type(net).__name__})")
+    _check_layer(net)
     if landmarks is None:
         raise ParameterError(f"{_OWNER}: method='nystrom' needs landmarks, inputs shaped like x from which "
                              f"the {m} landmarks are drawn (e.g. the training inputs)")
