@@ -115,6 +115,14 @@ class ClusterRows:
                  cache: bool = True) -> None:
         self.client, self.n, self.m, self.dtype = client, n, m, dtype
         self.bounds = [(s, min(n, s + block)) for s in range(0, n, block)]
+        self._given, self._cache, self._ids = source, cache, (n, m, block)
+        self._place()
+
+    def _place(self) -> None:
+        """Scatter the source and submit the blocks (again, after a worker's death lost a
+        dependency for good: the blocks are the same numbers wherever they are computed)."""
+        client, source = self.client, self._given
+        n, m, block = self._ids
         token = hashlib.sha256(f"{next(_IDS)}-{id(self)}-{n}-{m}-{block}".encode()).hexdigest()[:16]
         self.token = token
         if source[0] == "fn":
@@ -123,11 +131,11 @@ class ClusterRows:
             self.source = ("fn", *shared)
         else:
             self.source = source
-        if cache:
-            self.blocks = [client.submit(_block, self.source, s, e, dtype, key=f"widenet-rows-{token}-{s}", retries=2)
-                           for s, e in self.bounds]
+        if self._cache:
+            self.blocks = [client.submit(_block, self.source, s, e, self.dtype, key=f"widenet-rows-{token}-{s}",
+                                         retries=2) for s, e in self.bounds]
         else:
-            self.blocks = [(self.source, dtype)] * len(self.bounds)
+            self.blocks = [(self.source, self.dtype)] * len(self.bounds)
 
     @classmethod
     def of_function(cls, client, fn, x: torch.Tensor, columns: Optional[torch.Tensor], block: int, dtype,
@@ -151,6 +159,8 @@ class ClusterRows:
             except CancelledError:
                 if attempt == 2:
                     raise
+                if attempt == 1:  # cancelled twice: a dependency is lost for good, place anew
+                    self._place()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _round(self, kind: str, v: Optional[torch.Tensor], index: Optional[torch.Tensor]) -> list:
